@@ -1,0 +1,1 @@
+"""Offline stage of llark-jax: audio, annotation, datasets, instructions, encoders, TFRecords."""

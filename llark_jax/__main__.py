@@ -1,0 +1,5 @@
+import sys
+
+from llark_jax.cli import main
+
+sys.exit(main())
