@@ -1,0 +1,242 @@
+"""The demo dataset: music clips composed as MIDI here, rendered with a General-MIDI soundfont.
+
+Every clip has exact ground truth (tempo, key, time signature, instruments, chords), so the demo can
+score a trained model without any download. Composition per clip, all drawn from a per-clip seed:
+
+- tempo uniform in [60, 180] BPM, key from all 24 (12 tonics x major/minor), metre 3/4 or 4/4;
+- a diatonic chord progression (one chord per bar) voiced by a harmony instrument, a bass line on
+  the chord roots, a melody of scale tones, and a General-MIDI drum kit (kick, snare, hi-hat);
+- 1-4 pitched instruments (harmony, melody, optionally a second harmony part) plus bass and drums.
+
+Audio is rendered with `tinysoundfont` from the `TimGM6mb.sf2` soundfont that `pretty_midi` ships,
+written as 44.1 kHz mono 16-bit WAV. Outputs in `--output-dir`:
+`audio/<clip_id>.wav`, `midi/<clip_id>.mid`, and `clips.jsonl` (one ground-truth record per clip,
+with its `split`: eval clips are chosen by seed and never appear in training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import soundfile as sf
+from tqdm import tqdm
+
+SAMPLE_RATE = 44100
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11)
+MINOR_STEPS = (0, 2, 3, 5, 7, 8, 10)  # natural minor
+# Diatonic progressions as scale degrees (0-based), one chord per bar.
+MAJOR_PROGRESSIONS = ((0, 4, 5, 3), (0, 3, 4, 0), (0, 5, 3, 4), (0, 3, 0, 4), (5, 3, 0, 4))
+MINOR_PROGRESSIONS = ((0, 5, 2, 6), (0, 3, 4, 0), (0, 6, 5, 6), (0, 3, 6, 2), (0, 5, 3, 4))
+# Pitched General-MIDI programs (0-based) with the names the ground truth and the QA use.
+PITCHED_INSTRUMENTS = {
+    "piano": 0,
+    "organ": 19,
+    "acoustic guitar": 24,
+    "electric guitar": 27,
+    "violin": 40,
+    "strings": 48,
+    "trumpet": 56,
+    "saxophone": 65,
+    "flute": 73,
+    "synth lead": 80,
+}
+BASS_PROGRAM = 33  # electric bass (finger)
+DRUM_KICK, DRUM_SNARE, DRUM_HAT = 36, 38, 42
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipTruth:
+    """Ground truth of one synthesised clip (times in seconds, tempo in BPM)."""
+
+    clip_id: str
+    split: str
+    seconds: float
+    tempo: float
+    key: str  # e.g. "A minor", sharps spelled as in PITCH_CLASSES
+    time_signature: str  # "3/4" or "4/4"
+    instruments: list[str]
+    chords: list[dict]  # [{start_time, end_time, chord}] with labels like "A#major" / "Dminor"
+    genre: str = "synthetic"
+
+
+def soundfont_path() -> Path:
+    """The General-MIDI soundfont shipped inside the `pretty_midi` package."""
+    path = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+    if not path.is_file():
+        raise FileNotFoundError(f"soundfont not found at {path}; reinstall pretty_midi")
+    return path
+
+
+def _triad(tonic_pc: int, steps: tuple[int, ...], degree: int) -> tuple[list[int], str]:
+    """Pitch classes of the diatonic triad on `degree` and its label ("A#major", "Bdiminished")."""
+    pcs = [(tonic_pc + steps[(degree + k) % 7]) % 12 for k in (0, 2, 4)]
+    third, fifth = (pcs[1] - pcs[0]) % 12, (pcs[2] - pcs[0]) % 12
+    quality = {(4, 7): "major", (3, 7): "minor", (3, 6): "diminished"}[(third, fifth)]
+    return pcs, PITCH_CLASSES[pcs[0]] + quality
+
+
+def compose_clip(clip_id: str, split: str, seed: int, seconds: float) -> tuple[
+    pretty_midi.PrettyMIDI, ClipTruth
+]:
+    """Composes one clip from `seed`; returns the MIDI and its ground truth."""
+    rng = np.random.default_rng(seed)
+    tempo = float(np.round(rng.uniform(60.0, 180.0), 1))
+    tonic_pc = int(rng.integers(12))
+    is_minor = bool(rng.integers(2))
+    steps = MINOR_STEPS if is_minor else MAJOR_STEPS
+    beats_per_bar = int(rng.choice([3, 4]))
+    progression = (MINOR_PROGRESSIONS if is_minor else MAJOR_PROGRESSIONS)[int(rng.integers(5))]
+    n_pitched = int(rng.integers(1, 5))
+    names = list(rng.choice(sorted(PITCHED_INSTRUMENTS), size=n_pitched, replace=False))
+
+    beat = 60.0 / tempo
+    bar = beat * beats_per_bar
+    n_bars = int(np.ceil(seconds / bar))
+    midi = pretty_midi.PrettyMIDI(initial_tempo=tempo)
+    midi.time_signature_changes.append(pretty_midi.TimeSignature(beats_per_bar, 4, 0.0))
+    parts = {n: pretty_midi.Instrument(PITCHED_INSTRUMENTS[n], name=n) for n in names}
+    bass = pretty_midi.Instrument(BASS_PROGRAM, name="bass")
+    drums = pretty_midi.Instrument(0, is_drum=True, name="drums")
+    harmony, melody = names[0], names[-1]
+    scale_pcs = [(tonic_pc + s) % 12 for s in steps]
+    chords = []
+
+    def add(inst: pretty_midi.Instrument, pitch: int, start: float, dur: float, vel: int) -> None:
+        if start < seconds:
+            end = min(start + dur, seconds)
+            inst.notes.append(pretty_midi.Note(vel, int(pitch), float(start), float(end)))
+
+    for b in range(n_bars):
+        t0 = b * bar
+        pcs, label = _triad(tonic_pc, steps, progression[b % len(progression)])
+        chords.append({"start_time": round(t0, 3), "end_time": round(min(t0 + bar, seconds), 3),
+                       "chord": label})
+        for pc in pcs:  # block chord voiced around middle C
+            add(parts[harmony], 60 + (pc - 60) % 12, t0, bar * 0.95, 70)
+        if len(names) >= 3:  # a second harmony part plays the chord an octave up on each beat
+            for k in range(beats_per_bar):
+                for pc in pcs:
+                    add(parts[names[1]], 72 + (pc - 72) % 12, t0 + k * beat, beat * 0.8, 55)
+        for k in range(beats_per_bar):  # bass on the root, every beat
+            add(bass, 36 + pcs[0] % 12, t0 + k * beat, beat * 0.9, 90)
+            drum = DRUM_KICK if k == 0 else (DRUM_SNARE if k % 2 == 1 else DRUM_KICK)
+            add(drums, drum, t0 + k * beat, 0.1, 100 if k == 0 else 80)
+            for half in (0.0, 0.5):
+                add(drums, DRUM_HAT, t0 + (k + half) * beat, 0.05, 60)
+        if melody != harmony:  # melody: chord tones and scale steps on eighth notes
+            pitch = 72 + pcs[0] % 12
+            for k in range(beats_per_bar * 2):
+                step = int(rng.integers(-2, 3))
+                idx = (scale_pcs.index(pitch % 12) + step) % 7
+                pitch = 72 + scale_pcs[idx] % 12
+                add(parts[melody], pitch, t0 + k * beat / 2, beat / 2 * 0.9, 85)
+    midi.instruments.extend([*parts.values(), bass, drums])
+    truth = ClipTruth(
+        clip_id=clip_id,
+        split=split,
+        seconds=float(seconds),
+        tempo=tempo,
+        key=f"{PITCH_CLASSES[tonic_pc]} {'minor' if is_minor else 'major'}",
+        time_signature=f"{beats_per_bar}/4",
+        instruments=sorted([*names, "bass", "drums"]),
+        chords=chords,
+    )
+    return midi, truth
+
+
+def render(midi: pretty_midi.PrettyMIDI, seconds: float, soundfont: Path) -> np.ndarray:
+    """Renders `midi` to float32 mono [seconds * 44100] with tinysoundfont, peak 0.9."""
+    import tinysoundfont
+
+    synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE)
+    sfid = synth.sfload(str(soundfont))
+    events = []  # (sample, order, kind, channel, pitch, velocity); note-offs sort first
+    for chan, inst in enumerate(midi.instruments):
+        channel = 9 if inst.is_drum else chan
+        synth.program_select(channel, sfid, 128 if inst.is_drum else 0,
+                             0 if inst.is_drum else inst.program, is_drums=inst.is_drum)
+        for note in inst.notes:
+            on, off = int(note.start * SAMPLE_RATE), int(note.end * SAMPLE_RATE)
+            events.append((on, 1, "on", channel, note.pitch, note.velocity))
+            events.append((off, 0, "off", channel, note.pitch, 0))
+    events.sort()
+    total = int(seconds * SAMPLE_RATE)
+    chunks, cursor = [], 0
+    for sample, _, kind, channel, pitch, velocity in events:
+        if sample > cursor:
+            chunks.append(np.frombuffer(synth.generate(sample - cursor), dtype=np.float32))
+            cursor = sample
+        if kind == "on":
+            synth.noteon(channel, pitch, velocity)
+        else:
+            synth.noteoff(channel, pitch)
+    if total > cursor:
+        chunks.append(np.frombuffer(synth.generate(total - cursor), dtype=np.float32))
+    stereo = np.concatenate(chunks).reshape(-1, 2)[:total]
+    mono = stereo.mean(axis=1)
+    peak = float(np.abs(mono).max())
+    return (mono * (0.9 / peak) if peak > 0 else mono).astype(np.float32)
+
+
+def clip_plan(n_clips: int, eval_fraction: float, seed: int) -> list[tuple[str, str, int]]:
+    """(clip_id, split, clip_seed) for every clip; the split is a function of (seed, index) only."""
+    plan = []
+    for i in range(n_clips):
+        clip_seed = zlib.crc32(f"{seed}:{i}".encode())
+        split = "eval" if (clip_seed % 1000) < eval_fraction * 1000 else "train"
+        plan.append((f"demo{i:05d}", split, clip_seed))
+    return plan
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def build_dataset(output_dir: Path, n_clips: int, seconds: float, seed: int,
+                  eval_fraction: float = 0.2) -> list[ClipTruth]:
+    """Composes and renders every clip (skipping those already on disk); writes `clips.jsonl`."""
+    output_dir = Path(output_dir)
+    (output_dir / "audio").mkdir(parents=True, exist_ok=True)
+    (output_dir / "midi").mkdir(parents=True, exist_ok=True)
+    soundfont = soundfont_path()
+    truths = []
+    for clip_id, split, clip_seed in tqdm(clip_plan(n_clips, eval_fraction, seed), desc="synth",
+                                          unit="clip"):
+        midi, truth = compose_clip(clip_id, split, clip_seed, seconds)
+        wav = output_dir / "audio" / f"{clip_id}.wav"
+        if not wav.exists():
+            audio = render(midi, seconds, soundfont)
+            _write_atomic(output_dir / "midi" / f"{clip_id}.mid", lambda p, m=midi: m.write(str(p)))
+            _write_atomic(wav, lambda p, a=audio: sf.write(str(p), a, SAMPLE_RATE, format="WAV",
+                                                           subtype="PCM_16"))
+        truths.append(truth)
+    lines = "".join(json.dumps(dataclasses.asdict(t)) + "\n" for t in truths)
+    _write_atomic(output_dir / "clips.jsonl", lambda p: p.write_text(lines))
+    return truths
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_prep demo-data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--n-clips", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length in seconds")
+    parser.add_argument("--eval-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    truths = build_dataset(args.output_dir, args.n_clips, args.seconds, args.seed,
+                           args.eval_fraction)
+    n_eval = sum(t.split == "eval" for t in truths)
+    print(json.dumps({"clips": len(truths), "train": len(truths) - n_eval, "eval": n_eval,
+                      "output_dir": str(args.output_dir)}))
+    return 0
