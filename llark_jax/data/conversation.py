@@ -16,7 +16,8 @@ Supervision (FastChat-v0, the LLark default) follows the reference: the whole as
 supervised, including its `### Assistant: ` header and the trailing `\\n### `; the system header,
 the human turn and all audio positions are not. The reference's "+2" quirk (the `###` that opens
 each human turn stays supervised because of a BOS/`###` length coincidence, spec §2.3) is NOT
-reproduced by `FASTCHAT_V0`; the variant `FASTCHAT_V0_REFERENCE_MASK` reproduces it (`supervised_user_lead`).
+reproduced by `FASTCHAT_V0`; the variant `FASTCHAT_V0_REFERENCE_MASK` reproduces it
+(`supervised_user_lead`).
 """
 
 from __future__ import annotations
