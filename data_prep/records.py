@@ -1,0 +1,231 @@
+"""`python -m data_prep write`: clip metadata + QA pairs + embeddings -> TFRecord shards.
+
+Joins three inputs by clip id (the schema lives in `llark_jax.data.records`):
+
+- `--annotations A.jsonl`: one clip per line with `clip_id` (or `id`); optional `dataset`, `split`;
+  every field is kept as the record's `metadata`. Clips whose `split` differs from `--split` are
+  left out (clips without a `split` belong to every split).
+- `--qa QA.jsonl`: lines naming a clip (`clip_id` or `id`) and either one pair
+  (`question`, `answer`, optional `task`) or a list of pairs under `qa` or `response`.
+- `--embeddings DIR`: `<clip_id>.npy` (float32 [T, D]) and optionally `<clip_id>.json` with
+  `{"encoder": NAME}`.
+
+Writes `{split}-{encoder}-NNNNN-of-MMMMM.tfrecord` shards (tmp file + rename), an index
+`{split}-{encoder}-index.json` (counts per dataset/task, records per shard) and a report
+`{split}-{encoder}-report.json` listing every clip not written and why. Re-running with the same
+inputs skips shards that the index says are complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from llark_jax.data.records import (
+    EMBEDDING_DTYPES,
+    ClipRecord,
+    QAPair,
+    encode_clip,
+    frame_record,
+    iter_records,
+    shard_name,
+)
+
+
+def _clip_key(row: dict[str, Any]) -> str | None:
+    key = row.get("clip_id", row.get("id"))
+    return str(key) if key is not None else None
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    row = None
+                yield line_no, row if isinstance(row, dict) else None
+
+
+def load_annotations(path: Path, split: str, problems: list[dict]) -> dict[str, dict[str, Any]]:
+    """clip id -> annotation row, for the rows of `split` (or with no split)."""
+    clips: dict[str, dict[str, Any]] = {}
+    for line_no, row in _read_jsonl(path):
+        key = _clip_key(row) if row is not None else None
+        if key is None:
+            problems.append({"clip_id": None, "kind": "bad annotation row",
+                             "where": f"{path}:{line_no}"})
+        elif row.get("split", split) == split:
+            clips[key] = row
+    return clips
+
+
+def load_qa(path: Path, problems: list[dict]) -> dict[str, list[QAPair]]:
+    """clip id -> QA pairs in file order; malformed pairs are reported and dropped."""
+    pairs: dict[str, list[QAPair]] = collections.defaultdict(list)
+    for line_no, row in _read_jsonl(path):
+        key = _clip_key(row) if row is not None else None
+        items = (row.get("qa", row.get("response", [row])) if key is not None else None)
+        if not isinstance(items, list):
+            problems.append({"clip_id": key, "kind": "bad QA row", "where": f"{path}:{line_no}"})
+            continue
+        for item in items:
+            if isinstance(item, dict) and all(
+                isinstance(item.get(k), str) and item[k].strip() for k in ("question", "answer")
+            ):
+                task = str(item.get("task", row.get("task", "unknown")))
+                pairs[key].append(QAPair(item["question"], item["answer"], task))
+            else:
+                problems.append({"clip_id": key, "kind": "bad QA pair",
+                                 "where": f"{path}:{line_no}"})
+    return pairs
+
+
+def load_embedding(directory: Path, clip_id: str) -> np.ndarray:
+    """`<clip_id>.npy` as float32 [T, D] (a leading axis of 1 is dropped)."""
+    array = np.load(directory / f"{clip_id}.npy", allow_pickle=False)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2 or 0 in array.shape or not np.isfinite(array).all():
+        raise ValueError(f"embedding must be finite [T, D], got shape {array.shape}")
+    return array.astype(np.float32)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _previous_shards(index_path: Path) -> dict[str, dict[str, Any]]:
+    if not index_path.is_file():
+        return {}
+    return {s["file"]: s for s in json.loads(index_path.read_text())["shards"]}
+
+
+def write_records(annotations: Path, qa: Path, embeddings: Path, output_dir: Path, split: str,
+                  shard_size: int = 256, encoder: str | None = None,
+                  embedding_dtype: str = "bfloat16", dataset: str = "unknown") -> dict[str, Any]:
+    """Writes the shards, index and report; returns the index dict (see module docstring)."""
+    problems: list[dict] = []
+    clips = load_annotations(annotations, split, problems)
+    pairs = load_qa(qa, problems)
+    ready: list[tuple[str, dict[str, Any], list[QAPair]]] = []
+    for clip_id in sorted(clips):
+        if not pairs.get(clip_id):
+            problems.append({"clip_id": clip_id, "kind": "no QA pairs"})
+        elif not (embeddings / f"{clip_id}.npy").is_file():
+            problems.append({"clip_id": clip_id, "kind": "no embedding file"})
+        else:
+            ready.append((clip_id, clips[clip_id], pairs[clip_id]))
+    for clip_id in sorted(set(pairs) - set(clips)):
+        problems.append({"clip_id": clip_id, "kind": "QA for a clip not in the annotations"})
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if encoder is None:  # the first sidecar names the encoder of the whole run
+        encoder = next((e for c in ready if (e := _sidecar_encoder(embeddings, c[0]))), "unknown")
+    index_path = output_dir / f"{split}-{encoder}-index.json"
+    previous = _previous_shards(index_path)
+    n_shards = max(1, -(-len(ready) // shard_size))
+    shards = []
+    for i in tqdm(range(n_shards), desc="shards", unit="shard"):
+        chunk = ready[i * shard_size : (i + 1) * shard_size]
+        name = shard_name(split, encoder, i, n_shards)
+        inputs = hashlib.sha1(json.dumps([[c[0], c[1], [p.__dict__ for p in c[2]]] for c in chunk],
+                                         sort_keys=True).encode()).hexdigest()
+        old = previous.get(name)
+        if old and old["inputs"] == inputs and (output_dir / name).is_file() and sum(
+                1 for _ in iter_records(str(output_dir / name))) == old["records"]:
+            shards.append(old)
+            continue
+        shard = _write_shard(output_dir / name, chunk, embeddings, split, encoder,
+                             EMBEDDING_DTYPES[embedding_dtype], dataset)
+        shards.append({"file": name, "inputs": inputs, **shard})
+    for shard in shards:
+        problems.extend(shard["not_written"])
+    datasets: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    tasks: collections.Counter = collections.Counter()
+    for shard in shards:
+        for ds, counts in shard["datasets"].items():
+            datasets[ds].update(counts)
+        tasks.update(shard["tasks"])
+    index = {
+        "split": split, "encoder": encoder, "embedding_dtype": embedding_dtype,
+        "records": sum(s["records"] for s in shards), "qa_pairs": sum(tasks.values()),
+        "datasets": {k: dict(datasets[k]) for k in sorted(datasets)},
+        "tasks": dict(sorted(tasks.items())), "not_written": len(problems), "shards": shards,
+    }
+    _write_atomic(index_path, json.dumps(index, indent=1).encode())
+    reasons = collections.Counter(p["kind"] for p in problems)
+    report = {"written": index["records"], "not_written": problems, "reasons": dict(reasons)}
+    report_path = output_dir / f"{split}-{encoder}-report.json"
+    _write_atomic(report_path, json.dumps(report, indent=1).encode())
+    return index
+
+
+def _sidecar_encoder(directory: Path, clip_id: str) -> str | None:
+    sidecar = directory / f"{clip_id}.json"
+    return json.loads(sidecar.read_text()).get("encoder") if sidecar.is_file() else None
+
+
+def _write_shard(path: Path, chunk: list[tuple[str, dict[str, Any], list[QAPair]]],
+                 embeddings: Path, split: str, encoder: str, dtype: np.dtype,
+                 dataset: str) -> dict[str, Any]:
+    """Encodes one shard's clips and writes it atomically; returns its index entry."""
+    frames, problems, clip_ids = [], [], []
+    datasets: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    tasks: collections.Counter = collections.Counter()
+    for clip_id, row, clip_pairs in chunk:
+        try:
+            array = load_embedding(embeddings, clip_id)
+            clip_encoder = _sidecar_encoder(embeddings, clip_id)
+        except (OSError, ValueError) as err:
+            problems.append({"clip_id": clip_id, "kind": "bad embedding", "detail": str(err)})
+            continue
+        if clip_encoder not in (None, encoder):
+            problems.append({"clip_id": clip_id, "kind": "encoder mismatch",
+                             "detail": f"{clip_encoder} != {encoder}"})
+            continue
+        ds = str(row.get("dataset", dataset))
+        record = ClipRecord(clip_id, ds, split, encoder, array.astype(dtype), tuple(clip_pairs),
+                            row)
+        frames.append(frame_record(encode_clip(record)))
+        clip_ids.append(clip_id)
+        datasets[ds].update({"clips": 1, "qa_pairs": len(clip_pairs)})
+        tasks.update(p.task for p in clip_pairs)
+    _write_atomic(path, b"".join(frames))
+    return {"records": len(frames), "qa_pairs": sum(tasks.values()), "clip_ids": clip_ids,
+            "datasets": {k: dict(v) for k, v in datasets.items()}, "tasks": dict(tasks),
+            "not_written": problems}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_prep write", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotations", type=Path, required=True)
+    parser.add_argument("--qa", type=Path, required=True)
+    parser.add_argument("--embeddings", type=Path, required=True)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--shard-size", type=int, default=256, help="records per shard")
+    parser.add_argument("--encoder", default=None, help="default: the sidecars' encoder name")
+    parser.add_argument("--embedding-dtype", default="bfloat16", choices=list(EMBEDDING_DTYPES))
+    parser.add_argument("--dataset", default="unknown", help="for rows without a dataset field")
+    args = parser.parse_args(argv)
+    index = write_records(args.annotations, args.qa, args.embeddings, args.output_dir, args.split,
+                          args.shard_size, args.encoder, args.embedding_dtype, args.dataset)
+    summary = {k: index[k] for k in ("split", "encoder", "records", "qa_pairs", "tasks")}
+    summary["shards"] = len(index["shards"])
+    summary["not_written"] = index["not_written"]
+    print(json.dumps(summary))
+    return 0
