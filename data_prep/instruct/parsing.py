@@ -1,0 +1,129 @@
+"""Lenient JSON extraction from model replies, and the schemas the replies must satisfy.
+
+Model replies wrap JSON in prose or code fences, or stop mid-list when they run out of tokens.
+`parse_lenient_json` finds the first JSON value in the text, ignores what follows it, and repairs a
+truncated list by keeping its complete elements.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class ReplyParseError(ValueError):
+    """The reply holds no usable JSON value."""
+
+
+class ReplySchemaError(ValueError):
+    """The reply parsed but does not have the required shape."""
+
+
+_DECODER = json.JSONDecoder()
+_CLOSERS = {"[": "]", "{": "}"}
+
+
+def _complete_prefix_of_list(text: str) -> str | None:
+    """For a truncated top-level list, the prefix through its last complete element, closed."""
+    stack: list[str] = []
+    in_string = escaped = False
+    last_complete = None
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "[{":
+            stack.append(ch)
+        elif ch in "]}":
+            if not stack or _CLOSERS[stack.pop()] != ch:
+                return None
+            if len(stack) == 1:
+                last_complete = i
+            if not stack:
+                return None  # the list was complete: not a truncation
+    if last_complete is None:
+        return None
+    return text[: last_complete + 1] + "]"
+
+
+def parse_lenient_json(text: str) -> tuple[Any, bool]:
+    """Returns (value, repaired): the first JSON list/object in `text`.
+
+    `repaired` is True when a truncated list was cut back to its complete elements.
+    Raises ReplyParseError when nothing usable is found.
+    """
+    starts = [i for i in (text.find("["), text.find("{")) if i >= 0]
+    if not starts:
+        raise ReplyParseError(f"no JSON list or object in reply: {text[:80]!r}")
+    start = min(starts)
+    candidate = text[start:]
+    try:
+        value, _ = _DECODER.raw_decode(candidate)
+        return value, False
+    except json.JSONDecodeError:
+        pass
+    if candidate[0] == "[":
+        repaired = _complete_prefix_of_list(candidate)
+        if repaired is not None:
+            try:
+                return json.loads(repaired), True
+            except json.JSONDecodeError:
+                pass
+    # JSON may start later (e.g. a stray "[1]" footnote marker before the real payload).
+    rest = text[start + 1 :]
+    if "[" in rest or "{" in rest:
+        return parse_lenient_json(rest)
+    raise ReplyParseError(f"unparseable JSON in reply: {text[:80]!r}")
+
+
+def validate_qa_list(value: Any) -> tuple[list[dict[str, str]], int]:
+    """Returns (pairs, n_dropped): the {question, answer} string pairs of a parsed reply.
+
+    Accepts a list of pairs, a single pair, or an object with one list-valued key holding the pairs.
+    Elements without a non-empty string question and answer are dropped and counted.
+    Raises ReplySchemaError when no valid pair remains.
+    """
+    if isinstance(value, dict):
+        if "question" in value and "answer" in value:
+            value = [value]
+        else:
+            lists = [v for v in value.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise ReplySchemaError(f"object reply without a single QA list: keys {list(value)}")
+            value = lists[0]
+    if not isinstance(value, list):
+        raise ReplySchemaError(f"reply is a {type(value).__name__}, not a list of QA pairs")
+    pairs = []
+    for item in value:
+        if not isinstance(item, dict):
+            continue
+        question, answer = item.get("question"), item.get("answer")
+        if isinstance(question, str) and isinstance(answer, str):
+            if not (question.strip() and answer.strip()):
+                continue
+            pairs.append({"question": question.strip(), "answer": answer.strip()})
+    if not pairs:
+        raise ReplySchemaError(f"no valid question/answer pair among {len(value)} elements")
+    return pairs, len(value) - len(pairs)
+
+
+def parse_qa_reply(text: str) -> dict[str, Any]:
+    """A MIR/reasoning reply -> {"qa": [...], "dropped": n, "repaired": bool}; raises on failure."""
+    value, repaired = parse_lenient_json(text)
+    pairs, dropped = validate_qa_list(value)
+    return {"qa": pairs, "dropped": dropped, "repaired": repaired}
+
+
+def parse_caption_reply(text: str, min_words: int = 5) -> dict[str, Any]:
+    """Validates a captioning reply (plain prose) -> {"caption": text}."""
+    caption = text.strip()
+    if len(caption.split()) < min_words:
+        raise ReplySchemaError(f"caption too short ({len(caption.split())} words)")
+    return {"caption": caption}
