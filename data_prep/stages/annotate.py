@@ -1,0 +1,80 @@
+"""`python -m data_prep annotate --audio-dir DIR --output annotations.jsonl`: madmom per track.
+
+Each audio file under DIR (recursive; file stem = track id) is annotated on its first 360 s
+(fields: see `data_prep.annotate`). One JSON per track is cached atomically in
+``<output>.cache/`` as soon as it is done, so a crash or kill loses only the track in flight and a
+rerun continues; the JSONL is assembled from the cache in sorted-path order, identical to an
+uninterrupted run. ``--crops OUT/crops.jsonl`` (from the crop stage) instead writes one record per
+clip: id = clip id, ``track_id``, ``start_secs``/``end_secs``, beats and chords cut and re-timed to
+the clip, tempo and key track-level. The report (``<output>.report.json``) lists every skipped file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from pathlib import Path
+
+from data_prep.annotate import DEFAULT_MAX_CROP_S, MAX_ANNOTATION_S, annotate_file, crop_annotations
+from data_prep.audio import AudioError, list_audio_files
+from data_prep.stages.runner import (
+    options_tag,
+    read_jsonl,
+    run_cached,
+    write_jsonl_atomic,
+    write_report,
+)
+
+
+def initialize_worker() -> None:
+    """Load madmom's processors once per worker process."""
+    from data_prep.annotate import get_annotator
+
+    get_annotator()
+
+
+def annotate_track(path: str, *, max_seconds: float) -> dict:
+    return annotate_file(path, max_seconds=max_seconds)
+
+
+def clip_records(tracks: dict[str, dict], crops: list[dict], max_crop_s: float) -> list[dict]:
+    """One cropped record per crop-manifest row whose track has an annotation."""
+    return [
+        crop_annotations({**tracks[c["track_id"]], "id": c["id"], "track_id": c["track_id"]},
+                         c["start_secs"], c["end_secs"], max_crop_s)
+        for c in crops
+        if c["track_id"] in tracks
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_prep annotate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--audio-dir", required=True, type=Path, help="full (uncropped) tracks")
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--crops", type=Path, help="crops.jsonl from the crop stage")
+    parser.add_argument("--max-seconds", type=float, default=MAX_ANNOTATION_S)
+    parser.add_argument("--max-crop-seconds", type=float, default=DEFAULT_MAX_CROP_S)
+    parser.add_argument("--workers", type=int, default=1)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    work = partial(annotate_track, max_seconds=args.max_seconds)
+    files = [str(p) for p in list_audio_files(args.audio_dir)]
+    cache_dir = args.output.with_name(f"{args.output.name}.cache") / options_tag(work.keywords)
+    result = run_cached(files, work, key=lambda p: Path(p).stem, cache_dir=cache_dir,
+                        stage="annotate", workers=args.workers, initializer=initialize_worker,
+                        expected_errors=(AudioError,))
+    tracks = {key: {"id": key, **annotation} for key, annotation in result.results.items()}
+    if args.crops is None:
+        rows = list(tracks.values())
+    else:
+        crops = read_jsonl(args.crops)
+        rows = clip_records(tracks, crops, args.max_crop_seconds)
+        result.extra["clips_without_annotation"] = sorted(
+            c["id"] for c in crops if c["track_id"] not in tracks)
+    result.extra["records"] = write_jsonl_atomic(args.output, rows)
+    print(f"annotate: {result.counts} -> {write_report(args.output, result)}")
+    return 0 if result.ok else 1
