@@ -271,8 +271,12 @@ def frame_record(data: bytes) -> bytes:
             + struct.pack("<I", _masked_crc(data)))
 
 
-def scan_offsets(f: BinaryIO, name: str) -> list[tuple[int, int]]:
-    """(payload offset, payload length) of every record in an open TFRecord file (headers only)."""
+def scan_offsets(f: BinaryIO, name: str) -> tuple[list[tuple[int, int]], str | None]:
+    """(payload offset, payload length) of every record in an open TFRecord file (headers only).
+
+    Returns the records found before the first corrupt or truncated header, and the error text
+    for that header (None when the whole file is well framed).
+    """
     out, pos = [], 0
     f.seek(0, 2)
     end = f.tell()
@@ -280,15 +284,15 @@ def scan_offsets(f: BinaryIO, name: str) -> list[tuple[int, int]]:
         f.seek(pos)
         header = f.read(12)
         if len(header) < 12:
-            raise RecordError(f"{name}: truncated record header at byte {pos}")
+            return out, f"{name}: truncated record header at byte {pos}"
         (length,) = struct.unpack("<Q", header[:8])
         if struct.unpack("<I", header[8:])[0] != _masked_crc(header[:8]):
-            raise RecordError(f"{name}: corrupt length at byte {pos}")
+            return out, f"{name}: corrupt length at byte {pos}"
         if pos + 16 + length > end:
-            raise RecordError(f"{name}: truncated record at byte {pos}")
+            return out, f"{name}: truncated record at byte {pos}"
         out.append((pos + 12, length))
         pos += 16 + length
-    return out
+    return out, None
 
 
 def read_payload(f: BinaryIO, offset: int, length: int, name: str) -> bytes:
@@ -303,10 +307,13 @@ def read_payload(f: BinaryIO, offset: int, length: int, name: str) -> bytes:
 
 
 def iter_records(path: str) -> Iterator[bytes]:
-    """Every payload of a TFRecord file, in order."""
+    """Every payload of a TFRecord file, in order; raises `RecordError` at a corrupt frame."""
     with open(path, "rb") as f:
-        for offset, length in scan_offsets(f, path):
+        offsets, error = scan_offsets(f, path)
+        for offset, length in offsets:
             yield read_payload(f, offset, length, path)
+        if error:
+            raise RecordError(error)
 
 
 def tf_feature_spec() -> dict:
