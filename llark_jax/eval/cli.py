@@ -1,0 +1,213 @@
+"""`python -m llark_jax eval TASK --predictions P.jsonl --labels L.jsonl --output report.json`.
+
+TASK is key | tempo | genre | instruments | captions. Predictions JSONL rows are {clip_id, answer};
+label rows are {clip_id, key | tempo | genre | instruments | caption}. Clips are joined on clip_id:
+a labelled clip without a prediction is scored as an empty answer and counted
+(`missing_predictions`); predictions without a label are ignored and counted; malformed lines are
+reported by file and line and skipped. Writes report.json (metrics, n, 95% intervals and their
+method) and, with --report-dir, report.md plus PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llark_jax.eval import report
+from llark_jax.eval.intervals import MetricResult
+from llark_jax.eval.parse import parse_key, parse_tempo, strip_completion
+
+LABEL_FIELDS = {
+    "key": "key",
+    "tempo": "tempo",
+    "genre": "genre",
+    "instruments": "instruments",
+    "captions": "caption",
+}
+
+
+def read_jsonl(path: str | Path, required: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
+    """Rows keyed by clip_id, and a list of problems ("file:line: why") for skipped lines."""
+    rows: dict[str, dict] = {}
+    problems: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                problems.append(f"{path}:{line_no}: invalid JSON ({error.msg})")
+                continue
+            missing = [
+                k for k in ("clip_id", *required) if not isinstance(row, dict) or k not in row
+            ]
+            if missing:
+                problems.append(f"{path}:{line_no}: missing field(s) {missing}")
+                continue
+            if str(row["clip_id"]) in rows:
+                problems.append(
+                    f"{path}:{line_no}: duplicate clip_id {row['clip_id']!r}, kept last"
+                )
+            rows[str(row["clip_id"])] = row
+    return rows, problems
+
+
+def join(
+    predictions: dict[str, dict], labels: dict[str, dict], field: str
+) -> tuple[list[str], list[str], list[Any], dict[str, int]]:
+    """(clip_ids, answers, labels) in label order, plus join counts."""
+    clip_ids = sorted(labels)
+    answers = [str(predictions.get(c, {}).get("answer", "")) for c in clip_ids]
+    counts = {
+        "missing_predictions": sum(c not in predictions for c in clip_ids),
+        "unlabelled_predictions": sum(c not in labels for c in predictions),
+    }
+    return clip_ids, answers, [labels[c][field] for c in clip_ids], counts
+
+
+def _score_key(answers, labels, out_dir, args):
+    from llark_jax.eval.metrics import key_mirex
+
+    result = key_mirex(answers, labels)
+    plots = []
+    if out_dir:
+        pairs = [
+            (parse_key(str(lbl)), parse_key(strip_completion(a)))
+            for a, lbl in zip(answers, labels, strict=True)
+        ]
+        pairs = [(t, p) for t, p in pairs if t is not None]
+        truth, predicted = zip(*pairs, strict=True) if pairs else ((), ())
+        plots.append(report.plot_key_confusion(truth, predicted, out_dir / "key_confusion.png"))
+    return {"key_mirex": result}, plots
+
+
+def _score_tempo(answers, labels, out_dir, args):
+    from llark_jax.eval.metrics import tempo_accuracy
+
+    results = tempo_accuracy(answers, [float(x or 0) for x in labels], args.tolerance)
+    plots = []
+    if out_dir:
+        kept = [
+            (float(lbl), parse_tempo(strip_completion(a)))
+            for a, lbl in zip(answers, labels, strict=True)
+        ]
+        kept = [(t, p) for t, p in kept if t > 0]
+        plots.append(
+            report.plot_tempo_scatter(
+                [t for t, _ in kept], [p for _, p in kept], out_dir / "tempo_scatter.png"
+            )
+        )
+    return results, plots
+
+
+def _score_genre(answers, labels, out_dir, args):
+    from llark_jax.eval import genre
+
+    if args.embedder == "openai":
+        embed = genre.openai_embedder(args.openai_model, base_url=args.openai_base_url)
+    else:
+        embed = genre.local_embedder()
+    genres = args.genres.split(",") if args.genres else None
+    result = genre.genre_accuracy(answers, [str(x) for x in labels], embed, genres, k=1)
+    plots = []
+    if out_dir:
+        plots.append(
+            report.plot_confusion(
+                labels, result.details["predicted"], result.details["genres"],
+                out_dir / "genre_confusion.png", "Genre (nearest label)",
+            )
+        )  # fmt: skip
+    details = {k: v for k, v in result.details.items() if k != "predicted"}
+    return {"genre_acc1": dataclasses.replace(result, details=details)}, plots
+
+
+def _score_instruments(answers, labels, out_dir, args):
+    from llark_jax.eval.metrics import instrument_f1
+
+    vocabulary = args.vocabulary.split(",") if args.vocabulary else None
+    label_sets = [[x] if isinstance(x, str) else list(x) for x in labels]
+    return instrument_f1(answers, label_sets, vocabulary), []
+
+
+def _score_captions(answers, labels, out_dir, args):
+    from llark_jax.eval.captions import caption_metrics, tokenize
+
+    results = caption_metrics(answers, labels, meteor=not args.no_meteor)
+    plots = []
+    if out_dir:
+        references = [r for refs in labels for r in ([refs] if isinstance(refs, str) else refs)]
+        counts = {
+            "predictions": [len(tokenize(a)) for a in answers],
+            "references": [len(tokenize(r)) for r in references],
+        }
+        plots.append(report.plot_token_histogram(counts, out_dir / "caption_tokens.png"))
+    return results, plots
+
+
+SCORERS = {
+    "key": _score_key,
+    "tempo": _score_tempo,
+    "genre": _score_genre,
+    "instruments": _score_instruments,
+    "captions": _score_captions,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m llark_jax eval", description=__doc__)
+    parser.add_argument("task", choices=sorted(SCORERS))
+    parser.add_argument("--predictions", required=True, help="JSONL of {clip_id, answer}")
+    parser.add_argument("--labels", required=True, help="JSONL of {clip_id, <task field>}")
+    parser.add_argument("--output", required=True, help="report JSON path")
+    parser.add_argument("--report-dir", help="also write report.md and PNG plots here")
+    parser.add_argument("--tolerance", type=float, default=0.04, help="tempo tolerance (0.04)")
+    parser.add_argument("--genres", help="comma-separated genre set (default: labels seen)")
+    parser.add_argument("--embedder", choices=("local", "openai"), default="local")
+    parser.add_argument("--openai-model", default="text-embedding-3-small")
+    parser.add_argument("--openai-base-url", default=None)
+    parser.add_argument("--vocabulary", help="extra comma-separated instrument names")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs java)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    field = LABEL_FIELDS[args.task]
+    predictions, problems = read_jsonl(args.predictions, ["answer"])
+    labels, label_problems = read_jsonl(args.labels, [field])
+    problems += label_problems
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    clip_ids, answers, label_values, counts = join(predictions, labels, field)
+    if not clip_ids:
+        print(f"error: no usable labels in {args.labels}", file=sys.stderr)
+        return 1
+    out_dir = Path(args.report_dir) if args.report_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    results, plots = SCORERS[args.task](answers, label_values, out_dir, args)
+    payload = {
+        "task": args.task,
+        "metrics": report.results_to_json(results),
+        **counts,
+        "skipped_lines": problems,
+    }
+    report.write_json_atomic(payload, args.output)
+    notes = [f"{k}: {v}" for k, v in counts.items()] + [f"skipped line: {p}" for p in problems]
+    if out_dir:
+        report.write_markdown(
+            f"{args.task} evaluation", results, plots, out_dir / "report.md", notes
+        )
+    for name, value in results.items():
+        if isinstance(value, MetricResult):
+            low, high = value.ci95
+            interval = f"95% [{low:.4f}, {high:.4f}] {value.interval}"
+            print(f"{name}: {value.value:.4f} (n={value.n}, {interval})")
+    print(f"wrote {args.output}")
+    return 0
