@@ -159,7 +159,8 @@ def segment_positions(segment_ids_bt: jax.Array) -> jax.Array:
     """Positions [B, T] that restart at 0 wherever the segment id changes."""
     t = jnp.arange(segment_ids_bt.shape[1], dtype=jnp.int32)[None, :]
     changed_bt = segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]
-    starts = jnp.concatenate([jnp.ones_like(changed_bt[:, :1]), changed_bt], axis=1)
+    first_b1 = jnp.ones((segment_ids_bt.shape[0], 1), bool)
+    starts = jnp.concatenate([first_b1, changed_bt], axis=1)
     return t - jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
 
 
