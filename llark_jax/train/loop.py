@@ -1,0 +1,226 @@
+"""The training loop and `python -m llark_jax train --config configs/X.py --workdir W`.
+
+Rerunning the same command resumes from the newest usable checkpoint in `W/checkpoints`
+(params, optimizer state, step and input-pipeline state), so a killed run continues exactly where
+its last checkpoint left off. SIGTERM (preemption) saves a checkpoint at the current step and
+exits with status 143. A NaN/inf loss stops the run (status 1) without saving, so the newest
+checkpoint is the last good one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from llark_jax.config import config_to_json, load_config, split_overrides
+from llark_jax.model.sharding import logical_rules
+from llark_jax.model.trainable import gradient_mask
+from llark_jax.train.checkpoint import TrainCheckpointer
+from llark_jax.train.mesh import (
+    batch_sharding,
+    make_mesh,
+    maybe_initialize_distributed,
+    replicated,
+    rules_for,
+)
+from llark_jax.train.metrics import MetricsWriter
+from llark_jax.train.model_setup import (
+    build_model,
+    llama_config,
+    model_fn,
+    train_flops_per_step,
+)
+from llark_jax.train.optim import make_optimizer, trainable_labels
+from llark_jax.train.sharded_init import abstract_model, tree_shardings
+from llark_jax.train.step import init_train_state, jit_train_step, make_train_step
+from llark_jax.train.synthetic import SyntheticBatches, SyntheticSpec
+
+log = logging.getLogger("llark_jax.train")
+EXIT_PREEMPTED = 143
+EXIT_NAN = 1
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def make_batches(config: ml_collections.ConfigDict):
+    """The input iterator named by `config.data.source` (must expose get_state/set_state)."""
+    if config.data.source == "synthetic":
+        m = config.model
+        spec = SyntheticSpec(
+            batch_size=config.data.batch_size // jax.process_count(),
+            seq_len=config.data.seq_len, vocab_size=m.llama.vocab_size,
+            audio_segments=config.data.audio_segments, audio_frames=config.data.audio_frames,
+            audio_dim=m.audio_dim, audio_start_id=m.audio_start_id,
+            audio_patch_id=m.audio_patch_id, audio_end_id=m.audio_end_id,
+        )
+        return SyntheticBatches(spec, seed=config.seed * 1000 + jax.process_index())
+    raise ValueError(f"unknown data source {config.data.source!r}")
+
+
+def gradient_mask_for(config: ml_collections.ConfigDict, params: Any) -> Any:
+    """The trainable-set mask of preset `config.model.trainable` (`llark_jax.model.trainable`).
+
+    Rows-trained embeddings train the `<audio_start>`/`<audio_end>` rows (spec §1.4-1.5).
+    """
+    m = config.model
+    return gradient_mask(params, m.trainable, (m.audio_start_id, m.audio_end_id))
+
+
+def to_global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """Host-local numpy batch -> global arrays split over ("data", "fsdp")."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+            for k, v in batch.items()}
+
+
+class TrainSetup:
+    """Everything the loop (and the planner) needs: mesh, jitted step, shardings, optimizer."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh_sizes: dict | None = None):
+        self.config = config
+        self.mesh = make_mesh(mesh_sizes if mesh_sizes is not None else config.mesh.to_dict())
+        self.rules = rules_for(config.sharding_rules)
+        # Structure and shardings come from the abstract model: nothing is allocated here.
+        graphdef, abstract_params, abstract_rest = abstract_model(
+            model_fn(config.model, config.seed))
+        self.graphdef = graphdef
+        self.grad_mask = gradient_mask_for(config, abstract_params)
+        self.tx, self.schedule = make_optimizer(config.optim, config.train.steps,
+                                                trainable_labels(self.grad_mask))
+        self.abstract_state = jax.eval_shape(
+            lambda p, r: init_train_state(p, r, self.tx), abstract_params, abstract_rest)
+        self.state_shardings = tree_shardings(self.abstract_state, self.mesh, self.rules)
+        step_fn = make_train_step(
+            graphdef, self.tx, self.schedule, micro_steps=config.train.micro_steps,
+            normalization=config.train.loss_normalization, grad_mask=self.grad_mask)
+        batch_shardings = {k: batch_sharding(self.mesh, nd) for k, nd in BATCH_NDIMS.items()}
+        self.train_step = jit_train_step(step_fn, self.state_shardings, batch_shardings,
+                                         replicated(self.mesh))
+
+    def abstract_state_with_shardings(self) -> Any:
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            self.abstract_state, self.state_shardings)
+
+    def fresh_state(self) -> Any:
+        """Initial train state, every array created directly in its sharding."""
+        cfg = self.config
+        _, params, rest = build_model(cfg.model, self.mesh, self.rules, cfg.seed)
+        init = jax.jit(lambda p, r: init_train_state(p, r, self.tx),
+                       out_shardings=self.state_shardings)
+        return init(params, rest)
+
+    def flops_per_step(self) -> float:
+        cfg = self.config
+        return train_flops_per_step(
+            llama_config(cfg.model), audio_dim=cfg.model.audio_dim, batch=cfg.data.batch_size,
+            seq_len=cfg.data.seq_len,
+            audio_frames=cfg.data.audio_segments * cfg.data.audio_frames)
+
+
+BATCH_NDIMS = {"input_ids": 2, "labels": 2, "positions": 2, "segment_ids": 2, "audio": 4,
+               "audio_mask": 3, "audio_frame_index": 2}
+
+
+class _StopFlag:
+    """Set by SIGTERM; checked between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        log.warning("SIGTERM received: saving a checkpoint after the current step")
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> int:
+    """Trains (or resumes) in `workdir`; returns the process exit status."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    setup = TrainSetup(config)
+    total = config.train.steps
+    with logical_rules(setup.mesh, setup.rules):
+        return _run(config, setup, workdir, total)
+
+
+def _run(config, setup: TrainSetup, workdir: Path, total: int) -> int:
+    ckpt = TrainCheckpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
+                             async_save=config.train.async_checkpoint)
+    batches = make_batches(config)
+    restored = ckpt.restore_latest(setup.abstract_state_with_shardings())
+    if restored is None:
+        start, state = 0, setup.fresh_state()
+        log.info("starting fresh in %s", workdir)
+    else:
+        start, state, input_state = restored
+        batches.set_state(input_state)
+        log.info("resumed from step %d in %s", start, workdir)
+    config_json = config_to_json(config)
+    peak = config.metrics.peak_flops_per_device * setup.mesh.devices.size
+    writer = MetricsWriter(workdir, start_step=start, total_steps=total,
+                           flops_per_step=setup.flops_per_step(), peak_flops_total=peak,
+                           tensorboard=config.metrics.tensorboard,
+                           is_primary=jax.process_index() == 0)
+    stop = _StopFlag()
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+    status = 0
+    try:
+        for step in range(start, total):
+            batch = to_global_batch(next(batches), setup.mesh)
+            began = time.perf_counter()
+            state, metrics = setup.train_step(state, batch)
+            metrics = jax.device_get(metrics)
+            elapsed = time.perf_counter() - began
+            if not math.isfinite(float(metrics["loss"])):
+                kept = ckpt.steps()
+                raise TrainingDiverged(
+                    f"loss is {float(metrics['loss'])} at step {step + 1}; stopping. The newest "
+                    f"checkpoint (step {kept[-1] if kept else 'none'}) is the last good one.")
+            writer.write(step + 1, {k: metrics[k] for k in ("loss", "lr", "grad_norm")},
+                         step_time=elapsed, tokens=tokens_per_step)
+            done = step + 1
+            if done % config.train.checkpoint_every == 0 or done == total or stop.requested:
+                ckpt.save(done, state, batches.get_state(), config_json)
+            if stop.requested:
+                log.warning("stopped by SIGTERM after step %d; rerun the command to resume", done)
+                status = EXIT_PREEMPTED
+                break
+    except TrainingDiverged as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        status = EXIT_NAN
+    finally:
+        stop.restore()
+        writer.close()
+        ckpt.close()
+    if status == 0:
+        print(f"trained {total} steps in {workdir} (metrics: {workdir / 'metrics.jsonl'})")
+    return status
+
+
+def main(argv: list[str]) -> int:
+    rest, overrides = split_overrides(argv)
+    parser = argparse.ArgumentParser(prog="python -m llark_jax train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
+    parser.add_argument("--workdir", required=True, help="run directory (resumes if it exists)")
+    args = parser.parse_args(rest)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    maybe_initialize_distributed()
+    config = load_config(args.config, overrides)
+    return train(config, args.workdir)
+

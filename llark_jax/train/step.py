@@ -1,0 +1,130 @@
+"""The pure training step: micro-batch gradient accumulation, masks, AdamW, jitted with shardings.
+
+The train state is a dict pytree `{"params", "rest", "opt_state", "step"}` built from
+`nnx.split(model, nnx.Param, ...)`; the step rebuilds the module with `nnx.merge` inside the
+traced function, so it is an ordinary `jax.jit` function with explicit in/out shardings and the
+state donated (ARCHITECTURE.md decision 1).
+
+Loss normalisation over the `A` micro-batches of one optimizer step (`llark_jax.model.loss`; with
+`sum_i` the summed token loss and `n_i` the supervised-token count of micro-batch i):
+
+- `micro_batch_mean` (reference, spec §4.2): `(1/A) Σ_i sum_i / n_i`
+- `global_tokens`: `Σ_i sum_i / Σ_i n_i`
+
+Gradients accumulate in float32 and are cast to the parameter dtype before the optimizer (so a
+pure-bf16 run keeps bf16 params and Adam moments like the reference; an fp32-master run keeps fp32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from llark_jax.model.loss import masked_lm_loss, supervised_targets
+from llark_jax.model.trainable import apply_mask
+
+TrainState = dict[str, Any]
+Batch = dict[str, jax.Array]
+NORMALIZATIONS = ("micro_batch_mean", "global_tokens")
+
+
+def init_train_state(params: Any, rest: Any, tx: optax.GradientTransformation) -> TrainState:
+    """`{"params", "rest", "opt_state", "step"}` for fresh training."""
+    return {"params": params, "rest": rest, "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32)}
+
+
+def split_micro_batches(batch: Batch, micro_steps: int) -> Batch:
+    """`[B, ...]` -> `[A, B/A, ...]` (row i goes to micro-batch i // (B/A))."""
+    def split(x: jax.Array) -> jax.Array:
+        if x.shape[0] % micro_steps:
+            raise ValueError(f"batch {x.shape[0]} not divisible into {micro_steps} micro-batches")
+        return x.reshape(micro_steps, x.shape[0] // micro_steps, *x.shape[1:])
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    micro_steps: int = 1,
+    normalization: str = "micro_batch_mean",
+    grad_mask: Any | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Returns `train_step(state, batch) -> (state, metrics)`, a pure function to jit.
+
+    The batch holds the arrays of `llark_jax.train.synthetic` (leading dim = global batch).
+    metrics: `loss` (normalised as above), `grad_norm` (global norm after masking, before
+    clipping), `lr` (rate of this update), `supervised_tokens`.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"loss normalization {normalization!r} not in {NORMALIZATIONS}")
+
+    def objective(params: Any, rest: Any, micro: Batch, total_tokens: jax.Array | None):
+        model = nnx.merge(graphdef, params, rest)
+        logits_btv = model(
+            micro["input_ids"], micro["audio"], micro["positions"],
+            segment_ids=micro["segment_ids"], audio_frame_index=micro["audio_frame_index"],
+            audio_mask=micro["audio_mask"],
+        )
+        loss, aux = masked_lm_loss(logits_btv, micro["labels"], micro["segment_ids"],
+                                   normalization=normalization, global_token_count=total_tokens)
+        return loss, aux["n_tokens"]
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        params, rest = state["params"], state["rest"]
+        micro_batches = split_micro_batches(batch, micro_steps)
+        total_tokens = None
+        if normalization == "global_tokens":
+            total_tokens = jnp.maximum(count_supervised(batch), 1).astype(jnp.float32)
+
+        def accumulate(carry, micro):
+            grads_acc, loss_acc, tokens_acc = carry
+            (loss, n_tokens), grads = grad_fn(params, rest, micro, total_tokens)
+            grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
+            return (grads_acc, loss_acc + loss, tokens_acc + n_tokens), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        (grads, loss, tokens), _ = jax.lax.scan(accumulate, init, micro_batches)
+        if normalization == "micro_batch_mean":
+            grads = jax.tree.map(lambda g: g / micro_steps, grads)
+            loss = loss / micro_steps
+        if grad_mask is not None:
+            grads = apply_mask(grads, grad_mask)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        new_state = {"params": new_params, "rest": rest, "opt_state": opt_state,
+                     "step": state["step"] + 1}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+                   "supervised_tokens": tokens}
+        return new_state, metrics
+
+    return train_step
+
+
+def count_supervised(batch: Batch) -> jax.Array:
+    """Number of supervised next-token predictions in the whole (global) batch."""
+    return supervised_targets(batch["labels"], batch["segment_ids"])[1].sum()
+
+
+def jit_train_step(
+    train_step: Callable, state_shardings: Any, batch_shardings: Any, metrics_sharding: Any
+) -> Callable:
+    """`jax.jit` with explicit shardings and the train state donated."""
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, metrics_sharding),
+        donate_argnums=(0,),
+    )

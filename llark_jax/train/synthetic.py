@@ -1,0 +1,106 @@
+"""Synthetic LLark batches with the real batch structure, deterministic in (seed, step).
+
+Each row holds one example: `<audio_start>` + T_a × `<audio_patch>` + `<audio_end>` per audio
+segment, a random "question", then a random "answer" that is supervised; the rest is padding.
+Arrays (B rows, L tokens, S audio segments of T_a frames of D features):
+
+    input_ids          [B, L]        int32   token ids (pad id 0)
+    labels             [B, L]        int32   unshifted targets, -100 = ignored
+    positions          [B, L]        int32   0.. within the example, 0 on padding
+    segment_ids        [B, L]        int32   1 on the example, 0 on padding
+    audio              [B, S, T_a, D] float32 encoder features
+    audio_mask         [B, S, T_a]   bool    valid frames
+    audio_frame_index  [B, L]        int32   s·T_a + t at frame t of segment s, else -1
+
+The iterator exposes `get_state()`/`set_state()` (a JSON-able dict), like the TFRecord pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Shapes and special ids of the synthetic batches."""
+
+    batch_size: int
+    seq_len: int
+    vocab_size: int
+    audio_segments: int
+    audio_frames: int
+    audio_dim: int
+    audio_start_id: int
+    audio_patch_id: int
+    audio_end_id: int
+
+
+class SyntheticBatches(Iterator[dict[str, np.ndarray]]):
+    """Infinite iterator of host-local numpy batches; batch `k` depends only on (seed, k)."""
+
+    def __init__(self, spec: SyntheticSpec, seed: int):
+        block = spec.audio_segments * (spec.audio_frames + 2)
+        if block + 4 > spec.seq_len:
+            raise ValueError(f"seq_len {spec.seq_len} cannot hold {block} audio tokens + text")
+        self.spec = spec
+        self.seed = int(seed)
+        self.step = 0
+
+    def get_state(self) -> dict[str, Any]:
+        return {"kind": "synthetic", "seed": self.seed, "step": self.step}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "synthetic" or int(state["seed"]) != self.seed:
+            raise ValueError(f"input state {state} does not belong to synthetic seed {self.seed}")
+        self.step = int(state["step"])
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = make_batch(self.spec, np.random.default_rng([self.seed, self.step]))
+        self.step += 1
+        return batch
+
+
+def make_batch(spec: SyntheticSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One synthetic batch (see the module docstring for the arrays)."""
+    b_size, length = spec.batch_size, spec.seq_len
+    n_seg, n_frames = spec.audio_segments, spec.audio_frames
+    text_vocab = min(spec.audio_start_id, spec.audio_patch_id, spec.audio_end_id)
+    input_ids = np.zeros((b_size, length), np.int32)
+    labels = np.full((b_size, length), IGNORE_INDEX, np.int32)
+    positions = np.zeros((b_size, length), np.int32)
+    segment_ids = np.zeros((b_size, length), np.int32)
+    frame_index = np.full((b_size, length), -1, np.int32)
+    block = n_seg * (n_frames + 2)
+    for row in range(b_size):
+        question_len = int(rng.integers(1, 4))
+        answer_len = int(rng.integers(2, length - block - question_len + 1))
+        tokens: list[int] = [1]
+        for seg in range(n_seg):
+            frame_index[row, len(tokens) + 1 : len(tokens) + 1 + n_frames] = (
+                seg * n_frames + np.arange(n_frames)
+            )
+            tokens += [spec.audio_start_id] + [spec.audio_patch_id] * n_frames + [spec.audio_end_id]
+        tokens += rng.integers(2, text_vocab, question_len - 1).tolist()
+        answer_start = len(tokens)
+        tokens += rng.integers(2, text_vocab, answer_len).tolist()
+        n = len(tokens)
+        input_ids[row, :n] = tokens
+        labels[row, answer_start:n] = tokens[answer_start:]
+        positions[row, :n] = np.arange(n)
+        segment_ids[row, :n] = 1
+    audio = rng.standard_normal((b_size, n_seg, n_frames, spec.audio_dim)).astype(np.float32)
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "positions": positions,
+        "segment_ids": segment_ids,
+        "audio": audio,
+        "audio_mask": np.ones((b_size, n_seg, n_frames), bool),
+        "audio_frame_index": frame_index,
+    }
