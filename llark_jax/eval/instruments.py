@@ -99,7 +99,8 @@ _SCOPE_RESET = re.compile(
 )
 _NEGATION_AFTER = re.compile(
     r"^\s*(?:(?:is|are|was|were|(?:seems?|appears?)(?:\s+to\s+be)?)\s+(?:not|absent|missing|nowhere)\b"
-    r"|(?:is|are|was|were|do|does|did)n't\b|(?:do|does|did)\s+not\b|(?:absent|missing)\b)",
+    r"|(?:is|are|was|were|do|does|did)n't\b|(?:do|does|did)\s+not\b|(?:absent|missing)\b"
+    r"|:\s*(?:none|no|absent)\b)",
     re.I,
 )
 _CLAUSE_SPLIT = re.compile(
