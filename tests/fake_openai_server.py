@@ -5,7 +5,7 @@ Usage:
     with server:                      # or server.start() / server.stop()
         client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
         ...
-    server.calls                      # one CallRecord per request (fault applied, request body)
+    server.calls                      # one CallRecord per request whose body arrived
 
 `reply(request_json) -> str` makes the assistant text of a healthy response. A fault replaces or
 corrupts it: "rate_limit" (429 + Retry-After), "server_error" (500), "hang" (silent for `hang_s`),
@@ -102,7 +102,7 @@ class FakeChatServer:
 
     def start(self) -> FakeChatServer:
         handler = type("Handler", (_Handler,), {"owner": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
@@ -160,6 +160,11 @@ def completion_body(model: str, content: str, finish_reason: str = "stop") -> di
     }
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that time out and hang up on a "hang" fault are expected, not errors."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner: FakeChatServer
     protocol_version = "HTTP/1.1"
@@ -180,7 +185,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         owner = self.owner
         length = int(self.headers.get("Content-Length", 0))
-        request = json.loads(self.rfile.read(length) or b"{}")
+        body = self.rfile.read(length)
+        try:
+            request = json.loads(body)
+        except json.JSONDecodeError:  # the client hung up mid-body (e.g. its timeout fired)
+            self.close_connection = True
+            return
         authorized = owner.expected_key is None or (
             self.headers.get("Authorization") == f"Bearer {owner.expected_key}"
         )

@@ -34,9 +34,11 @@ class MissingApiKeyError(RuntimeError):
 class RequestFailedError(RuntimeError):
     """All attempts failed; `reason` is a short category ("rate_limit", "timeout", "parse", ...)."""
 
-    def __init__(self, reason: str, message: str, attempts: int, usage: dict[str, int]):
+    def __init__(self, reason: str, message: str, attempts: int, usage: dict[str, int],
+                 retried: dict[str, int]):
         super().__init__(f"{reason} after {attempts} attempt(s): {message}")
         self.reason, self.message, self.attempts, self.usage = reason, message, attempts, usage
+        self.retried = retried
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,14 @@ class RetryPolicy:
 
 @dataclass
 class ChatResult:
-    """A successful request: the parsed value, raw text, token usage and attempts used."""
+    """A successful request: parsed value, raw text, attempts, token usage, retried failures."""
 
     value: Any
     text: str
     finish_reason: str | None
     attempts: int
     usage: dict[str, int] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)
 
 
 def _retry_after_s(error: openai.APIStatusError) -> float | None:
@@ -160,6 +163,7 @@ class ChatClient:
         `options` go to `chat.completions.create` (temperature, max_tokens, ...).
         """
         usage: dict[str, int] = {}
+        retried: dict[str, int] = {}
         for attempt in range(1, self.policy.max_attempts + 1):
             try:
                 response = await self._attempt(model, messages, options)
@@ -167,12 +171,13 @@ class ChatClient:
                 choice = response.choices[0]
                 text = choice.message.content or ""
                 value = parse(text)
-                return ChatResult(value, text, choice.finish_reason, attempt, usage)
+                return ChatResult(value, text, choice.finish_reason, attempt, usage, retried)
             except Exception as error:  # noqa: BLE001 - every failure is classified below
                 reason, retryable, retry_after = _classify(error)
                 message = self.redact(str(error) or type(error).__name__)[:300]
                 if not retryable or attempt == self.policy.max_attempts:
-                    raise RequestFailedError(reason, message, attempt, usage) from None
+                    raise RequestFailedError(reason, message, attempt, usage, retried) from None
+                retried[reason] = retried.get(reason, 0) + 1
                 delay = self.policy.backoff_s(attempt, self._rng)
                 if retry_after is not None:
                     delay = max(delay, min(retry_after, self.policy.retry_after_max_s))
