@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -67,6 +68,7 @@ def test_bad_records_are_skipped_and_counted(tmp_path):
         _edited("bad_metadata", metadata=[b"{"]),
         encode_clip(_good("too_many_frames", frames=60)),
         encode_clip(_good("too_long", question="word " * 200)),
+        encode_clip(dataclasses.replace(_good("wide"), embedding=np.ones((20, 9), np.float32))),
     ]
     records = tmp_path / "records"
     records.mkdir()
@@ -83,3 +85,4 @@ def test_bad_records_are_skipped_and_counted(tmp_path):
     epochs = counters["epochs_completed"] + 1
     assert counters["bad_records"] == 5 * epochs or counters["bad_records"] == 5 * (epochs - 1)
     assert counters["too_many_frames"] >= 1 and counters["too_long"] >= 1
+    assert counters["wrong_embed_dim"] >= 1

@@ -68,13 +68,13 @@ class _Source:
     """Random access to every record of the shards (offsets from the frame headers)."""
 
     def __init__(self, patterns: Sequence[str]):
-        self.files = sorted({p for pat in patterns for p in (glob.glob(pat) or [pat])})
+        self.files = sorted({p for pat in patterns for p in (_glob(pat) or [pat])})
         if not self.files:
             raise FileNotFoundError(f"no TFRecord shards match {list(patterns)}")
         self.locations: list[tuple[int, int, int]] = []
         self.framing_errors: list[str] = []
         for i, path in enumerate(self.files):
-            with open(path, "rb") as f:
+            with _open(path) as f:
                 offsets, error = scan_offsets(f, path)
             self.locations += [(i, off, n) for off, n in offsets]
             if error:
@@ -88,20 +88,42 @@ class _Source:
     def read(self, record: int) -> ClipRecord:
         file_index, offset, length = self.locations[record]
         if file_index not in self._handles:
-            self._handles[file_index] = open(self.files[file_index], "rb")  # noqa: SIM115
+            self._handles[file_index] = _open(self.files[file_index])
         path = self.files[file_index]
         return decode_clip(read_payload(self._handles[file_index], offset, length, path))
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
 
     def task_counts(self) -> dict[str, int]:
         """Epoch totals per task from the `*-index.json` files beside the shards."""
         counts: Counter = Counter()
         for directory in sorted({os.path.dirname(p) for p in self.files}):
-            for index in sorted(glob.glob(os.path.join(directory, "*-index.json"))):
-                with open(index) as f:
+            for index in sorted(_glob(os.path.join(directory, "*-index.json"))):
+                with _open(index) as f:
                     counts.update(json.load(f)["tasks"])
         if not counts:
             raise FileNotFoundError("task_weights need task counts: no *-index.json beside shards")
         return dict(counts)
+
+
+def _open(path: str) -> Any:
+    """Local files with `open`; `gs://` and other remote paths through `tf.io.gfile` (lazy TF)."""
+    if "://" not in path:
+        return open(path, "rb")
+    import tensorflow as tf
+
+    return tf.io.gfile.GFile(path, "rb")
+
+
+def _glob(pattern: str) -> list[str]:
+    if "://" not in pattern:
+        return glob.glob(pattern)
+    import tensorflow as tf
+
+    return tf.io.gfile.glob(pattern)
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -187,6 +209,9 @@ class Pipeline:
         slot, qa_index, copy = examples[position]
         clip = records[slot]
         pair = clip.qa[qa_index]
+        if clip.embedding.shape[1] != self.packer.config.embed_dim:
+            self.counters["wrong_embed_dim"] += 1
+            return None
         audio_first = audio_first_for(self.config.seed,
                                       f"{clip.clip_id}/{qa_index}/{epoch}/{copy}")
         try:
@@ -237,6 +262,10 @@ class Pipeline:
         self.batches += 1
         self.last_examples = [[e.meta for e in row] for row in rows]
         return batch
+
+    def close(self) -> None:
+        """Closes the shard files (the pipeline reopens them if iterated again)."""
+        self.source.close()
 
     @property
     def epoch(self) -> int:
