@@ -1,0 +1,150 @@
+"""LLark: a Llama whose `<audio_patch>` token positions receive projected audio frames.
+
+    audio [B,S,T_a,D_audio] --projector (Dense + bias)--> [B,S,T_a,E]
+        --optional MusiLingo temporal compression: mean over groups of `pool` frames--> [B,S,T',E]
+        --flatten--> frames [B,F=S*T',E]
+    x = embed(input_ids); x[b,t] = frames[b, audio_frame_index[b,t]] where input_ids[b,t] == patch
+    logits = llama.decode_embeddings(x, ...)
+
+The splice is one static-shape gather + `jnp.where` (jit-friendly, no loop over the batch) and
+fills every audio segment of every row (the reference only splices the last one, spec §1.4).
+`<audio_start>`/`<audio_end>` keep their learned embeddings. When `audio_frame_index` is None, the
+k-th patch token of a row takes frame k of that row's flattened frames.
+
+The reference's "detach hack" (only the `<audio_start>`/`<audio_end>` embedding rows get gradient)
+is expressed as a gradient mask in `llark_jax.model.trainable`, not in the forward pass.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llark_jax.model.llama import Llama
+
+
+def _torch_linear_bias_init(fan_in: int):
+    bound = fan_in**-0.5
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class AudioProjector(nnx.Module):
+    """Dense D_audio -> E with bias, PyTorch `nn.Linear` default init (U(+-1/sqrt(D_audio)))."""
+
+    def __init__(self, audio_dim: int, hidden_size: int, *, param_dtype, dtype, rngs: nnx.Rngs):
+        kernel_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+        self.dtype = dtype
+        self.kernel = nnx.Param(
+            kernel_init(rngs.params(), (audio_dim, hidden_size), param_dtype),
+            out_sharding=("audio_features", "embed"), eager_sharding=False,
+        )
+        self.bias = nnx.Param(
+            _torch_linear_bias_init(audio_dim)(rngs.params(), (hidden_size,), param_dtype),
+            out_sharding=("embed",), eager_sharding=False,
+        )
+
+    def __call__(self, audio_bstd: jax.Array) -> jax.Array:
+        """[..., D_audio] -> [..., E] in the compute dtype."""
+        dt = self.dtype
+        out = jnp.einsum("...a,ae->...e", audio_bstd.astype(dt), self.kernel[...].astype(dt))
+        return out + self.bias[...].astype(dt)
+
+
+class LLark(nnx.Module):
+    """Llama + audio projector + `<audio_patch>` splice.
+
+    Args:
+      llama: the language model (its vocabulary already holds the LLark tokens).
+      audio_dim: D_audio of the encoder features (4800 for Jukebox).
+      audio_patch_id, audio_start_id, audio_end_id: token ids (`AudioTokenIds` fields).
+      temporal_pool: MusiLingo compression, frames averaged per patch token (1 = none, LLark).
+    """
+
+    def __init__(
+        self,
+        llama: Llama,
+        audio_dim: int,
+        *,
+        audio_patch_id: int,
+        audio_start_id: int,
+        audio_end_id: int,
+        temporal_pool: int = 1,
+        rngs: nnx.Rngs,
+    ):
+        cfg = llama.config
+        if temporal_pool < 1:
+            raise ValueError(f"temporal_pool must be >= 1, got {temporal_pool}")
+        self.llama = llama
+        self.projector = AudioProjector(
+            audio_dim, cfg.hidden_size, param_dtype=cfg.param_dtype, dtype=cfg.dtype, rngs=rngs
+        )
+        self.audio_patch_id = audio_patch_id
+        self.audio_start_id = audio_start_id
+        self.audio_end_id = audio_end_id
+        self.temporal_pool = temporal_pool
+
+    def project_audio(self, audio: jax.Array, audio_mask: jax.Array | None = None) -> jax.Array:
+        """audio [B,S,T_a,D] or [B,T_a,D] -> frames [B, S*T_a/pool, E].
+
+        With `temporal_pool` p > 1, T_a must be a multiple of p; each group of p projected frames
+        is averaged over its valid frames (`audio_mask` [B,S,T_a] bool, all valid when None).
+        """
+        if audio.ndim == 3:
+            audio = audio[:, None]
+            audio_mask = None if audio_mask is None else audio_mask[:, None]
+        b, s, t, _ = audio.shape
+        frames_bste = self.projector(audio)
+        p = self.temporal_pool
+        if p > 1:
+            if t % p:
+                raise ValueError(f"T_a={t} is not a multiple of temporal_pool={p}")
+            grouped = frames_bste.reshape(b, s, t // p, p, -1)
+            w = jnp.ones((b, s, t), grouped.dtype) if audio_mask is None else audio_mask
+            w = w.astype(grouped.dtype).reshape(b, s, t // p, p, 1)
+            frames_bste = (grouped * w).sum(3) / jnp.maximum(w.sum(3), 1)
+        return frames_bste.reshape(b, -1, frames_bste.shape[-1])
+
+    def embed_inputs(
+        self,
+        input_ids: jax.Array,
+        audio: jax.Array,
+        audio_frame_index: jax.Array | None = None,
+        audio_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Token embeddings [B,T,E] with projected frames spliced into the patch positions."""
+        x_bte = self.llama.embed_tokens(input_ids)
+        frames_bfe = self.project_audio(audio, audio_mask)
+        is_patch_bt = input_ids == self.audio_patch_id
+        if audio_frame_index is None:
+            audio_frame_index = jnp.cumsum(is_patch_bt, axis=1) - 1
+        index_bt = jnp.clip(audio_frame_index, 0, frames_bfe.shape[1] - 1).astype(jnp.int32)
+        spliced_bte = jnp.take_along_axis(frames_bfe, index_bt[..., None], axis=1)
+        return jnp.where(is_patch_bt[..., None], spliced_bte.astype(x_bte.dtype), x_bte)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        audio: jax.Array,
+        positions: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        *,
+        segment_ids: jax.Array | None = None,
+        audio_frame_index: jax.Array | None = None,
+        audio_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """input_ids [B,T] int32, audio [B,S,T_a,D] | [B,T_a,D] -> logits [B,T,V] float32.
+
+        positions/segment_ids/attention_mask as in `Llama.decode_embeddings`; audio_frame_index
+        [B,T] int32 = s*T'+t at patch positions (T' = T_a/temporal_pool), ignored elsewhere.
+        """
+        x_bte = self.embed_inputs(input_ids, audio, audio_frame_index, audio_mask)
+        logits_btv, _ = self.llama.decode_embeddings(
+            x_bte, positions_bt=positions, segment_ids_bt=segment_ids,
+            attention_mask_bt=attention_mask,
+        )
+        return logits_btv
