@@ -1,0 +1,42 @@
+"""Encoder registry: configs and the `embed` stage name an encoder; `get_encoder` builds it.
+
+Entries are import paths, so naming `mel` never imports torch. To add an encoder (MERT, CLAP),
+subclass `base.AudioEncoder` in a new module and add one line to `ENCODERS` (or call
+`register_encoder` from your own code).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from data_prep.encoders.base import AudioEncoder, EncoderError
+
+ENCODERS: dict[str, str] = {
+    "mel": "data_prep.encoders.mel:MelEncoder",
+    "jukebox": "data_prep.encoders.jukebox:JukeboxEncoder",
+}
+
+
+def register_encoder(name: str, target: str) -> None:
+    """Registers `target` ("package.module:ClassName") under `name`."""
+    if ":" not in target:
+        raise ValueError(f"encoder target must look like 'package.module:Class', got {target!r}")
+    ENCODERS[name] = target
+
+
+def available_encoders() -> list[str]:
+    return sorted(ENCODERS)
+
+
+def get_encoder(name: str, **kwargs) -> AudioEncoder:
+    """Builds the encoder registered as `name` with constructor `kwargs`."""
+    if name not in ENCODERS:
+        known = ", ".join(available_encoders())
+        raise EncoderError(f"unknown encoder {name!r}; available: {known}")
+    module_name, class_name = ENCODERS[name].split(":")
+    encoder_cls = getattr(importlib.import_module(module_name), class_name)
+    return encoder_cls(**kwargs)
+
+
+__all__ = ["AudioEncoder", "EncoderError", "ENCODERS", "available_encoders", "get_encoder",
+           "register_encoder"]

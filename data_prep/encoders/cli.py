@@ -1,0 +1,163 @@
+"""`python -m data_prep embed`: audio files -> `OUT/<clip_id>.npy` float32 [T, D] + JSON sidecar.
+
+    python -m data_prep embed --encoder mel --audio-dir clips/ --output-dir emb/ [--batch-size 8]
+    python -m data_prep embed --encoder jukebox --jukebox-dir ~/jukebox5b --audio-dir clips/ \
+        --output-dir emb/ --batch-size 4 [--pooling paper|reference] [--layer 36]
+
+clip_id = the audio file's stem. Each clip's array is written atomically (tmp + os.replace) and
+then its sidecar `{encoder, version, shape, frame_rate_hz, sample_rate, dim}`; a clip whose
+sidecar already names the same encoder and version is skipped, so reruns resume. Unreadable or
+failing clips are listed in `OUT/embed.report.json`; the batch goes on without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep.audio import SAMPLE_RATE, AudioError, list_audio_files, load_audio, resample
+from data_prep.encoders import available_encoders, get_encoder
+from data_prep.encoders.base import AudioEncoder, EncoderError
+from data_prep.stages.runner import Failure, StageResult, write_json_atomic, write_report
+
+REPORT_STEM = "embed"  # the report is OUT/embed.report.json
+EXPECTED_ERRORS = (AudioError, EncoderError)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m data_prep embed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoder", choices=available_encoders(), default="mel")
+    parser.add_argument("--audio-dir", required=True, type=Path)
+    parser.add_argument("--output-dir", required=True, type=Path)
+    parser.add_argument("--batch-size", type=int, default=4, help="clips per encoder call")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N clips (0: all)")
+    jukebox = parser.add_argument_group("jukebox")
+    jukebox.add_argument("--jukebox-dir", default=None, help="default: $JUKEBOX_DIR")
+    jukebox.add_argument("--layer", type=int, default=36)
+    jukebox.add_argument("--pooling", choices=("paper", "reference"), default="paper")
+    jukebox.add_argument("--max-seconds", type=float, default=25.0)
+    jukebox.add_argument("--device", default="auto")
+    jukebox.add_argument("--dtype", default="auto",
+                         choices=("auto", "float32", "bfloat16", "float16"))
+    jukebox.add_argument("--windows-per-forward", type=int, default=4)
+    jukebox.add_argument("--jukebox-trust-pickle", action="store_true",
+                         help="read checkpoints with weights_only=False (trusted files only)")
+    return parser.parse_args(argv)
+
+
+def encoder_kwargs(args: argparse.Namespace) -> dict:
+    """Constructor arguments for the chosen encoder from its flag group."""
+    if args.encoder == "jukebox":
+        return {"jukebox_dir": args.jukebox_dir, "layer": args.layer, "pooling_mode": args.pooling,
+                "max_seconds": args.max_seconds, "device": args.device, "dtype": args.dtype,
+                "windows_per_forward": args.windows_per_forward,
+                "trust_pickle": args.jukebox_trust_pickle}
+    return {}
+
+
+def load_clip(path: Path, sample_rate: int) -> np.ndarray:
+    """Mono float32 [n_samples] at the encoder's rate (typed `AudioError` for bad files)."""
+    return resample(load_audio(path), SAMPLE_RATE, sample_rate)
+
+
+def sidecar(encoder: AudioEncoder, shape: tuple[int, ...]) -> dict:
+    return {**encoder.describe(), "shape": list(shape)}
+
+
+def is_done(out_dir: Path, clip_id: str, encoder: AudioEncoder) -> bool:
+    meta_path, array_path = out_dir / f"{clip_id}.json", out_dir / f"{clip_id}.npy"
+    if not (meta_path.exists() and array_path.exists()):
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("encoder") == encoder.name and meta.get("version") == encoder.version
+
+
+def write_embedding(out_dir: Path, clip_id: str, y_td: np.ndarray, encoder: AudioEncoder) -> None:
+    """Atomically writes `<clip_id>.npy` (float32 [T, D]) and then its `<clip_id>.json`."""
+    array_tmp = out_dir / f".{clip_id}.npy.tmp"
+    with open(array_tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(y_td, dtype=np.float32))
+    array_tmp.replace(out_dir / f"{clip_id}.npy")
+    write_json_atomic(out_dir / f"{clip_id}.json", sidecar(encoder, y_td.shape))
+
+
+def failure(clip_id: str, err: BaseException) -> Failure:
+    return Failure(clip_id, type(err).__name__, str(err), isinstance(err, EXPECTED_ERRORS))
+
+
+def encode_clips(encoder: AudioEncoder, items: list[tuple[str, np.ndarray]],
+                 failures: list[Failure]) -> list[tuple[str, np.ndarray]]:
+    """One encoder call for the batch; if it raises, clip by clip so one bad clip costs only
+    itself. Empty outputs (clips shorter than one frame) are failures."""
+    try:
+        outputs = encoder.encode_batch([x_n for _, x_n in items])
+    except Exception:  # noqa: BLE001 - find the failing clip(s) below
+        outputs = []
+        for clip_id, x_n in items:
+            try:
+                outputs.append(encoder.encode_batch([x_n])[0])
+            except Exception as err:  # noqa: BLE001 - reported, the batch continues
+                failures.append(failure(clip_id, err))
+                outputs.append(None)
+    done = []
+    for (clip_id, _), y_td in zip(items, outputs, strict=True):
+        if y_td is not None and y_td.shape[0] == 0:
+            failures.append(failure(clip_id, EncoderError("clip shorter than one frame")))
+        elif y_td is not None:
+            done.append((clip_id, y_td))
+    return done
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    encoder = get_encoder(args.encoder, **encoder_kwargs(args))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    paths = list_audio_files(args.audio_dir)[: args.limit or None]
+    failures: list[Failure] = []
+    seen: dict[str, Path] = {}
+    todo: list[tuple[str, Path]] = []
+    n_cached = 0
+    for path in paths:
+        if path.stem in seen:
+            failures.append(Failure(path.stem, "DuplicateClipId",
+                                    f"{path} and {seen[path.stem]} have the same stem", True))
+            continue
+        seen[path.stem] = path
+        if is_done(args.output_dir, path.stem, encoder):
+            n_cached += 1
+        else:
+            todo.append((path.stem, path))
+
+    start, n_encoded = time.perf_counter(), 0
+    with tqdm(total=len(todo), desc=f"embed[{encoder.name}]", unit="clip") as progress:
+        for i in range(0, len(todo), args.batch_size):
+            batch, items = todo[i : i + args.batch_size], []
+            for clip_id, path in batch:
+                try:
+                    items.append((clip_id, load_clip(path, encoder.sample_rate)))
+                except Exception as err:  # noqa: BLE001 - reported, the batch continues
+                    failures.append(failure(clip_id, err))
+            for clip_id, y_td in encode_clips(encoder, items, failures) if items else []:
+                write_embedding(args.output_dir, clip_id, y_td, encoder)
+                n_encoded += 1
+            progress.update(len(batch))
+    seconds = time.perf_counter() - start
+    clips_per_s = n_encoded / max(seconds, 1e-9)
+    counts = {"items": len(paths), "processed": n_encoded, "cached": n_cached,
+              "results": n_encoded + n_cached, "skipped": sum(f.expected for f in failures),
+              "errors": sum(not f.expected for f in failures)}
+    result = StageResult("embed", {}, failures, counts, seconds,
+                         extra={**encoder.describe(), "clips_per_s": round(clips_per_s, 4)})
+    report = write_report(args.output_dir / REPORT_STEM, result)
+    print(f"embed[{encoder.name}]: {n_encoded} encoded, {n_cached} already done, "
+          f"{len(failures)} failed in {seconds:.1f} s ({clips_per_s:.2f} clips/s); report {report}")
+    return 0 if result.ok else 1
