@@ -5,8 +5,9 @@ Joins three inputs by clip id (the schema lives in `llark_jax.data.records`):
 - `--annotations A.jsonl`: one clip per line with `clip_id` (or `id`); optional `dataset`, `split`;
   every field is kept as the record's `metadata`. Clips whose `split` differs from `--split` are
   left out (clips without a `split` belong to every split).
-- `--qa QA.jsonl`: lines naming a clip (`clip_id` or `id`) and either one pair
-  (`question`, `answer`, optional `task`) or a list of pairs under `qa` or `response`.
+- `--qa QA.jsonl [...]`: lines (e.g. `data_prep instruct` output) naming a clip (`clip_id` or
+  `id`) and either one pair (`question`, `answer`, optional `task`) or a list of pairs under `qa`
+  or `response`.
 - `--embeddings DIR`: `<clip_id>.npy` (float32 [T, D]) and optionally `<clip_id>.json` with
   `{"encoder": NAME}`.
 
@@ -70,10 +71,10 @@ def load_annotations(path: Path, split: str, problems: list[dict]) -> dict[str, 
     return clips
 
 
-def load_qa(path: Path, problems: list[dict]) -> dict[str, list[QAPair]]:
+def load_qa(paths: list[Path], problems: list[dict]) -> dict[str, list[QAPair]]:
     """clip id -> QA pairs in file order; malformed pairs are reported and dropped."""
     pairs: dict[str, list[QAPair]] = collections.defaultdict(list)
-    for line_no, row in _read_jsonl(path):
+    for path, line_no, row in ((p, n, r) for p in paths for n, r in _read_jsonl(p)):
         key = _clip_key(row) if row is not None else None
         items = (row.get("qa", row.get("response", [row])) if key is not None else None)
         if not isinstance(items, list):
@@ -113,7 +114,7 @@ def _previous_shards(index_path: Path) -> dict[str, dict[str, Any]]:
     return {s["file"]: s for s in json.loads(index_path.read_text())["shards"]}
 
 
-def write_records(annotations: Path, qa: Path, embeddings: Path, output_dir: Path, split: str,
+def write_records(annotations: Path, qa: list[Path], embeddings: Path, output_dir: Path, split: str,
                   shard_size: int = 256, encoder: str | None = None,
                   embedding_dtype: str = "bfloat16", dataset: str = "unknown") -> dict[str, Any]:
     """Writes the shards, index and report; returns the index dict (see module docstring)."""
@@ -213,7 +214,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep write", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotations", type=Path, required=True)
-    parser.add_argument("--qa", type=Path, required=True)
+    parser.add_argument("--qa", type=Path, nargs="+", required=True, help="QA JSONL file(s)")
     parser.add_argument("--embeddings", type=Path, required=True)
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--split", default="train")

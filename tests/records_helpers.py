@@ -1,4 +1,4 @@
-"""Builds real writer inputs (JSONL + .npy files) and TFRecord shards for the records/pipeline tests."""
+"""Real writer inputs (JSONL + .npy files) and TFRecord shards for the records/pipeline tests."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def make_shards(root: Path, n_clips: int, shard_size: int = 8, **kwargs) -> tupl
     """Writer inputs + shards in `root/records`; returns (records dir, QA per clip)."""
     qa = make_inputs(root, n_clips, **kwargs)
     out = root / "records"
-    write_records(root / "annotations.jsonl", root / "qa.jsonl", root / "embeddings", out,
+    write_records(root / "annotations.jsonl", [root / "qa.jsonl"], root / "embeddings", out,
                   "train", shard_size=shard_size)
     return out, qa
 
