@@ -93,4 +93,4 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: report[k] for k in ("selected", "already_done", "succeeded", "failed",
                                               "outstanding_failures", "clips_written",
                                               "pairs_written", "estimated_cost_usd_all_runs")}))
-    return 0 if not report["outstanding_failures"] else 1
+    return 1 if report["outstanding_failures"] or problems else 0

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from data_prep.instruct.client import RequestFailedError
 from data_prep.instruct.filters import QAFilter
 
-ID_FIELDS = ("clip_id", "uri", "id")
+# Uniform records carry `clip_id`; the others are the raw datasets' id columns (spec 5.1).
+ID_FIELDS = ("clip_id", "uri", "id", "example_id", "track.id", "ytid", "video_id")
 # USD per million (prompt, completion) tokens, OpenAI list prices when each model was current;
 # an estimate only (unknown models report no cost).
 PRICE_PER_MTOK = {
