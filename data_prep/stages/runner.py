@@ -188,14 +188,15 @@ def run_cached(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     expected = (SkipItem, *expected_errors)
-    failures: list[Failure] = []
+    duplicates: list[Failure] = []
     keyed: dict[str, Any] = {}
     for item in items:
         k = key(item)
         if k in keyed:
-            failures.append(Failure(k, "DuplicateKey", f"duplicate key {k!r} for {item!r}", True))
+            duplicates.append(Failure(k, "DuplicateKey", f"duplicate key {k!r} for {item!r}", True))
         else:
             keyed[k] = item
+    failures: list[Failure] = []
     todo = [k for k in keyed if not cache_file(cache_dir, k).exists()]
     n_cached = len(keyed) - len(todo)
     with tqdm(total=len(todo), desc=stage, unit="item", dynamic_ncols=True) as bar:
@@ -216,9 +217,10 @@ def run_cached(
         if k not in failed and path.exists():
             with open(path, encoding="utf-8") as f:
                 results[k] = json.load(f)["result"]
+    failures = duplicates + failures
     counts = {
         "items": len(items),
-        "processed": len(todo) - len(failed & set(todo)),
+        "processed": len(todo) - len(failed),
         "cached": n_cached,
         "results": len(results),
         "skipped": sum(f.expected for f in failures),

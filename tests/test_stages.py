@@ -1,0 +1,140 @@
+"""Resumable stage CLI: crop/annotate over good + broken files, process pools, SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from audio_fixtures import drum_pattern, write_bad_corpus, write_wav
+
+from data_prep.stages import annotate as annotate_stage
+from data_prep.stages import crop as crop_stage
+from data_prep.stages.runner import SkipItem, read_jsonl, run_cached
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _good_tracks(directory: Path) -> dict[str, np.ndarray]:
+    tracks = {"groove-long": np.tile(drum_pattern(128, 10.0), 7),  # 70 s: single-crop rule
+              "groove-short": drum_pattern(90, 8.0)}
+    for name, audio_n in tracks.items():
+        write_wav(directory / f"{name}.wav", audio_n, subtype="FLOAT")
+    return tracks
+
+
+def _report(output: Path) -> dict:
+    return json.loads(output.with_name(output.name + ".report.json").read_text())
+
+
+def test_crop_stage_bad_corpus_report_and_idempotent_rerun(tmp_path):
+    good_dir, mixed_dir = tmp_path / "good", tmp_path / "mixed"
+    tracks = _good_tracks(good_dir)
+    _good_tracks(mixed_dir)
+    expected = write_bad_corpus(mixed_dir / "bad")
+    assert crop_stage.main(["--input-dir", str(good_dir), "--output-dir", str(tmp_path / "a")]) == 0
+    assert crop_stage.main(["--input-dir", str(mixed_dir), "--output-dir", str(tmp_path / "b"),
+                            "--workers", "2"]) == 0
+    manifest_a, manifest_b = tmp_path / "a" / "crops.jsonl", tmp_path / "b" / "crops.jsonl"
+    report = _report(manifest_b)
+    skipped = {Path(s["reason"].split(": ")[0]).name: s["error"] for s in report["skipped"]}
+    assert skipped == expected and report["errors"] == [] and report["ok"]
+    assert report["counts"]["results"] == 2 and report["clips"] == 2
+    clips_a = {r["id"]: r for r in read_jsonl(manifest_a)}
+    clips_b = {r["id"]: r for r in read_jsonl(manifest_b)}
+    assert clips_a.keys() == clips_b.keys()
+    for clip in clips_a.values():  # good outputs are unaffected by the broken neighbours
+        audio_a, rate = sf.read(str(tmp_path / "a" / clip["path"]), dtype="float32")
+        audio_b, _ = sf.read(str(tmp_path / "b" / clip["path"]), dtype="float32")
+        np.testing.assert_array_equal(audio_a, audio_b)
+        source = tracks[clip["track_id"]]
+        start = int(clip["start_secs"] * rate)
+        np.testing.assert_allclose(audio_a, source[start: start + audio_a.size], atol=1e-6)
+    assert clips_a["groove-short-start0.000-end8.000"]["end_secs"] == 8.0
+    before = manifest_a.read_bytes()
+    assert crop_stage.main(["--input-dir", str(good_dir), "--output-dir", str(tmp_path / "a")]) == 0
+    assert _report(manifest_a)["counts"]["cached"] == 2 and manifest_a.read_bytes() == before
+
+
+def _explode(item: str) -> dict:
+    if item == "bug":
+        raise KeyError("unexpected")
+    if item == "skip":
+        raise SkipItem("not wanted")
+    return {"item": item}
+
+
+def test_runner_separates_skips_from_errors_and_retries_failures(tmp_path):
+    result = run_cached(["a", "skip", "bug", "b", "a"], _explode, key=str, cache_dir=tmp_path,
+                        stage="t")
+    assert list(result.results) == ["a", "b"] and not result.ok
+    kinds = {(f.item, f.error, f.expected) for f in result.failures}
+    assert kinds == {("skip", "SkipItem", True), ("bug", "KeyError", False),
+                     ("a", "DuplicateKey", True)}
+    again = run_cached(["a", "skip", "b"], _explode, key=str, cache_dir=tmp_path, stage="t")
+    assert again.counts["cached"] == 2 and again.counts["skipped"] == 1 and again.ok
+
+
+@pytest.mark.slow
+def test_annotate_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
+    audio_dir = tmp_path / "tracks"
+    for i, bpm in enumerate([96, 124, 140]):
+        write_wav(audio_dir / f"track{i}.wav", drum_pattern(bpm, 5.0, seed=i))
+    write_wav(audio_dir / "silent.wav", np.zeros(44100, np.float32))
+    reference = tmp_path / "uninterrupted.jsonl"
+    assert annotate_stage.main(["--audio-dir", str(audio_dir), "--output", str(reference)]) == 0
+
+    output = tmp_path / "killed.jsonl"
+    cache = output.with_name(output.name + ".cache")
+    command = [sys.executable, "-m", "data_prep", "annotate", "--audio-dir", str(audio_dir),
+               "--output", str(output)]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(cache.rglob("*.json")) and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_at_kill = len(list(cache.rglob("*.json")))
+    assert 1 <= done_at_kill < 3 and not output.exists()
+
+    assert annotate_stage.main(["--audio-dir", str(audio_dir), "--output", str(output)]) == 0
+    assert read_jsonl(output) == read_jsonl(reference)
+    report = _report(output)
+    assert report["counts"]["cached"] == done_at_kill
+    assert report["counts"]["processed"] == 3 - done_at_kill
+    assert [(s["item"], s["error"]) for s in report["skipped"]] == [("silent", "SilentAudioError")]
+    rows = read_jsonl(reference)
+    assert [r["id"] for r in rows] == [f"track{i}" for i in range(3)]
+    assert {"tempo_in_beats_per_minute_madmom", "downbeats_madmom", "chords", "key"} < set(rows[0])
+
+
+def test_multicrop_then_annotate_with_crops_writes_retimed_clip_records(tmp_path):
+    audio_dir = tmp_path / "tracks"
+    write_wav(audio_dir / "long.wav", np.tile(drum_pattern(120, 8.0), 3))  # 24 s
+    crops_dir = tmp_path / "crops"
+    assert crop_stage.main(["--input-dir", str(audio_dir), "--output-dir", str(crops_dir),
+                            "--multicrop", "--crop-seconds", "10"]) == 0
+    output = tmp_path / "clips.jsonl"
+    assert annotate_stage.main(["--audio-dir", str(audio_dir), "--output", str(output),
+                                "--crops", str(crops_dir / "crops.jsonl"),
+                                "--max-crop-seconds", "10"]) == 0
+    clips = read_jsonl(output)
+    assert [c["id"] for c in clips] == ["long-start0.000-end10.000", "long-start10.000-end20.000"]
+    for clip in clips:
+        assert clip["track_id"] == "long" and clip["end_secs"] - clip["start_secs"] == 10.0
+        times = [b["time"] for b in clip["downbeats_madmom"]]
+        assert 0.0 <= min(times) and max(times) <= 10.0 and len(times) >= 18
+        assert all(0.0 <= c["start_time"] <= c["end_time"] <= 10.0 for c in clip["chords"])
+        assert clip["key"] == clips[0]["key"]  # track-level fields are shared by all clips
