@@ -1,6 +1,5 @@
 """Instrument mention extraction on >= 100 phrasings: word boundaries, compounds, negation."""
 
-
 import pytest
 
 from llark_jax.eval.instruments import InstrumentMatcher, normalize_label
