@@ -8,6 +8,7 @@ truncated list by keeping its complete elements.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -53,34 +54,39 @@ def _complete_prefix_of_list(text: str) -> str | None:
     return text[: last_complete + 1] + "]"
 
 
-def parse_lenient_json(text: str) -> tuple[Any, bool]:
-    """Returns (value, repaired): the first JSON list/object in `text`.
+def iter_json_values(text: str, max_candidates: int = 64) -> Iterator[tuple[Any, bool]]:
+    """Yields (value, repaired) for each JSON list/object found in `text`, left to right.
 
     `repaired` is True when a truncated list was cut back to its complete elements.
-    Raises ReplyParseError when nothing usable is found.
     """
-    starts = [i for i in (text.find("["), text.find("{")) if i >= 0]
-    if not starts:
-        raise ReplyParseError(f"no JSON list or object in reply: {text[:80]!r}")
-    start = min(starts)
-    candidate = text[start:]
-    try:
-        value, _ = _DECODER.raw_decode(candidate)
-        return value, False
-    except json.JSONDecodeError:
-        pass
-    if candidate[0] == "[":
-        repaired = _complete_prefix_of_list(candidate)
+    pos = 0
+    for _ in range(max_candidates):
+        starts = [i for i in (text.find("[", pos), text.find("{", pos)) if i >= 0]
+        if not starts:
+            return
+        start = min(starts)
+        candidate = text[start:]
+        try:
+            value, length = _DECODER.raw_decode(candidate)
+            yield value, False
+            pos = start + length
+            continue
+        except json.JSONDecodeError:
+            pass
+        repaired = _complete_prefix_of_list(candidate) if candidate[0] == "[" else None
         if repaired is not None:
             try:
-                return json.loads(repaired), True
+                yield json.loads(repaired), True
             except json.JSONDecodeError:
                 pass
-    # JSON may start later (e.g. a stray "[1]" footnote marker before the real payload).
-    rest = text[start + 1 :]
-    if "[" in rest or "{" in rest:
-        return parse_lenient_json(rest)
-    raise ReplyParseError(f"unparseable JSON in reply: {text[:80]!r}")
+        pos = start + 1
+
+
+def parse_lenient_json(text: str) -> tuple[Any, bool]:
+    """(value, repaired) for the first JSON list/object in `text`; raises ReplyParseError."""
+    for value, repaired in iter_json_values(text):
+        return value, repaired
+    raise ReplyParseError(f"no JSON list or object in reply: {text[:80]!r}")
 
 
 def validate_qa_list(value: Any) -> tuple[list[dict[str, str]], int]:
@@ -115,10 +121,22 @@ def validate_qa_list(value: Any) -> tuple[list[dict[str, str]], int]:
 
 
 def parse_qa_reply(text: str) -> dict[str, Any]:
-    """A MIR/reasoning reply -> {"qa": [...], "dropped": n, "repaired": bool}; raises on failure."""
-    value, repaired = parse_lenient_json(text)
-    pairs, dropped = validate_qa_list(value)
-    return {"qa": pairs, "dropped": dropped, "repaired": repaired}
+    """A MIR/reasoning reply -> {"qa": [...], "dropped": n, "repaired": bool}.
+
+    The first JSON value in the reply that holds valid pairs wins (so a stray "[1]" before the
+    payload is skipped). Raises ReplyParseError (no JSON) or ReplySchemaError (no valid pairs).
+    """
+    schema_error = None
+    for value, repaired in iter_json_values(text):
+        try:
+            pairs, dropped = validate_qa_list(value)
+        except ReplySchemaError as error:
+            schema_error = schema_error or error
+            continue
+        return {"qa": pairs, "dropped": dropped, "repaired": repaired}
+    if schema_error is not None:
+        raise schema_error
+    raise ReplyParseError(f"no JSON list or object in reply: {text[:80]!r}")
 
 
 def parse_caption_reply(text: str, min_words: int = 5) -> dict[str, Any]:
