@@ -1,0 +1,226 @@
+"""Hugging Face Llama checkpoints (config.json + safetensors / pytorch_model.bin) <-> `Llama`.
+
+Loading reads one tensor at a time (safetensors are memory-mapped), casts it, and places it on its
+target sharding when a mesh is given; the module itself is built abstractly (`nnx.eval_shape`), so
+no random full-size copy is ever materialised. HF Llama q/k weights are already in rotate-half
+layout, so the mapping is a transpose/reshape only (bit exact both ways):
+
+    model.embed_tokens.weight [V, D]            -> embed [V, D]
+    layers.i.self_attn.{q,k,v}_proj.weight [N*H, D] -> layers[i].attn.{q,k,v} [D, N, H]
+    layers.i.self_attn.o_proj.weight [D, N*H]   -> layers[i].attn.o [N, H, D]
+    layers.i.mlp.{gate,up,down}_proj.weight     -> layers[i].mlp.{gate,up,down} (transposed)
+    layers.i.{input,post_attention}_layernorm   -> layers[i].{input,post_attn}_norm.scale
+    model.norm.weight -> final_norm.scale;  lm_head.weight [V, D] -> lm_head [D, V]
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from llark_jax.checkpoints.safetensors_io import TensorEntry, iter_tensors, write_safetensors
+from llark_jax.model.llama import Llama, LlamaConfig, param_logical_axes
+from llark_jax.model.sharding import DEFAULT_RULES, Rules, named_sharding
+
+_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
+_LAYER_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "self_attn.q_proj.weight": (("attn", "q"), "in_proj"),
+    "self_attn.k_proj.weight": (("attn", "k"), "in_proj"),
+    "self_attn.v_proj.weight": (("attn", "v"), "in_proj"),
+    "self_attn.o_proj.weight": (("attn", "o"), "out_proj"),
+    "mlp.gate_proj.weight": (("mlp", "gate"), "transpose"),
+    "mlp.up_proj.weight": (("mlp", "up"), "transpose"),
+    "mlp.down_proj.weight": (("mlp", "down"), "transpose"),
+    "input_layernorm.weight": (("input_norm", "scale"), "same"),
+    "post_attention_layernorm.weight": (("post_attn_norm", "scale"), "same"),
+}
+_TOP_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "model.embed_tokens.weight": (("embed",), "vocab_rows"),
+    "model.norm.weight": (("final_norm", "scale"), "same"),
+    "lm_head.weight": (("lm_head",), "vocab_cols"),
+}
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the Llama layout (names the offending file/tensor)."""
+
+
+def hf_name_to_path(name: str) -> tuple[tuple[Any, ...], str] | None:
+    """HF tensor name -> (module path in `Llama`, transform kind); None for ignored tensors."""
+    if _IGNORED.match(name):
+        return None
+    if name in _TOP_KEYS:
+        return _TOP_KEYS[name]
+    m = _LAYER_RE.fullmatch(name)
+    if m and m.group(2) in _LAYER_KEYS:
+        path, kind = _LAYER_KEYS[m.group(2)]
+        return ("layers", int(m.group(1)), *path), kind
+    raise CheckpointError(f"unexpected tensor {name!r} in a Llama checkpoint")
+
+
+def to_flax(w: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
+    """HF tensor -> Flax layout of `shape` (vocab matrices zero-padded to the padded vocab)."""
+    if kind == "in_proj":  # [N*H, D] -> [D, N, H]
+        return w.T.reshape(shape)
+    if kind == "out_proj":  # [D, N*H] -> [N, H, D]
+        return w.T.reshape(shape)
+    if kind == "transpose":
+        return w.T
+    if kind == "vocab_rows":
+        return np.pad(w, ((0, shape[0] - w.shape[0]), (0, 0)))
+    if kind == "vocab_cols":
+        return np.pad(w.T, ((0, 0), (0, shape[1] - w.shape[0])))
+    return w
+
+
+def to_hf(x: np.ndarray, kind: str, vocab_size: int) -> np.ndarray:
+    """Inverse of `to_flax` (drops vocab padding)."""
+    if kind == "in_proj":
+        return x.reshape(x.shape[0], -1).T
+    if kind == "out_proj":
+        return x.reshape(-1, x.shape[-1]).T
+    if kind == "transpose":
+        return x.T
+    if kind == "vocab_rows":
+        return x[:vocab_size]
+    if kind == "vocab_cols":
+        return x.T[:vocab_size]
+    return x
+
+
+def _variable(model: nnx.Module, path: tuple[Any, ...]) -> nnx.Variable:
+    node: Any = model
+    for key in path:
+        node = node[key] if isinstance(key, int) else getattr(node, key)
+    return node
+
+
+def abstract_llama(config: LlamaConfig) -> Llama:
+    """A `Llama` whose parameters are `ShapeDtypeStruct`s (nothing allocated)."""
+    return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+
+
+def fill_llama(
+    config: LlamaConfig,
+    tensors: Iterable[tuple[str, np.ndarray]],
+    *,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
+) -> Llama:
+    """Builds a `Llama` from (HF name, array) pairs, one tensor at a time, placed on `mesh`."""
+    model = abstract_llama(config)
+    missing = {path for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)}
+    for name, w in tensors:
+        target = hf_name_to_path(name)
+        if target is None or (name == "lm_head.weight" and config.tie_word_embeddings):
+            continue
+        path, kind = target
+        var = _variable(model, path)
+        shape = tuple(var.get_value().shape)
+        value = np.asarray(to_flax(np.asarray(w), kind, shape), dtype=config.param_dtype)
+        if value.shape != shape:
+            raise CheckpointError(f"tensor {name}: shape {w.shape} does not fit {shape}")
+        if mesh is not None:
+            sharding = named_sharding(mesh, rules or DEFAULT_RULES, param_logical_axes(var), shape)
+            var.set_value(jax.device_put(value, sharding))
+        else:
+            var.set_value(jnp.asarray(value))
+        missing.discard(path)
+    if missing:
+        raise CheckpointError(f"checkpoint lacks tensors for {sorted(map(str, missing))}")
+    return model
+
+
+def _checkpoint_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if files:
+        for f in files:
+            yield from iter_tensors(f)
+        return
+    bins = sorted(glob.glob(os.path.join(path, "pytorch_model*.bin")))
+    if not bins:
+        raise CheckpointError(f"{path}: no *.safetensors or pytorch_model*.bin files")
+    import torch  # only for the legacy format; llark_jax imports without torch
+
+    for f in bins:
+        state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        for name in list(state):
+            yield name, state.pop(name).float().numpy()
+
+
+def load_config(path: str | os.PathLike, **overrides: Any) -> LlamaConfig:
+    """`LlamaConfig` from `path/config.json`."""
+    with open(os.path.join(path, "config.json")) as f:
+        return LlamaConfig.from_hf_dict(json.load(f), **overrides)
+
+
+def load_llama(
+    path: str | os.PathLike,
+    *,
+    dtype: Any = jnp.float32,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
+    compute_dtype: Any = None,
+    **config_overrides: Any,
+) -> Llama:
+    """Loads an HF Llama directory; params in `dtype`, compute in `compute_dtype` (default dtype)."""
+    config = load_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, **config_overrides)
+    return fill_llama(config, _checkpoint_tensors(os.fspath(path)), mesh=mesh, rules=rules)
+
+
+def _hf_entries(model: Llama) -> list[TensorEntry]:
+    cfg = model.config
+    top = {path: name for name, (path, _) in _TOP_KEYS.items()}
+    entries = []
+    for path, var in nnx.iter_graph(model):
+        if not isinstance(var, nnx.Param):
+            continue
+        if path in top:
+            name = top[path]
+        else:
+            suffix = next(k for k, (p, _) in _LAYER_KEYS.items() if p == path[2:])
+            name = f"model.layers.{path[1]}.{suffix}"
+        kind = hf_name_to_path(name)[1]
+        value = var.get_value()
+        fetch = lambda v=value, k=kind: to_hf(np.asarray(jax.device_get(v)), k, cfg.vocab_size)
+        shape = jax.eval_shape(lambda v, k=kind: to_hf(v, k, cfg.vocab_size), value).shape
+        entries.append(TensorEntry(name, tuple(shape), np.dtype(value.dtype), fetch))
+    return sorted(entries, key=lambda e: e.name)
+
+
+def save_llama(model: Llama, path: str | os.PathLike, *, max_shard_bytes: int | None = None) -> None:
+    """Writes HF `config.json` + safetensors (sharded with an index when over max_shard_bytes)."""
+    os.makedirs(path, exist_ok=True)
+    entries = _hf_entries(model)
+    hf_config = model.config.to_hf_dict()
+    hf_config["dtype"] = np.dtype(model.config.param_dtype).name
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2)
+    shards: list[list[TensorEntry]] = [[]]
+    for e in entries:
+        size = sum(x.nbytes for x in shards[-1])
+        if max_shard_bytes and shards[-1] and size + e.nbytes > max_shard_bytes:
+            shards.append([])
+        shards[-1].append(e)
+    if len(shards) == 1:
+        write_safetensors(os.path.join(path, "model.safetensors"), shards[0])
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(os.path.join(path, fname), shard)
+        weight_map.update({e.name: fname for e in shard})
+    index = {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": weight_map}
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f, indent=2)
