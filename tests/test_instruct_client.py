@@ -8,13 +8,14 @@ from collections import Counter
 
 import pytest
 from fake_openai_server import FAULT_KINDS, FakeChatServer, FaultSchedule
-from instruct_helpers import SECRET_KEY, make_records, metadata_of, qa_reply
+from instruct_helpers import SECRET_KEY, make_records, metadata_of, qa_reply, write_jsonl
 
+from data_prep.instruct import cli
 from data_prep.instruct.backends import OpenAIBackend
 from data_prep.instruct.client import ChatClient, RequestFailedError, RetryPolicy, request_once
 from data_prep.instruct.parsing import parse_qa_reply
 from data_prep.instruct.prompts import EXCLUDED_FIELDS
-from data_prep.instruct.runner import run_job
+from data_prep.instruct.runner import ResultLog, run_job, select_sample
 
 FAST = RetryPolicy(max_attempts=10, timeout_s=0.3, backoff_base_s=0.01, backoff_max_s=0.05)
 MESSAGES = [{"role": "user", "content": json.dumps([{"tempo_in_beats_per_minute_madmom": 90,
@@ -105,3 +106,37 @@ def test_request_once_returns_parsed_prose_wrapped_json():
                               base_url=server.base_url, policy=FAST)
     assert result.value["qa"][0]["answer"] == "About 90 BPM."
     assert result.usage["prompt_tokens"] == 100
+
+
+def test_result_log_survives_a_torn_last_line(tmp_path):
+    log = ResultLog(tmp_path / "log.jsonl")
+    with log:
+        log.append({"key": "a", "status": "failed", "reason": "timeout"})
+        log.append({"key": "a", "status": "ok", "qa": []})
+    with open(log.path, "a") as f:
+        f.write('{"key": "b", "status": "o')  # what a SIGKILL mid-write leaves
+    with log:
+        log.append({"key": "a", "status": "failed", "reason": "late"})
+        log.append({"key": "c", "status": "ok", "qa": []})
+    rows = log.read()
+    assert log.torn_lines == 1
+    assert rows["a"]["status"] == "ok" and rows["c"]["status"] == "ok" and "b" not in rows
+
+
+def test_reasoning_cap_is_a_seeded_sample(tmp_path, monkeypatch):
+    records = [(f"c{i}", {}) for i in range(50)]
+    sample = select_sample(records, 10, seed=4)
+    assert sample == select_sample(records, 10, seed=4) != select_sample(records, 10, seed=5)
+    assert len(sample) == 10 and sample == sorted(sample, key=records.index)
+    assert select_sample(records, None, seed=4) == records
+
+    monkeypatch.setattr(cli, "REASONING_TRACK_CAP", 6)
+    metadata = write_jsonl(tmp_path / "m.jsonl", make_records(20))
+    with FakeChatServer(qa_reply) as server:
+        argv = ["--metadata", str(metadata), "--task", "reasoning", "--dataset", "fma",
+                "--output", str(tmp_path / "qa.jsonl"), "--base-url", server.base_url]
+        assert cli.main(argv) == 0
+        assert {c.request["model"] for c in server.calls} == {"gpt-4"}
+    report = json.loads((tmp_path / "qa.jsonl.report.json").read_text())
+    assert report["records_read"] == 20 and report["selected"] == report["succeeded"] == 6
+    assert report["estimated_cost_usd_all_runs"] > 0

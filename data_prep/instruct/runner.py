@@ -120,8 +120,11 @@ class ResultLog:
     def __enter__(self) -> ResultLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if os.fstat(self._fd).st_size and not self.path.read_bytes().endswith(b"\n"):
-            os.write(self._fd, b"\n")  # a killed run left half a line: start a fresh one
+        if os.fstat(self._fd).st_size:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    os.write(self._fd, b"\n")  # a killed run left half a line: start afresh
         return self
 
     def append(self, row: dict[str, Any]) -> None:
