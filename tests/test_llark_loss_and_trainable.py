@@ -1,0 +1,100 @@
+"""masked_lm_loss (shift, segments, normalisations) and trainable-set presets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from llark_helpers import tiny_llark
+from tokenizer_fixtures import make_llark_tokenizer
+
+from llark_jax.model import trainable
+from llark_jax.model.loss import IGNORE_INDEX, masked_lm_loss
+
+
+def _numpy_nll(logits, labels, segs):
+    """Per-pair nll with an explicit Python loop (the spec: shift by one, same segment, != -100)."""
+    out = []
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1] - 1):
+            y = labels[b, t + 1]
+            if y == IGNORE_INDEX or segs[b, t + 1] != segs[b, t] or segs[b, t + 1] == 0:
+                continue
+            z = logits[b, t].astype(np.float64)
+            out.append(np.log(np.exp(z - z.max()).sum()) + z.max() - z[y])
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 12, 30)).astype(np.float32) * 3
+    labels = rng.integers(0, 30, size=(4, 12)).astype(np.int32)
+    labels[rng.random((4, 12)) < 0.3] = IGNORE_INDEX
+    segs = np.array([[1] * 5 + [2] * 5 + [0] * 2] * 2 + [[1] * 12] * 2, np.int32)
+    return logits, labels, segs
+
+
+def test_loss_matches_loop_reference_and_skips_segment_boundaries(batch):
+    logits, labels, segs = batch
+    nll = _numpy_nll(logits, labels, segs)
+    loss, m = masked_lm_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(segs))
+    assert int(m["n_tokens"]) == len(nll)
+    np.testing.assert_allclose(float(loss), nll.mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(m["loss_sum"]), nll.sum(), rtol=1e-6)
+    no_seg, m2 = masked_lm_loss(jnp.asarray(logits), jnp.asarray(labels))
+    assert int(m2["n_tokens"]) > int(m["n_tokens"])  # boundary + padding pairs are counted
+    bf16, _ = masked_lm_loss(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(labels),
+                             jnp.asarray(segs))
+    np.testing.assert_allclose(float(bf16), nll.mean(), rtol=2e-2)
+
+
+def test_global_token_normalisation_is_split_invariant(batch):
+    logits, labels, segs = batch
+    full, m = masked_lm_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(segs))
+    total = m["n_tokens"]
+    accumulated = sum(
+        masked_lm_loss(jnp.asarray(logits[i : i + 1]), jnp.asarray(labels[i : i + 1]),
+                       jnp.asarray(segs[i : i + 1]), normalization="global_tokens",
+                       global_token_count=total)[0]
+        for i in range(4)
+    )
+    np.testing.assert_allclose(float(accumulated), float(full), rtol=1e-6)
+    per_micro_mean = np.mean([
+        float(masked_lm_loss(jnp.asarray(logits[i : i + 1]), jnp.asarray(labels[i : i + 1]),
+                             jnp.asarray(segs[i : i + 1]))[0]) for i in range(4)
+    ])
+    assert abs(per_micro_mean - float(full)) > 1e-4  # the reference's averaging differs
+    with pytest.raises(ValueError, match="normalization"):
+        masked_lm_loss(jnp.asarray(logits), jnp.asarray(labels), normalization="sum")
+
+
+def size(tree) -> int:
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_presets_select_the_documented_groups(tie):
+    tok = make_llark_tokenizer()
+    model = tiny_llark(tok, tie=tie)
+    state = nnx.state(model, nnx.Param)
+    e, v = 64, len(tok)
+    total, proj = size(state), size(state["projector"])
+    lm_head = 0 if tie else e * v
+    layers = size(state["llama"]["layers"])
+    expected = {
+        "all": total,
+        "projector_only": proj,
+        "llark_reference": proj + layers + e + 2 * e,
+        "lm_frozen_new_tokens": proj + 2 * e,
+    }
+    assert total == proj + layers + e + v * e + lm_head
+    for preset, n in expected.items():
+        mask = trainable.gradient_mask(model, preset)
+        assert trainable.count_trainable(state, mask) == n, preset
+    rows = trainable.gradient_mask(model, "lm_frozen_new_tokens", token_ids=[1, 2, 3])
+    assert trainable.count_trainable(state, rows) == proj + 3 * e
+    with pytest.raises(KeyError, match="unknown trainable preset"):
+        trainable.gradient_mask(model, "everything")
+    with pytest.raises(ValueError, match="token_ids"):
+        trainable.gradient_mask(state, "llark_reference")
