@@ -18,14 +18,16 @@ tempo and key stay track-level. Processors are built once per process (`get_anno
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
 import numpy as np
 
-from data_prep.audio import SAMPLE_RATE, load_audio
+from data_prep.audio import SAMPLE_RATE, TooShortAudioError, load_audio
 
 MAX_ANNOTATION_S = 360.0
+MIN_ANNOTATION_S = 1.0  # madmom fails (or returns NaN tempo) on shorter signals
 DEFAULT_MAX_CROP_S = 25.0
 BEAT_DIGITS = 2  # madmom's beat tracker runs at 100 fps
 CHORD_DIGITS = 1  # the reference rounds chord times to 0.1 s
@@ -63,9 +65,9 @@ class MadmomAnnotator:
         signal = Signal(np.asarray(audio_n, np.float32), sample_rate=SAMPLE_RATE, num_channels=1)
         tempi = self.tempo(self.beat_acts(signal))
         beats = self.downbeats(self.downbeat_acts(signal))
+        tempo = float(tempi[0][0]) if len(tempi) else math.nan
         return {
-            "tempo_in_beats_per_minute_madmom": round(float(tempi[0][0]), 1) if len(tempi)
-            else None,
+            "tempo_in_beats_per_minute_madmom": round(tempo, 1) if math.isfinite(tempo) else None,
             "downbeats_madmom": [{"time": float(t), "beat_number": int(b)} for t, b in beats],
             "chords": [
                 {"start_time": round(float(s), 1), "end_time": round(float(e), 1),
@@ -94,8 +96,14 @@ def get_annotator() -> MadmomAnnotator:
     return _ANNOTATOR
 
 
-def annotate_audio(audio_n: np.ndarray) -> dict[str, Any]:
-    """Annotate in-memory mono float32 audio at 44.1 kHz (at most 360 s are used)."""
+def annotate_audio(audio_n: np.ndarray, name: str = "<array>") -> dict[str, Any]:
+    """Annotate in-memory mono float32 audio at 44.1 kHz (at most 360 s are used).
+
+    Raises `TooShortAudioError` (naming ``name``) below ``MIN_ANNOTATION_S``.
+    """
+    if audio_n.size < MIN_ANNOTATION_S * SAMPLE_RATE:
+        raise TooShortAudioError(name, f"{audio_n.size / SAMPLE_RATE:.3f} s is too short to "
+                                       f"annotate (minimum {MIN_ANNOTATION_S} s)")
     return get_annotator()(audio_n[: int(MAX_ANNOTATION_S * SAMPLE_RATE)])
 
 
@@ -104,7 +112,8 @@ def annotate_file(path: str | os.PathLike, max_seconds: float = MAX_ANNOTATION_S
 
     Raises `data_prep.audio.AudioError` subclasses for unusable files.
     """
-    return get_annotator()(load_audio(path, 0.0, max_seconds))
+    return annotate_audio(load_audio(path, 0.0, max_seconds, min_duration_s=MIN_ANNOTATION_S),
+                          str(path))
 
 
 def _clip_interval(

@@ -65,6 +65,18 @@ def test_load_audio_downmixes_and_resamples(tmp_path):
     assert abs(window.size - SR // 2) <= 1
 
 
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg", ".mp3"])
+def test_load_audio_reads_each_container(tmp_path, suffix):
+    t = np.arange(22050 * 3) / 22050
+    path = tmp_path / f"tone{suffix}"
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050)
+    mono = audio.load_audio(path)
+    assert mono.dtype == np.float32 and abs(mono.size - 3 * SR) < 0.05 * SR  # mp3 adds padding
+    spectrum = np.abs(np.fft.rfft(mono[SR: 2 * SR]))
+    assert abs(int(spectrum.argmax()) - 220) <= 1
+    assert abs(audio.audio_duration(path) - 3.0) < 0.05
+
+
 def test_write_wav_atomic_roundtrip(tmp_path):
     signal = (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)
     path = tmp_path / "clip.wav"

@@ -84,10 +84,11 @@ def test_runner_separates_skips_from_errors_and_retries_failures(tmp_path):
 
 @pytest.mark.slow
 def test_annotate_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
+    """Good tracks plus the bad-input corpus; kill -9 mid-run; the rerun completes the cache."""
     audio_dir = tmp_path / "tracks"
     for i, bpm in enumerate([96, 124, 140]):
-        write_wav(audio_dir / f"track{i}.wav", drum_pattern(bpm, 5.0, seed=i))
-    write_wav(audio_dir / "silent.wav", np.zeros(44100, np.float32))
+        write_wav(audio_dir / f"track{i}.wav", drum_pattern(bpm, 4.0, seed=i))
+    expected_skips = write_bad_corpus(audio_dir / "bad")
     reference = tmp_path / "uninterrupted.jsonl"
     assert annotate_stage.main(["--audio-dir", str(audio_dir), "--output", str(reference)]) == 0
 
@@ -114,7 +115,8 @@ def test_annotate_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     report = _report(output)
     assert report["counts"]["cached"] == done_at_kill
     assert report["counts"]["processed"] == 3 - done_at_kill
-    assert [(s["item"], s["error"]) for s in report["skipped"]] == [("silent", "SilentAudioError")]
+    skipped = {Path(s["reason"].split(": ")[0]).name: s["error"] for s in report["skipped"]}
+    assert skipped == expected_skips and report["errors"] == []
     rows = read_jsonl(reference)
     assert [r["id"] for r in rows] == [f"track{i}" for i in range(3)]
     assert {"tempo_in_beats_per_minute_madmom", "downbeats_madmom", "chords", "key"} < set(rows[0])
