@@ -140,3 +140,14 @@ def test_reasoning_cap_is_a_seeded_sample(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "qa.jsonl.report.json").read_text())
     assert report["records_read"] == 20 and report["selected"] == report["succeeded"] == 6
     assert report["estimated_cost_usd_all_runs"] > 0
+
+
+def test_any_error_from_a_callers_parser_is_retried():
+    def judge_parse(text: str) -> str:
+        return json.loads(text)[0]["verdict"]  # KeyError on the QA reply, then succeeds
+
+    replies = iter([qa_reply({"messages": MESSAGES}), json.dumps([{"verdict": "A"}])])
+    with FakeChatServer(lambda request: next(replies)) as server:
+        result = request_once(MESSAGES, model="gpt-4", parse=judge_parse,
+                              base_url=server.base_url, policy=FAST)
+    assert result.value == "A" and result.attempts == 2 and result.retried == {"parse": 1}

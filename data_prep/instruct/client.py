@@ -105,6 +105,16 @@ def _classify(error: Exception) -> tuple[str, bool, float | None]:
     return type(error).__name__, False, None
 
 
+def _checked_parse(parse: Callable[[str], Any], text: str) -> Any:
+    """`parse(text)`; any error it raises counts as a retryable parse/schema failure."""
+    try:
+        return parse(text)
+    except (ReplyParseError, ReplySchemaError):
+        raise
+    except Exception as error:  # noqa: BLE001 - a caller's parser may raise anything
+        raise ReplyParseError(f"{type(error).__name__}: {error}") from error
+
+
 def _add_usage(total: dict[str, int], usage: Any) -> None:
     if usage is None:
         return
@@ -160,6 +170,8 @@ class ChatClient:
     ) -> ChatResult:
         """Sends `messages` until `parse(reply_text)` succeeds; raises RequestFailedError.
 
+        Whatever `parse` raises is a retryable "parse" failure ("schema" for ReplySchemaError).
+
         `options` go to `chat.completions.create` (temperature, max_tokens, ...).
         """
         usage: dict[str, int] = {}
@@ -170,7 +182,7 @@ class ChatClient:
                 _add_usage(usage, response.usage)
                 choice = response.choices[0]
                 text = choice.message.content or ""
-                value = parse(text)
+                value = _checked_parse(parse, text)
                 return ChatResult(value, text, choice.finish_reason, attempt, usage, retried)
             except Exception as error:  # noqa: BLE001 - every failure is classified below
                 reason, retryable, retry_after = _classify(error)
