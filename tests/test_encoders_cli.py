@@ -1,5 +1,6 @@
 """`python -m data_prep embed`: outputs, sidecars, failures report, resume, registry dispatch."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -69,3 +70,11 @@ def test_jukebox_without_weights_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(EncoderError, match="checkpoint not found"):
         cli.main(["--encoder", "jukebox", "--jukebox-dir", str(tmp_path), "--audio-dir",
                   str(tmp_path), "--output-dir", str(tmp_path / "o")])
+
+
+def test_jukemirlib_backend_is_guarded(tmp_path):
+    if importlib.util.find_spec("jukemirlib") is not None:
+        pytest.skip("jukemirlib is installed; its backend needs a GPU and the real weights")
+    with pytest.raises(EncoderError, match="jukemirlib package is not importable"):
+        cli.main(["--encoder", "jukebox-jukemirlib", "--audio-dir", str(tmp_path),
+                  "--output-dir", str(tmp_path / "o")])

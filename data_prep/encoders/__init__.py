@@ -14,6 +14,7 @@ from data_prep.encoders.base import AudioEncoder, EncoderError
 ENCODERS: dict[str, str] = {
     "mel": "data_prep.encoders.mel:MelEncoder",
     "jukebox": "data_prep.encoders.jukebox:JukeboxEncoder",
+    "jukebox-jukemirlib": "data_prep.encoders.jukemirlib_backend:JukemirlibEncoder",
 }
 
 

@@ -53,11 +53,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def encoder_kwargs(args: argparse.Namespace) -> dict:
     """Constructor arguments for the chosen encoder from its flag group."""
+    common = {"jukebox_dir": args.jukebox_dir, "layer": args.layer, "pooling_mode": args.pooling,
+              "max_seconds": args.max_seconds}
     if args.encoder == "jukebox":
-        return {"jukebox_dir": args.jukebox_dir, "layer": args.layer, "pooling_mode": args.pooling,
-                "max_seconds": args.max_seconds, "device": args.device, "dtype": args.dtype,
+        return {**common, "device": args.device, "dtype": args.dtype,
                 "windows_per_forward": args.windows_per_forward,
                 "trust_pickle": args.jukebox_trust_pickle}
+    if args.encoder == "jukebox-jukemirlib":
+        return common
     return {}
 
 

@@ -93,9 +93,7 @@ class JukeboxEncoder(AudioEncoder):
         self.hop = models.hop
         self.n_ctx = int(self.prior.n_ctx)
         self.dim = int(self.prior.prior.width)
-        self.window_tokens = pooling.reference_window_tokens(self.sample_rate, self.hop)
-        self.frame_rate_hz = 10.0 if pooling_mode == "paper" else float(
-            pooling.token_rate_hz(self.sample_rate, self.hop) / self.window_tokens)
+        self.frame_rate_hz = pooling.frame_rate(pooling_mode, self.sample_rate, self.hop)
         self.total_length = (int(TOTAL_LENGTH_SECONDS * self.sample_rate) // self.hop) * self.hop
         seconds = f"-max{max_seconds:g}s" if pooling_mode == "paper" else ""
         self.version = f"jukebox5b-layer{layer}-{pooling_mode}{seconds}-{dtype}"
@@ -103,9 +101,8 @@ class JukeboxEncoder(AudioEncoder):
     # -- per-clip planning -------------------------------------------------------------------
     def plan(self, n_samples: int) -> tuple[pooling.FramePlan, list[int]]:
         """Frames of a clip of `n_samples` and the first token of each context window it needs."""
-        if self.pooling_mode == "reference":
-            return pooling.reference_plan(n_samples, self.hop, self.n_ctx, self.window_tokens), [0]
-        plan = pooling.paper_plan(min(n_samples, self.max_samples), self.sample_rate, self.hop)
+        plan = pooling.frame_plan(self.pooling_mode, n_samples, self.sample_rate, self.hop,
+                                  max_samples=self.max_samples, max_tokens=self.n_ctx)
         return plan, window_starts(plan.n_tokens, self.n_ctx)
 
     def encode_batch(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:

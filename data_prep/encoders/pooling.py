@@ -79,3 +79,22 @@ def mean_pool(acts_td: np.ndarray, plan: FramePlan) -> np.ndarray:
     counts_k = np.diff(np.append(starts_k, plan.n_tokens))
     sums_kd = np.add.reduceat(acts_td[: plan.n_tokens].astype(np.float64), starts_k, axis=0)
     return (sums_kd / counts_k[:, None]).astype(np.float32)
+
+
+def frame_plan(mode: str, n_samples: int, sample_rate: float, hop: int, *, max_samples: int,
+               max_tokens: int) -> FramePlan:
+    """`paper`: exact 10 Hz frames of the first `max_samples`; `reference`: 34-token windows
+    over the first `max_tokens` tokens."""
+    if mode == "reference":
+        window = reference_window_tokens(sample_rate, hop)
+        return reference_plan(n_samples, hop, max_tokens, window)
+    if mode == "paper":
+        return paper_plan(min(n_samples, max_samples), sample_rate, hop)
+    raise ValueError(f"pooling mode must be one of {POOLING_MODES}, got {mode!r}")
+
+
+def frame_rate(mode: str, sample_rate: float, hop: int) -> float:
+    """10.0 for `paper`; token_rate / 34 = 10.133 Hz for `reference` (Jukebox numbers)."""
+    if mode == "paper":
+        return 10.0
+    return float(token_rate_hz(sample_rate, hop) / reference_window_tokens(sample_rate, hop))
