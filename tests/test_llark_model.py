@@ -51,6 +51,8 @@ def test_multi_segment_splice_equals_manual_splice(tok, model):
     # Without an index the k-th patch takes the k-th frame of the flattened audio.
     flat = np.concatenate([audio[0, 0, :5], audio[0, 1, :7]])[None]
     np.testing.assert_allclose(model(jnp.asarray(ids), jnp.asarray(flat)), logits, atol=1e-5)
+    text = jnp.asarray(ids[:, :20])  # text only (no audio): the plain Llama
+    np.testing.assert_array_equal(model(text, None), model.llama(text))
 
 
 def test_packing_two_examples_equals_separate_runs(tok, model):

@@ -112,12 +112,17 @@ class LLark(nnx.Module):
     def embed_inputs(
         self,
         input_ids: jax.Array,
-        audio: jax.Array,
+        audio: jax.Array | None,
         audio_frame_index: jax.Array | None = None,
         audio_mask: jax.Array | None = None,
     ) -> jax.Array:
-        """Token embeddings [B,T,E] with projected frames spliced into the patch positions."""
+        """Token embeddings [B,T,E] with projected frames spliced into the patch positions.
+
+        `audio=None` (text only, e.g. decode steps) returns the plain token embeddings.
+        """
         x_bte = self.llama.embed_tokens(input_ids)
+        if audio is None:
+            return x_bte
         frames_bfe = self.project_audio(audio, audio_mask)
         is_patch_bt = input_ids == self.audio_patch_id
         if audio_frame_index is None:
@@ -129,7 +134,7 @@ class LLark(nnx.Module):
     def __call__(
         self,
         input_ids: jax.Array,
-        audio: jax.Array,
+        audio: jax.Array | None,
         positions: jax.Array | None = None,
         attention_mask: jax.Array | None = None,
         *,
@@ -137,7 +142,7 @@ class LLark(nnx.Module):
         audio_frame_index: jax.Array | None = None,
         audio_mask: jax.Array | None = None,
     ) -> jax.Array:
-        """input_ids [B,T] int32, audio [B,S,T_a,D] | [B,T_a,D] -> logits [B,T,V] float32.
+        """input_ids [B,T] int32, audio [B,S,T_a,D] | [B,T_a,D] | None -> logits [B,T,V] f32.
 
         positions/segment_ids/attention_mask as in `Llama.decode_embeddings`; audio_frame_index
         [B,T] int32 = s*T'+t at patch positions (T' = T_a/temporal_pool), ignored elsewhere.
