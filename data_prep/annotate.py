@@ -138,7 +138,7 @@ def crop_annotations(
 
     As the reference's ``crop_annotations.py``: beats with ``start <= time <= end`` are kept with
     ``time -= start`` (rounded to madmom's 0.01 s frame grid to drop float noise); chords and
-    MusicNet ``notes`` (dict instrument -> [{start, end, pitch}], or
+    MusicNet ``notes`` (top level or in ``metadata``; dict instrument -> [{start, end, pitch}], or
     its JSON string) overlapping the window are clamped to it and re-timed; tempo, key and all
     other fields are copied. Adds ``start_secs``/``end_secs`` (the window actually used).
     """
@@ -154,11 +154,18 @@ def crop_annotations(
         out["chords"] = _clip_interval(record["chords"], "start_time", "end_time", start_s, end_s,
                                        CHORD_DIGITS)
     if record.get("notes") is not None:
-        notes = record["notes"]
-        notes = json.loads(notes) if isinstance(notes, str) else notes
-        clipped = {
-            instrument: _clip_interval(events, "start", "end", start_s, end_s, NOTE_DIGITS)
-            for instrument, events in notes.items()
-        }
-        out["notes"] = {name: events for name, events in clipped.items() if events}
+        out["notes"] = _crop_notes(record["notes"], start_s, end_s)
+    metadata = record.get("metadata")
+    if isinstance(metadata, dict) and metadata.get("notes") is not None:
+        out["metadata"] = {**metadata, "notes": _crop_notes(metadata["notes"], start_s, end_s)}
     return out
+
+
+def _crop_notes(notes: dict | str, start_s: float, end_s: float) -> dict[str, list[dict]]:
+    """MusicNet notes (dict or JSON string) cut to the window; instruments left empty dropped."""
+    notes = json.loads(notes) if isinstance(notes, str) else notes
+    clipped = {
+        instrument: _clip_interval(events, "start", "end", start_s, end_s, NOTE_DIGITS)
+        for instrument, events in notes.items()
+    }
+    return {name: events for name, events in clipped.items() if events}

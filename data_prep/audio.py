@@ -15,6 +15,7 @@ Multicrop (MusicNet captioning) emits every full window ``[i * crop_s, (i + 1) *
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import struct
@@ -250,3 +251,18 @@ def list_audio_files(directory: str | os.PathLike) -> list[Path]:
     """Audio files (by extension, case-insensitive) under ``directory``, recursively, sorted."""
     root = Path(directory)
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def list_tracks(
+    audio_dir: str | os.PathLike | None = None, records: str | os.PathLike | None = None
+) -> list[tuple[str, str]]:
+    """``(track_id, audio_path)`` pairs a stage works on: every audio file under ``audio_dir``
+    (id = file stem), or the ``id``/``audio_path`` of each line of a jsonify ``records`` JSONL
+    (ids as the dataset defines them, e.g. FMA ``"2"`` for ``000/000002.mp3``)."""
+    if (audio_dir is None) == (records is None):
+        raise ValueError("give exactly one of audio_dir and records")
+    if audio_dir is not None:
+        return [(p.stem, str(p)) for p in list_audio_files(audio_dir)]
+    with open(records, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [(str(row["id"]), str(row["audio_path"])) for row in rows]

@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pretty_midi
 import pytest
 import soundfile as sf
 from audio_fixtures import drum_pattern, write_bad_corpus, write_wav
 
 from data_prep.stages import annotate as annotate_stage
 from data_prep.stages import crop as crop_stage
+from data_prep.stages import jsonify as jsonify_stage
 from data_prep.stages.runner import SkipItem, read_jsonl, run_cached
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,21 +124,41 @@ def test_annotate_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     assert {"tempo_in_beats_per_minute_madmom", "downbeats_madmom", "chords", "key"} < set(rows[0])
 
 
-def test_multicrop_then_annotate_with_crops_writes_retimed_clip_records(tmp_path):
-    audio_dir = tmp_path / "tracks"
-    write_wav(audio_dir / "long.wav", np.tile(drum_pattern(120, 8.0), 3))  # 24 s
+def test_jsonify_multicrop_annotate_pipeline_crops_beats_chords_and_notes(tmp_path):
+    """MusicNet-style track: jsonify -> crop --multicrop --records -> annotate --records --crops."""
+    root = tmp_path / "musicnet"
+    root.joinpath("musicnet_metadata.csv").parent.mkdir(parents=True)
+    root.joinpath("musicnet_metadata.csv").write_text(
+        "id,composer,composition,movement,ensemble,source,transcriber,catalog_name,seconds\n"
+        "1727,Schubert,Quintet,2. Andante,Piano Quintet,EA,x,D667,24\n")
+    write_wav(root / "train_data" / "1727.wav", np.tile(drum_pattern(120, 8.0), 3))  # 24 s
+    midi = pretty_midi.PrettyMIDI()
+    violin = pretty_midi.Instrument(40)
+    violin.notes += [pretty_midi.Note(80, 60 + i, 4.0 * i + 1.0, 4.0 * i + 3.5) for i in range(6)]
+    midi.instruments.append(violin)
+    (root / "musicnet_em").mkdir()
+    midi.write(str(root / "musicnet_em" / "1727.mid"))
+    records = tmp_path / "records.jsonl"
+    assert jsonify_stage.main(["--dataset", "musicnet", "--root", str(root), "--output",
+                               str(records)]) == 0
     crops_dir = tmp_path / "crops"
-    assert crop_stage.main(["--input-dir", str(audio_dir), "--output-dir", str(crops_dir),
+    assert crop_stage.main(["--records", str(records), "--output-dir", str(crops_dir),
                             "--multicrop", "--crop-seconds", "10"]) == 0
     output = tmp_path / "clips.jsonl"
-    assert annotate_stage.main(["--audio-dir", str(audio_dir), "--output", str(output),
+    assert annotate_stage.main(["--records", str(records), "--output", str(output),
                                 "--crops", str(crops_dir / "crops.jsonl"),
                                 "--max-crop-seconds", "10"]) == 0
     clips = read_jsonl(output)
-    assert [c["id"] for c in clips] == ["long-start0.000-end10.000", "long-start10.000-end20.000"]
+    assert [c["id"] for c in clips] == ["1727-start0.000-end10.000", "1727-start10.000-end20.000"]
     for clip in clips:
-        assert clip["track_id"] == "long" and clip["end_secs"] - clip["start_secs"] == 10.0
+        assert clip["track_id"] == "1727" and clip["dataset"] == "musicnet"
+        assert clip["end_secs"] - clip["start_secs"] == 10.0
         times = [b["time"] for b in clip["downbeats_madmom"]]
         assert 0.0 <= min(times) and max(times) <= 10.0 and len(times) >= 18
         assert all(0.0 <= c["start_time"] <= c["end_time"] <= 10.0 for c in clip["chords"])
         assert clip["key"] == clips[0]["key"]  # track-level fields are shared by all clips
+    second_notes = clips[1]["metadata"]["notes"]["Violin"]
+    # Notes [9, 11.5) D5, [13, 15.5) D#5, [17, 19.5) E5 meet the window [10, 20).
+    assert second_notes == [{"start": 0.0, "end": 1.5, "pitch": "D5"},
+                            {"start": 3.0, "end": 5.5, "pitch": "D#5"},
+                            {"start": 7.0, "end": 9.5, "pitch": "E5"}]

@@ -1,12 +1,14 @@
 """`python -m data_prep annotate --audio-dir DIR --output annotations.jsonl`: madmom per track.
 
-Each audio file under DIR (recursive; file stem = track id) is annotated on its first 360 s
-(fields: see `data_prep.annotate`). One JSON per track is cached atomically in
-``<output>.cache/`` as soon as it is done, so a crash or kill loses only the track in flight and a
-rerun continues; the JSONL is assembled from the cache in sorted-path order, identical to an
-uninterrupted run. ``--crops OUT/crops.jsonl`` (from the crop stage) instead writes one record per
-clip: id = clip id, ``track_id``, ``start_secs``/``end_secs``, beats and chords cut and re-timed to
-the clip, tempo and key track-level. The report (``<output>.report.json``) lists every skipped file.
+Each audio file under DIR (recursive; file stem = track id), or each record of ``--records
+records.jsonl`` (jsonify output; its ``dataset``, ``split`` and ``metadata`` are carried into the
+output), is annotated on its first 360 s (fields: see `data_prep.annotate`). One JSON per track
+is cached atomically in ``<output>.cache/`` as soon as it is done, so a crash or kill loses only
+the track in flight and a rerun continues; the JSONL is assembled from the cache in input order,
+identical to an uninterrupted run. ``--crops OUT/crops.jsonl`` (from the crop stage) instead
+writes one record per clip: id = clip id, ``track_id``, ``start_secs``/``end_secs``, beats and
+chords (and MusicNet ``metadata.notes``) cut and re-timed to the clip, tempo and key
+track-level. The report (``<output>.report.json``) lists every skipped file with its reason.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from data_prep.annotate import DEFAULT_MAX_CROP_S, MAX_ANNOTATION_S, annotate_file, crop_annotations
-from data_prep.audio import AudioError, list_audio_files
+from data_prep.audio import AudioError, list_tracks
 from data_prep.stages.runner import (
     options_tag,
     read_jsonl,
@@ -33,8 +35,9 @@ def initialize_worker() -> None:
     get_annotator()
 
 
-def annotate_track(path: str, *, max_seconds: float) -> dict:
-    return annotate_file(path, max_seconds=max_seconds)
+def annotate_track(track: tuple[str, str], *, max_seconds: float) -> dict:
+    """Annotate one ``(track_id, path)`` (the runner's work function)."""
+    return annotate_file(track[1], max_seconds=max_seconds)
 
 
 def clip_records(tracks: dict[str, dict], crops: list[dict], max_crop_s: float) -> list[dict]:
@@ -50,7 +53,9 @@ def clip_records(tracks: dict[str, dict], crops: list[dict], max_crop_s: float) 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_prep annotate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--audio-dir", required=True, type=Path, help="full (uncropped) tracks")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio-dir", type=Path, help="full (uncropped) tracks; id = file stem")
+    source.add_argument("--records", type=Path, help="jsonify output: id + audio_path per line")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--crops", type=Path, help="crops.jsonl from the crop stage")
     parser.add_argument("--max-seconds", type=float, default=MAX_ANNOTATION_S)
@@ -62,12 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     work = partial(annotate_track, max_seconds=args.max_seconds)
-    files = [str(p) for p in list_audio_files(args.audio_dir)]
     cache_dir = args.output.with_name(f"{args.output.name}.cache") / options_tag(work.keywords)
-    result = run_cached(files, work, key=lambda p: Path(p).stem, cache_dir=cache_dir,
-                        stage="annotate", workers=args.workers, initializer=initialize_worker,
+    result = run_cached(list_tracks(args.audio_dir, args.records), work,
+                        key=lambda track: track[0], cache_dir=cache_dir, stage="annotate",
+                        workers=args.workers, initializer=initialize_worker,
                         expected_errors=(AudioError,))
-    tracks = {key: {"id": key, **annotation} for key, annotation in result.results.items()}
+    sources = {} if args.records is None else {r["id"]: r for r in read_jsonl(args.records)}
+    carried = ("dataset", "split", "metadata")
+    tracks = {
+        key: {"id": key, **{k: sources[key][k] for k in carried if k in sources.get(key, {})},
+              **annotation}
+        for key, annotation in result.results.items()
+    }
     if args.crops is None:
         rows = list(tracks.values())
     else:

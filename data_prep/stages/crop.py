@@ -1,11 +1,12 @@
 """`python -m data_prep crop --input-dir IN --output-dir OUT`: crop tracks by the paper's rule.
 
-Every audio file under IN (recursive; its file stem is the track id) becomes one clip (or, with
-``--multicrop``, every full window) written as ``OUT/{id}-start{S:.3f}-end{E:.3f}.wav`` (float32,
-mono, 44.1 kHz). ``OUT/crops.jsonl`` lists the clips ({id, track_id, source, path, start_secs,
-end_secs}); ``OUT/crops.jsonl.report.json`` has the counts and every skipped file with its reason.
-Reruns skip finished tracks (cache in ``OUT/.cache/crop-<hash of the crop options>``, so changed
-options never reuse stale clips).
+Every audio file under IN (recursive; its file stem is the track id), or every record of
+``--records records.jsonl`` (jsonify output: its ``id`` and ``audio_path``), becomes one clip
+(or, with ``--multicrop``, every full window) written as ``OUT/{id}-start{S:.3f}-end{E:.3f}.wav``
+(float32, mono, 44.1 kHz). ``OUT/crops.jsonl`` lists the clips ({id, track_id, source, path,
+start_secs, end_secs}); ``OUT/crops.jsonl.report.json`` has the counts and every skipped file
+with its reason. Reruns skip finished tracks (cache in ``OUT/.cache/crop-<hash of the crop
+options>``, so changed options never reuse stale clips).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from data_prep.audio import (
     audio_duration,
     choose_crop,
     clip_id,
-    list_audio_files,
+    list_tracks,
     load_audio,
     multicrop_windows,
     write_wav_atomic,
@@ -31,7 +32,7 @@ MANIFEST = "crops.jsonl"
 
 
 def crop_track(
-    source: str,
+    track: tuple[str, str],
     *,
     output_dir: str,
     crop_s: float,
@@ -40,8 +41,11 @@ def crop_track(
     min_clip_s: float,
     seed: int,
 ) -> dict:
-    """Crop one file; returns ``{"clips": [manifest rows]}``. Raises `AudioError` on bad input."""
-    track_id = Path(source).stem
+    """Crop one ``(track_id, path)``; returns ``{"clips": [manifest rows]}``.
+
+    Raises `AudioError` subclasses for bad input.
+    """
+    track_id, source = track
     duration_s = audio_duration(source)
     if multicrop:
         windows = multicrop_windows(duration_s, crop_s)
@@ -65,7 +69,9 @@ def crop_track(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_prep crop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input-dir", required=True, type=Path)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input-dir", type=Path, help="audio files; track id = file stem")
+    source.add_argument("--records", type=Path, help="jsonify output: id + audio_path per line")
     parser.add_argument("--output-dir", required=True, type=Path)
     parser.add_argument("--crop-seconds", type=float, default=25.0,
                         help="clip length (paper 25; the reference's files are 30)")
@@ -85,8 +91,8 @@ def main(argv: list[str]) -> int:
     work = partial(crop_track, output_dir=str(args.output_dir), crop_s=args.crop_seconds,
                    p_middle=args.p_middle, multicrop=args.multicrop,
                    min_clip_s=args.min_clip_seconds, seed=args.seed)
-    files = [str(p) for p in list_audio_files(args.input_dir)]
-    result = run_cached(files, work, key=lambda p: Path(p).stem,
+    tracks = list_tracks(args.input_dir, args.records)
+    result = run_cached(tracks, work, key=lambda track: track[0],
                         cache_dir=args.output_dir / ".cache" / f"crop-{options_tag(work.keywords)}",
                         stage="crop",
                         workers=args.workers, expected_errors=(AudioError,))
