@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 from llark_helpers import ANSWER, AUDIO_DIM, QUESTION, tiny_llark
-from tokenizer_fixtures import make_llark_tokenizer
+from tokenizer_fixtures import make_base_tokenizer, make_llark_tokenizer
 
 from llark_jax.data import conversation as conv
+from llark_jax.model.llama import Llama, LlamaConfig
+from llark_jax.model.llark import LLark
 from llark_jax.model.loss import masked_lm_loss
 
 
@@ -116,3 +118,19 @@ def test_temporal_pool_masked_mean(tok):
     np.testing.assert_allclose(frames[0, 5], proj[1, 4], atol=1e-5)
     with pytest.raises(ValueError, match="temporal_pool=2"):
         model.project_audio(jnp.asarray(audio[:, :, :5]))
+
+
+def test_from_llama_extends_tokenizer_and_model(tok):
+    base = make_base_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(base), hidden_size=32, intermediate_size=64, num_layers=1,
+                      num_heads=2, num_kv_heads=1, head_dim=16, vocab_multiple=128)
+    model = LLark.from_llama(Llama(cfg, rngs=nnx.Rngs(0)), base, 12, rngs=nnx.Rngs(1))
+    ids = conv.AudioTokenIds.from_tokenizer(base)
+    assert ids == conv.AudioTokenIds.from_tokenizer(tok)  # same order as the test fixture
+    assert (model.audio_patch_id, model.audio_start_id, model.audio_end_id) == (
+        ids.patch, ids.start, ids.end)
+    assert model.llama.config.vocab_size == len(base) and model.llama.embed.shape[0] % 128 == 0
+    ex = conv.build_example(base, conv.FASTCHAT_V0, QUESTION, "Jazz.", 4, True)
+    logits = model(jnp.asarray(ex["input_ids"][None]), jnp.ones((1, 4, 12), jnp.float32))
+    assert logits.shape == (1, len(ex["input_ids"]), model.llama.embed.shape[0])
+    assert np.isfinite(np.asarray(logits[..., : len(base)])).all()

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llark_jax.checkpoints.tokens import extend_with_llark_tokens
 from llark_jax.model.llama import Llama
 
 
@@ -87,6 +88,23 @@ class LLark(nnx.Module):
         self.audio_start_id = audio_start_id
         self.audio_end_id = audio_end_id
         self.temporal_pool = temporal_pool
+
+    @classmethod
+    def from_llama(
+        cls,
+        llama: Llama,
+        tokenizer,
+        audio_dim: int,
+        *,
+        temporal_pool: int = 1,
+        rngs: nnx.Rngs,
+        seed: int = 0,
+    ) -> LLark:
+        """Extends `llama` and `tokenizer` in place with the LLark tokens (reference init rules,
+        `llark_jax.checkpoints.tokens`) and wraps them with a fresh projector."""
+        ids = extend_with_llark_tokens(llama, tokenizer, seed=seed)
+        return cls(llama, audio_dim, audio_patch_id=ids.patch, audio_start_id=ids.start,
+                   audio_end_id=ids.end, temporal_pool=temporal_pool, rngs=rngs)
 
     def project_audio(self, audio: jax.Array, audio_mask: jax.Array | None = None) -> jax.Array:
         """audio [B,S,T_a,D] or [B,T_a,D] -> frames [B, S*T_a/pool, E].
