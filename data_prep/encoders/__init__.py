@@ -15,6 +15,7 @@ ENCODERS: dict[str, str] = {
     "mel": "data_prep.encoders.mel:MelEncoder",
     "jukebox": "data_prep.encoders.jukebox:JukeboxEncoder",
     "jukebox-jukemirlib": "data_prep.encoders.jukemirlib_backend:JukemirlibEncoder",
+    "mert": "data_prep.encoders.mert:MertEncoder",
 }
 
 
