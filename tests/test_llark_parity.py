@@ -65,22 +65,22 @@ def test_loss_and_logits_match_reference(setup):
 def test_gradients_match_reference(setup):
     s = setup
     g, ref = s["grads"], s["ref"]
-    hf_layer = ref.lm.model.layers[1]
+    hf, ours = ref.lm.model.layers[1], g["llama"]["layers"][1]
     d = s["model"].llama.config.hidden_size
     pairs = {
         "projector.kernel": (g["projector"]["kernel"][...], ref.mm_projector.weight.grad.T),
         "projector.bias": (g["projector"]["bias"][...], ref.mm_projector.bias.grad),
-        "layer1.q": (g["llama"]["layers"][1]["attn"]["q"][...].reshape(d, -1),
-                     hf_layer.self_attn.q_proj.weight.grad.T),
-        "layer1.k": (g["llama"]["layers"][1]["attn"]["k"][...].reshape(d, -1),
-                     hf_layer.self_attn.k_proj.weight.grad.T),
-        "layer1.o": (g["llama"]["layers"][1]["attn"]["o"][...].reshape(-1, d),
-                     hf_layer.self_attn.o_proj.weight.grad.T),
-        "layer1.down": (g["llama"]["layers"][1]["mlp"]["down"][...],
-                        hf_layer.mlp.down_proj.weight.grad.T),
-        "layer1.input_norm": (g["llama"]["layers"][1]["input_norm"]["scale"][...],
-                              hf_layer.input_layernorm.weight.grad),
+        "layer1.input_norm": (ours["input_norm"]["scale"][...], hf.input_layernorm.weight.grad),
+        "layer1.post_attn_norm": (ours["post_attn_norm"]["scale"][...],
+                                  hf.post_attention_layernorm.weight.grad),
+        "layer1.o": (ours["attn"]["o"][...].reshape(-1, d), hf.self_attn.o_proj.weight.grad.T),
     }
+    for name in "qkv":
+        torch_grad = getattr(hf.self_attn, f"{name}_proj").weight.grad.T
+        pairs[f"layer1.{name}"] = (ours["attn"][name][...].reshape(d, -1), torch_grad)
+    for name in ("gate", "up", "down"):
+        torch_grad = getattr(hf.mlp, f"{name}_proj").weight.grad.T
+        pairs[f"layer1.{name}"] = (ours["mlp"][name][...], torch_grad)
     start, end = s["model"].audio_start_id, s["model"].audio_end_id
     t_embed_grad = ref.lm.model.embed_tokens.weight.grad.numpy()
     ours_embed = np.asarray(g["llama"]["embed"][...])
