@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="for generated splits (MTG-Jamendo)")
     parser.add_argument("--test-size", type=int, default=1000,
                         help="MTG-Jamendo: tracks in the generated test split")
-    parser.add_argument("--workers", type=int, default=1, help="accepted for CLI uniformity")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="accepted like the other stages; jsonify reads in one process")
     return parser
 
 
