@@ -2,8 +2,10 @@
 
 Everything downstream (madmom, encoders) expects mono float32 at 44.1 kHz, so `load_audio` returns
 exactly that: a 1-D ``np.ndarray`` of shape ``[n_samples]`` in [-1, 1]-ish units, resampled with
-soxr's very-high-quality filter when the file has another rate. Bad files raise an `AudioError`
-subclass that names the file and the reason; stage runners record it and carry on.
+soxr's very-high-quality filter when the file has another rate. Decoding is libsndfile's (via
+soundfile), which reads wav/flac/ogg/aiff and, since 1.1, mp3, so no second decoder is needed.
+Bad files raise an `AudioError` subclass that names the file and the reason; stage runners record
+it and carry on.
 
 Crop rule (paper §G.1; the reference's `crop_audio.py` is the 30 s setting of the same rule):
 a track of duration <= ``long_threshold_s`` (60 s) keeps its first ``crop_s`` seconds (all of it if
