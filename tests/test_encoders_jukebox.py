@@ -28,6 +28,7 @@ from data_prep.encoders.jukebox_checkpoint import (
     PRIOR_FILE,
     VQVAE_FILE,
     CheckpointKeyError,
+    build_empty_models,
     build_models,
     read_state_dict,
 )
@@ -114,6 +115,17 @@ def test_key_check_allows_extra_keys_only_from_unused_blocks(tiny, tmp_path):
     assert len(_build(tiny[0]).prior.prior.transformer._attn_mods) == TINY_LAYER
 
 
+@pytest.mark.slow
+def test_real_5b_config_builds_36_blocks_on_meta_device():
+    models = build_empty_models(36)
+    state = models.prior.state_dict()
+    assert len(models.prior.prior.transformer._attn_mods) == 36
+    assert state["prior.pos_emb.pos_emb"].shape == (8192, 4800)
+    assert state["prior.transformer._attn_mods.35.mlp.c_fc.w"].dtype == torch.float16
+    assert 2.5e9 < sum(v.numel() for v in state.values()) < 2.6e9  # 36 of 72 blocks of 5.06 B
+    assert (models.sample_rate, models.hop) == (SR, 128)
+
+
 def test_weights_only_refuses_arbitrary_objects(tmp_path):
     path = tmp_path / "odd.pth.tar"
     torch.save({"model": {"w": torch.ones(1)}, "odd": fractions.Fraction(1, 3)}, path)
@@ -148,6 +160,15 @@ def test_reference_pooling_shapes(tiny, clips):
     ref = get_encoder("jukebox", **tiny_encoder_kwargs(tiny[0], pooling_mode="reference"))
     assert ref.frame_rate_hz == pytest.approx(344.53125 / 34)
     assert [y.shape for y in ref.encode_batch(clips[1:])] == [(101, 16), (240, 16)]
+
+
+def test_bfloat16_compute_tracks_float32(tiny, encoder):
+    low = get_encoder("jukebox", **tiny_encoder_kwargs(tiny[0], dtype="bfloat16"))
+    assert low.version.endswith("-bfloat16")
+    audio_bn = (0.3 * np.random.default_rng(3).standard_normal((1, WINDOW))).astype(np.float32)
+    ref = encoder.window_activations(audio_bn, [0])
+    rel = np.linalg.norm(low.window_activations(audio_bn, [0]) - ref) / np.linalg.norm(ref)
+    assert rel < 0.03, rel
 
 
 # -- pooling --------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ class JukeboxEncoder(AudioEncoder):
         """[B, n_ctx * hop] audio windows starting at sample `offsets_b` -> [B, n_ctx, dim] f32."""
         z_bt = self.top_codes(torch.from_numpy(audio_bn).to(self.device))
         x_cond_btd, y_cond_b1d = self.conditioning(offsets_b)
-        h_btd = self.embed_codes(z_bt, x_cond_btd, y_cond_b1d)
+        h_btd = self.embed_codes(z_bt, x_cond_btd, y_cond_b1d).to(self.compute_dtype)
         for block in self.prior.prior.transformer._attn_mods:
             h_btd = block(h_btd, encoder_kv=None, sample=False)
         return h_btd.float().cpu().numpy()
@@ -152,7 +152,7 @@ class JukeboxEncoder(AudioEncoder):
         y = self.prior.get_y(self.prior.labeller.get_batch_labels(metas, self.device), 0)
         y_emb = self.prior.y_emb  # LabelConditioner, run piecewise (its forward asserts CUDA)
         total, offset, length, artist, genre = y[:, 0:1], y[:, 1:2], y[:, 2:3], y[:, 3:4], y[:, 4:]
-        genre_mask = (genre >= 0).unsqueeze(2).to(self.compute_dtype)
+        genre_mask = (genre >= 0).unsqueeze(2).float()
         genre_emb = (y_emb.bow_genre_emb.emb(genre.clamp(0)) * genre_mask).sum(dim=1, keepdim=True)
         y_cond_b1d = y_emb.artist_emb.emb(artist) + genre_emb
         start, end, total = offset.float(), (offset + length).float(), total.float()
@@ -165,7 +165,7 @@ class JukeboxEncoder(AudioEncoder):
         """Prior input: codes shifted right by one (slot 0 = y_cond) + position + timing."""
         prior = self.prior.prior
         tokens_btd = prior.x_emb(z_bt)
-        h_btd = torch.cat([y_cond_b1d.to(tokens_btd.dtype), tokens_btd[:, :-1]], dim=1)
+        h_btd = torch.cat([y_cond_b1d, tokens_btd[:, :-1]], dim=1)
         return h_btd + prior.pos_emb() + x_cond_btd
 
 
@@ -191,15 +191,18 @@ def stitch_windows(acts: Sequence[np.ndarray], starts: Sequence[int], n_tokens: 
 
 
 def _place_prior(prior: torch.nn.Module, device: torch.device, dtype: torch.dtype):
-    """GPU: everything in `dtype`. CPU float32: Conv1D weights stay as stored (fp16 in the official
-    file; Conv1D casts them to the input dtype, so compute is fp32 as in the reference), every
-    other parameter becomes float32."""
+    """Moves the prior to `device` the way Jukebox's own fp16 mode lays it out: Conv1D weights
+    (the transformer matmuls) in `dtype`, everything else (embeddings, LayerNorms, whose forward
+    upcasts to float32) in float32. For float32 the Conv1D weights stay as stored (fp16 in the
+    official file); Conv1D casts them to the input dtype, so compute is fp32 as in the reference."""
     from jukebox_infer.transformer.ops import Conv1D
 
-    if dtype != torch.float32:
-        return prior.to(device=device, dtype=dtype)
     for module in prior.modules():
-        if not isinstance(module, Conv1D):
-            for name, param in module.named_parameters(recurse=False):
-                setattr(module, name, torch.nn.Parameter(param.float(), requires_grad=False))
-    return prior.to(device)
+        for name, param in module.named_parameters(recurse=False):
+            if not isinstance(module, Conv1D):
+                target = torch.float32
+            else:
+                target = param.dtype if dtype == torch.float32 else dtype
+            setattr(module, name, torch.nn.Parameter(param.to(device=device, dtype=target),
+                                                     requires_grad=False))
+    return prior

@@ -136,6 +136,22 @@ def prior_hparams(layer: int, overrides: Mapping | None = None):
                                       "restore_prior": ""})
 
 
+def build_empty_models(layer: int, vqvae_overrides: Mapping | None = None,
+                       prior_overrides: Mapping | None = None) -> JukeboxModels:
+    """VQ-VAE + depth-`layer` prior on the meta device (no memory, no init) via jukebox_infer."""
+    from jukebox_infer.make_models import make_prior, make_vqvae
+
+    vq_hps = vqvae_hparams({**dict(vqvae_overrides or {}), "restore_vqvae": ""})
+    pr_hps = prior_hparams(layer, prior_overrides)
+    top_hop = _top_hop(vq_hps)
+    vq_hps.sample_length = pr_hps.n_ctx * top_hop
+    with contextlib.redirect_stdout(io.StringIO()), torch.device("meta"):
+        vqvae = make_vqvae(vq_hps, device="meta", auto_download=False)
+        prior = make_prior(pr_hps, vqvae, device="meta", auto_download=False)
+    return JukeboxModels(vqvae=vqvae, prior=prior, layer=layer, sample_rate=int(vq_hps.sr),
+                         hop=top_hop)
+
+
 def build_models(
     jukebox_dir: str,
     layer: int,
@@ -143,35 +159,24 @@ def build_models(
     prior_overrides: Mapping | None = None,
     trust_pickle: bool = False,
 ) -> JukeboxModels:
-    """Builds VQ-VAE + depth-`layer` prior on the meta device, then assigns checkpoint tensors."""
-    from jukebox_infer.make_models import make_prior, make_vqvae
-
+    """`build_empty_models`, then the checkpoint tensors assigned in after the key check."""
     paths = {name: os.path.join(jukebox_dir, name) for name in (VQVAE_FILE, PRIOR_FILE)}
     for path in paths.values():
         if not os.path.isfile(path):
             raise EncoderError(f"Jukebox checkpoint not found: {path}")
-    vq_hps = vqvae_hparams({**dict(vqvae_overrides or {}), "restore_vqvae": ""})
-    pr_hps = prior_hparams(layer, prior_overrides)
-    with contextlib.redirect_stdout(io.StringIO()), torch.device("meta"):
-        top_hop = _top_hop(vq_hps)
-        vq_hps.sample_length = pr_hps.n_ctx * top_hop
-        vqvae = make_vqvae(vq_hps, device="meta", auto_download=False)
-        prior = make_prior(pr_hps, vqvae, device="meta", auto_download=False)
-    if len(prior.prior.transformer._attn_mods) != layer:
-        raise EncoderError(f"prior built with {len(prior.prior.transformer._attn_mods)} blocks")
+    models = build_empty_models(layer, vqvae_overrides, prior_overrides)
 
     vq_state = read_state_dict(paths[VQVAE_FILE], trust_pickle)
-    check_keys(set(vqvae.state_dict()), set(vq_state), paths[VQVAE_FILE])
-    vqvae.load_state_dict(vq_state, strict=True, assign=True)
+    check_keys(set(models.vqvae.state_dict()), set(vq_state), paths[VQVAE_FILE])
+    models.vqvae.load_state_dict(vq_state, strict=True, assign=True)
 
     pr_state = read_state_dict(paths[PRIOR_FILE], trust_pickle)
-    expected = set(prior.state_dict())
+    expected = set(models.prior.state_dict())
     check_keys(expected, set(pr_state), paths[PRIOR_FILE], is_block_at_or_after(layer))
-    prior.load_state_dict({k: pr_state[k] for k in expected}, strict=True, assign=True)
-    for module in (vqvae, prior):
+    models.prior.load_state_dict({k: pr_state[k] for k in expected}, strict=True, assign=True)
+    for module in (models.vqvae, models.prior):
         module.eval().requires_grad_(False)
-    return JukeboxModels(vqvae=vqvae, prior=prior, layer=layer, sample_rate=int(vq_hps.sr),
-                         hop=top_hop)
+    return models
 
 
 def _top_hop(vq_hps) -> int:
