@@ -4,6 +4,13 @@ Layout: `W/checkpoints/<step>/{state,data,config}` written by an async `ocp.Chec
 keeping the newest `keep` steps. Orbax only lists committed steps, so a save interrupted by a
 kill is invisible. A committed step that fails to restore (files truncated or removed) is
 renamed to `<step>.corrupt` with a warning and the next older step is tried.
+
+Multi-host: every process calls `save`/`restore_latest` (collectives). Orbax writes each array's
+shards from the hosts that hold them and the metadata from the primary host only. The `data`
+item holds the input-pipeline state of every process (`{"processes": [state_0, ...]}`, gathered
+at save time); on restore each process takes its own entry. A run restored with another process
+count can continue only when all saved states are equal (topology-independent inputs such as the
+synthetic batches); otherwise `InputStateMismatchError` says so.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -22,6 +30,39 @@ log = logging.getLogger(__name__)
 
 class NoUsableCheckpointError(RuntimeError):
     """Every committed checkpoint in the directory failed to restore."""
+
+
+class InputStateMismatchError(ValueError):
+    """The saved per-process input states do not fit this run's process count."""
+
+
+def gather_input_states(state: dict) -> list[dict]:
+    """The JSON input state of every process, in process order (a collective when multi-host)."""
+    if jax.process_count() == 1:
+        return [state]
+    from jax.experimental import multihost_utils
+
+    encoded = np.frombuffer(json.dumps(state, sort_keys=True).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int32(encoded.size))).ravel()
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: encoded.size] = encoded
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, lengths, strict=True)]
+
+
+def own_input_state(saved: dict) -> dict:
+    """This process's entry of a saved `{"processes": [...]}` input state."""
+    if "processes" not in saved:  # a single-process state
+        return saved
+    states = saved["processes"]
+    if len(states) == jax.process_count():
+        return states[jax.process_index()]
+    if all(state == states[0] for state in states):
+        return states[0]
+    raise InputStateMismatchError(
+        f"checkpoint holds input states of {len(states)} processes that differ; this run has "
+        f"{jax.process_count()} processes. Resume with {len(states)} processes, or start the "
+        f"input pipeline fresh (train.init_from) to change the host count.")
 
 
 class TrainCheckpointer:
@@ -50,7 +91,7 @@ class TrainCheckpointer:
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(input_state),
+                data=ocp.args.JsonSave({"processes": gather_input_states(input_state)}),
                 config=ocp.args.JsonSave(json.loads(config_json)),
             ),
             force=True,
@@ -78,11 +119,12 @@ class TrainCheckpointer:
                         data=ocp.args.JsonRestore(),
                     ),
                 )
-                return step, restored["state"], dict(restored["data"])
             except Exception as err:  # noqa: BLE001 - any failure means "unusable step"
                 log.warning("checkpoint step %d is unusable (%s: %s); trying an older one",
                             step, type(err).__name__, str(err)[:300])
                 self._quarantine(step)
+                continue
+            return step, restored["state"], own_input_state(dict(restored["data"]))
         raise NoUsableCheckpointError(f"no checkpoint in {self.directory} could be restored "
                                       f"(tried steps {steps})")
 

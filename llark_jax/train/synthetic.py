@@ -12,6 +12,8 @@ Arrays (B rows, L tokens, S audio segments of T_a frames of D features):
     audio_mask         [B, S, T_a]   bool    valid frames
     audio_frame_index  [B, L]        int32   s·T_a + t at frame t of segment s, else -1
 
+B is the global batch: every process draws the same global batch from (seed, step) and keeps its
+own contiguous rows, so the data (and the losses) do not depend on how many hosts train.
 The iterator exposes `get_state()`/`set_state()` (a JSON-able dict), like the TFRecord pipeline.
 """
 
@@ -42,15 +44,25 @@ class SyntheticSpec:
 
 
 class SyntheticBatches(Iterator[dict[str, np.ndarray]]):
-    """Infinite iterator of host-local numpy batches; batch `k` depends only on (seed, k)."""
+    """Infinite iterator of host-local numpy batches; global batch `k` depends only on (seed, k).
 
-    def __init__(self, spec: SyntheticSpec, seed: int):
+    Process `process_index` of `process_count` yields rows
+    `[i * B / n, (i + 1) * B / n)` of the global batch (B = `spec.batch_size`).
+    """
+
+    def __init__(self, spec: SyntheticSpec, seed: int, *, process_index: int = 0,
+                 process_count: int = 1):
         block = spec.audio_segments * (spec.audio_frames + 2)
         if block + 4 > spec.seq_len:
             raise ValueError(f"seq_len {spec.seq_len} cannot hold {block} audio tokens + text")
+        if spec.batch_size % process_count:
+            raise ValueError(f"global batch {spec.batch_size} does not split over "
+                             f"{process_count} processes")
         self.spec = spec
         self.seed = int(seed)
         self.step = 0
+        rows = spec.batch_size // process_count
+        self._rows = slice(process_index * rows, (process_index + 1) * rows)
 
     def get_state(self) -> dict[str, Any]:
         return {"kind": "synthetic", "seed": self.seed, "step": self.step}
@@ -63,7 +75,7 @@ class SyntheticBatches(Iterator[dict[str, np.ndarray]]):
     def __next__(self) -> dict[str, np.ndarray]:
         batch = make_batch(self.spec, np.random.default_rng([self.seed, self.step]))
         self.step += 1
-        return batch
+        return {name: rows[self._rows] for name, rows in batch.items()}
 
 
 def make_batch(spec: SyntheticSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
