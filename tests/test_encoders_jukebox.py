@@ -146,6 +146,25 @@ def test_window_plan_for_25_seconds(encoder):
     assert window_starts(8192, 8192) == [0] and window_starts(20000, 8192) == [0, 8192, 11808]
 
 
+def test_paper_mode_feeds_only_the_first_25_seconds(encoder, monkeypatch):
+    seen = []
+
+    def record(audio_bn, offsets_b):
+        seen.append((audio_bn.copy(), list(offsets_b)))
+        return np.zeros((len(offsets_b), 8192, encoder.dim), np.float32)
+
+    monkeypatch.setattr(encoder, "window_activations", record)
+    x_n = (0.1 * np.random.default_rng(4).standard_normal(30 * SR)).astype(np.float32)
+    x_n[1000] = 2.0  # the peak lies in the first 25 s, so normalisation is the same for both
+    assert encoder.encode_batch([x_n])[0].shape == (250, 16)
+    encoder.encode_batch([x_n[: 25 * SR]])
+    (long_bn, long_offsets), (short_bn, short_offsets) = seen
+    assert long_offsets == short_offsets == [0, 422 * 128]
+    np.testing.assert_array_equal(long_bn, short_bn)
+    assert not long_bn[1, 25 * SR - 422 * 128 :].any()  # zero padding after 25 s
+    np.testing.assert_array_equal(long_bn[0], x_n[:WINDOW] / 2.0)
+
+
 def test_stitch_takes_each_token_from_earliest_window():
     a_td, b_td = np.zeros((4, 1), np.float32), np.ones((4, 1), np.float32)
     np.testing.assert_array_equal(stitch_windows([a_td, b_td], [0, 2], 6)[:, 0], [0, 0, 0, 0, 1, 1])

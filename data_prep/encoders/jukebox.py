@@ -3,9 +3,9 @@
 Procedure (the reference's `get_acts_from_file`, spec §7.2, batched over context windows):
 
 1. mono float32 at 44.1 kHz, peak-normalised to max|x| = 1 (silence left as is);
-2. the clip is cut into context windows of n_ctx * hop = 8192 * 128 = 2^20 samples (23.78 s),
-   zero-padded at the end; `reference` pooling uses only the first window; `paper` pooling keeps
-   up to `max_seconds` (25 s) and, when the clip needs more than 8192 tokens, adds a last window
+2. the clip is cut to its first `max_seconds` (25 s, `paper`) or 2^20 samples (`reference`) and
+   split into context windows of n_ctx * hop = 8192 * 128 = 2^20 samples (23.78 s), zero-padded
+   at the end; when a `paper` clip needs more than 8192 tokens, a last window is added
    ending at the clip's last needed token (a 25 s clip: windows at tokens 0 and 422; each token's
    activation comes from the earliest window containing it);
 3. VQ-VAE top-level codes (hop 128, 2048 bins) of each window;
@@ -87,11 +87,14 @@ class JukeboxEncoder(AudioEncoder):
         self.prior = _place_prior(models.prior, self.device, self.compute_dtype)
         self.layer = layer
         self.pooling_mode = pooling_mode
-        self.max_samples = int(max_seconds * models.sample_rate)
+        self.n_ctx = int(models.prior.n_ctx)
+        # Audio used per clip (after peak normalisation over the whole clip, as the reference):
+        # paper: the first max_seconds; reference: the first window (2^20 samples).
+        self.max_samples = (int(max_seconds * models.sample_rate) if pooling_mode == "paper"
+                            else self.n_ctx * models.hop)
         self.windows_per_forward = windows_per_forward
         self.sample_rate = models.sample_rate
         self.hop = models.hop
-        self.n_ctx = int(self.prior.n_ctx)
         self.dim = int(self.prior.prior.width)
         self.frame_rate_hz = pooling.frame_rate(pooling_mode, self.sample_rate, self.hop)
         self.total_length = (int(TOTAL_LENGTH_SECONDS * self.sample_rate) // self.hop) * self.hop
@@ -106,8 +109,10 @@ class JukeboxEncoder(AudioEncoder):
         return plan, window_starts(plan.n_tokens, self.n_ctx)
 
     def encode_batch(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Mono float32 waveforms at 44.1 kHz -> float32 [T, dim] (T per `plan`)."""
-        clips = [peak_normalise(as_mono_float32(x, f"clip {i}")) for i, x in enumerate(waveforms)]
+        """Mono float32 waveforms at 44.1 kHz -> float32 [T, dim] (T per `plan`); each clip is
+        peak-normalised, then cut to `max_samples`; windows past its end are zero-padded."""
+        clips = [peak_normalise(as_mono_float32(x, f"clip {i}"))[: self.max_samples]
+                 for i, x in enumerate(waveforms)]
         plans = [self.plan(x_n.shape[0]) for x_n in clips]
         jobs = [(c, s) for c, (_, starts) in enumerate(plans) for s in starts]
         acts = {}
