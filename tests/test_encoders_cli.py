@@ -78,3 +78,12 @@ def test_jukemirlib_backend_is_guarded(tmp_path):
     with pytest.raises(EncoderError, match="jukemirlib package is not importable"):
         cli.main(["--encoder", "jukebox-jukemirlib", "--audio-dir", str(tmp_path),
                   "--output-dir", str(tmp_path / "o")])
+
+
+def test_encoder_args_reach_the_constructor():
+    args = cli.parse_args(["--encoder", "jukebox", "--audio-dir", "a", "--output-dir", "o",
+                           "--encoder-arg", "windows_per_forward=2",
+                           "--encoder-arg", "mert_dir=/models/mert"])
+    kwargs = cli.encoder_kwargs(args)
+    assert kwargs["windows_per_forward"] == 2 and kwargs["mert_dir"] == "/models/mert"
+    assert kwargs["layer"] == 36 and kwargs["pooling_mode"] == "paper"

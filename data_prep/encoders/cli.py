@@ -37,6 +37,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output-dir", required=True, type=Path)
     parser.add_argument("--batch-size", type=int, default=4, help="clips per encoder call")
     parser.add_argument("--limit", type=int, default=0, help="only the first N clips (0: all)")
+    parser.add_argument("--encoder-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra constructor argument for any encoder (repeatable; VALUE is "
+                             "JSON if it parses, else a string), e.g. mert_dir=/models/mert")
     jukebox = parser.add_argument_group("jukebox")
     jukebox.add_argument("--jukebox-dir", default=None, help="default: $JUKEBOX_DIR")
     jukebox.add_argument("--layer", type=int, default=36)
@@ -52,16 +55,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def encoder_kwargs(args: argparse.Namespace) -> dict:
-    """Constructor arguments for the chosen encoder from its flag group."""
+    """Constructor arguments for the chosen encoder: its flag group, then `--encoder-arg`s."""
+    kwargs: dict = {}
     common = {"jukebox_dir": args.jukebox_dir, "layer": args.layer, "pooling_mode": args.pooling,
               "max_seconds": args.max_seconds}
     if args.encoder == "jukebox":
-        return {**common, "device": args.device, "dtype": args.dtype,
-                "windows_per_forward": args.windows_per_forward,
-                "trust_pickle": args.jukebox_trust_pickle}
-    if args.encoder == "jukebox-jukemirlib":
-        return common
-    return {}
+        kwargs = {**common, "device": args.device, "dtype": args.dtype,
+                  "windows_per_forward": args.windows_per_forward,
+                  "trust_pickle": args.jukebox_trust_pickle}
+    elif args.encoder == "jukebox-jukemirlib":
+        kwargs = common
+    for item in args.encoder_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--encoder-arg expects KEY=VALUE, got {item!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except ValueError:
+            kwargs[key] = value
+    return kwargs
 
 
 def load_clip(path: Path, sample_rate: int) -> np.ndarray:
