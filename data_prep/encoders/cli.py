@@ -1,7 +1,7 @@
 """`python -m data_prep embed`: audio files -> `OUT/<clip_id>.npy` float32 [T, D] + JSON sidecar.
 
     python -m data_prep embed --encoder mel --audio-dir clips/ --output-dir emb/ [--batch-size 8]
-    python -m data_prep embed --encoder jukebox --jukebox-dir ~/jukebox5b --audio-dir clips/ \
+    python -m data_prep embed --encoder jukebox --jukebox-dir ~/jukebox5b --audio-dir clips/
         --output-dir emb/ --batch-size 4 [--pooling paper|reference] [--layer 36]
 
 clip_id = the audio file's stem. Each clip's array is written atomically (tmp + os.replace) and
