@@ -126,9 +126,11 @@ def test_real_5b_config_builds_36_blocks_on_meta_device():
     assert (models.sample_rate, models.hop) == (SR, 128)
 
 
-def test_weights_only_refuses_arbitrary_objects(tmp_path):
+@pytest.mark.parametrize("legacy_format", [False, True])
+def test_weights_only_refuses_arbitrary_objects(tmp_path, legacy_format):
     path = tmp_path / "odd.pth.tar"
-    torch.save({"model": {"w": torch.ones(1)}, "odd": fractions.Fraction(1, 3)}, path)
+    torch.save({"model": {"w": torch.ones(1)}, "odd": fractions.Fraction(1, 3)}, path,
+               _use_new_zipfile_serialization=not legacy_format)
     with pytest.raises(EncoderError, match="jukebox-trust-pickle"):
         read_state_dict(str(path))
     assert list(read_state_dict(str(path), trust_pickle=True)) == ["w"]
