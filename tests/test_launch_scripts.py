@@ -1,0 +1,189 @@
+"""Launch scripts: the commands and job specs their dry runs resolve, checked by content.
+
+`xm_launch.py --dry_run` runs with every socket connection refused, so it provably contacts no
+cloud; `tpu_vm.sh` / `local.sh --dry-run` only print. The shell scripts must be shellcheck-clean
+(skipped, with the reason, when shellcheck is not installed).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+
+NO_NETWORK = (
+    "import socket, runpy, sys\n"
+    "def refuse(*args, **kwargs):\n"
+    "    raise RuntimeError('xm_launch --dry_run tried to open a network connection')\n"
+    "socket.socket.connect = refuse\n"
+    "socket.socket.connect_ex = refuse\n"
+    "socket.create_connection = refuse\n"
+    "sys.argv = [{path!r}, *sys.argv[1:]]\n"
+    "runpy.run_path({path!r}, run_name='__main__')\n"
+)
+
+
+def xm_dry_run(*flags: str) -> dict:
+    script = NO_NETWORK.format(path=str(LAUNCH / "xm_launch.py"))
+    done = subprocess.run([sys.executable, "-c", script, "--dry_run", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def shell_dry_run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(["bash", str(LAUNCH / script), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def commands(output: str) -> list[list[str]]:
+    """The `+ cmd args` lines of a dry run, split like the shell would."""
+    return [shlex.split(line[2:]) for line in output.splitlines() if line.startswith("+ ")]
+
+
+def test_xm_tpu_v5p_sweep_resolves_hosts_env_and_gke_scheduling():
+    spec = xm_dry_run("--target=tpu_v5p", "--topology=2x2x4", "--workdir=/gcs/b/runs/x",
+                      "--override=data.path=/gcs/b/data", "--sweep=optim.peak_lr=2e-5,5e-5")
+    assert spec["executor"] == "xm_local.Kubernetes"
+    assert "RUN pip install --no-cache-dir 'jax[tpu]==0.10.2'" in spec["image"]["instructions"]
+    units = spec["work_units"]
+    assert [u["hparams"] for u in units] == [{"optim.peak_lr": "2e-5"}, {"optim.peak_lr": "5e-5"}]
+    for unit, lr in zip(units, ("2e-5", "5e-5"), strict=True):
+        jobs = unit["jobs"]
+        assert [j["name"] for j in jobs] == ["host0", "host1", "host2", "host3"]  # 16 chips / 4
+        hostnames = [j["hostname"] for j in jobs]
+        for i, job in enumerate(jobs):
+            assert job["accelerator"] == "TPU_V5P" and job["topology"] == "2x2x4"
+            assert job["command"] == [
+                "python", "-m", "llark_jax", "train", "--config", "configs/llark_7b.py",
+                "--workdir", f"/gcs/b/runs/x/peak_lr_{lr}", "--config.data.path=/gcs/b/data",
+                f"--config.optim.peak_lr={lr}"]
+            assert job["env"] == {"LLARK_DISTRIBUTED": "auto", "TPU_WORKER_ID": str(i),
+                                  "TPU_WORKER_HOSTNAMES": ",".join(hostnames)}
+            assert job["gke"]["limits"] == {"google.com/tpu": "4"}
+            assert job["gke"]["node_selector"] == {
+                "cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
+                "cloud.google.com/gke-tpu-topology": "2x2x4"}
+            assert "v2-alpha-tpuv5" in job["gke"]["executor"]
+        assert hostnames[0] == f"EXPERIMENT-{unit['work_unit']}-host0.experiments"
+
+
+def test_xm_gpu_h100_two_nodes_get_explicit_coordinator():
+    spec = xm_dry_run("--target=gpu_h100", "--nodes=2", "--workdir=/gcs/b/runs/h100",
+                      "--config=configs/musilingo.py")
+    assert "RUN pip install --no-cache-dir 'jax[cuda12]==0.10.2'" in spec["image"]["instructions"]
+    [unit] = spec["work_units"]
+    jobs = unit["jobs"]
+    assert [j["name"] for j in jobs] == ["node0", "node1"]
+    for i, job in enumerate(jobs):
+        assert job["accelerator"] == "H100"
+        assert job["command"][-4:] == ["--config", "configs/musilingo.py", "--workdir",
+                                       "/gcs/b/runs/h100"]
+        assert job["env"] == {"LLARK_COORDINATOR": "EXPERIMENT-1-node0.experiments",
+                              "LLARK_COORDINATOR_PORT": "8476", "LLARK_NUM_PROCESSES": "2",
+                              "LLARK_PROCESS_ID": str(i)}
+        assert job["gke"]["limits"] == {"nvidia.com/gpu": "8"}
+        assert job["gke"]["node_selector"] == {
+            "cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+
+
+def test_xm_single_host_v5e_and_bad_sweep():
+    spec = xm_dry_run("--target=tpu_v5e", "--topology=2x4", "--workdir=/w")
+    [job] = spec["work_units"][0]["jobs"]
+    assert job["gke"]["limits"] == {"google.com/tpu": "8"}
+    assert job["gke"]["node_selector"]["cloud.google.com/gke-tpu-accelerator"] == (
+        "tpu-v5-lite-podslice")
+    script = NO_NETWORK.format(path=str(LAUNCH / "xm_launch.py"))
+    bad = subprocess.run([sys.executable, "-c", script, "--dry_run", "--workdir=/w",
+                          "--sweep=optim.peak_lr"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "expected KEY=V1,V2" in bad.stderr
+
+
+def test_tpu_vm_dry_run_prints_the_whole_lifecycle():
+    done = shell_dry_run(
+        "tpu_vm.sh", "--dry-run", "--name", "llark-v5p", "--project", "proj",
+        "--zone", "us-east5-a", "--accelerator", "v5p-32", "--queued", "--spot",
+        "--bucket", "bkt", "all", "delete", "--", "--config.train.steps=1000")
+    cmds = commands(done.stdout)
+    where = ["--project", "proj", "--zone", "us-east5-a"]
+    assert cmds[0] == ["gcloud", "compute", "tpus", "queued-resources", "create", "llark-v5p",
+                       "--node-id", "llark-v5p", *where, "--accelerator-type", "v5p-32",
+                       "--runtime-version", "v2-alpha-tpuv5", "--spot"]
+    ssh_all = [c for c in cmds if c[3:5] == ["tpu-vm", "ssh"] and "--worker=all" in c]
+    assert len(ssh_all) == 3  # install, mount, train
+    install, mount, train = (c[c.index("--command") + 1] for c in ssh_all)
+    assert "'jax[tpu]==0.10.2'" in install and "pip install -q --no-deps -e ." in install
+    assert "gcsfuse --implicit-dirs --rename-dir-limit=200000 bkt /gcs/bkt" in mount
+    assert "export LLARK_DISTRIBUTED=auto" in train
+    assert (".venv/bin/python -m llark_jax train --config configs/llark_7b.py --workdir "
+            "/gcs/bkt/runs/llark-v5p --config.train.steps=1000") in train
+    assert any(c[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in c
+               for c in cmds)
+    logs = next(c for c in cmds if "--worker=0" in c)
+    assert logs[-1] == "tail -n +1 -F ~/llark-train.log"
+    assert cmds[-1] == ["gcloud", "compute", "tpus", "queued-resources", "delete", "llark-v5p",
+                        *where, "--force", "--quiet"]
+    assert [line for line in done.stdout.splitlines() if line.startswith("# step:")] == [
+        f"# step: {s}" for s in ("create", "install", "mount", "train", "logs", "delete")]
+
+
+def test_tpu_vm_explicit_coordinator_and_missing_flags():
+    done = shell_dry_run("tpu_vm.sh", "--dry-run", "--name", "v4", "--project", "p", "--zone",
+                         "us-central2-b", "--accelerator", "v4-32", "--version",
+                         "tpu-ubuntu2204-base", "--workdir", "/nfs/run", "--coordinator-port",
+                         "8476", "create", "train")
+    cmds = commands(done.stdout)
+    assert cmds[0][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "v4"]
+    assert ["--accelerator-type", "v4-32"] == cmds[0][10:12]
+    train = cmds[-1][cmds[-1].index("--command") + 1]
+    for word in ("LLARK_COORDINATOR=WORKER0_IP", "LLARK_COORDINATOR_PORT=8476",
+                 "LLARK_NUM_PROCESSES=NUM_WORKERS", "agent-worker-number", "--workdir /nfs/run"):
+        assert word in train
+    missing = shell_dry_run("tpu_vm.sh", "--dry-run", "--project", "p", "train", check=False)
+    assert missing.returncode == 2 and "--name, --project and --zone are required" in (
+        missing.stderr)
+    no_dir = shell_dry_run("tpu_vm.sh", "--dry-run", "--name", "n", "--project", "p", "--zone",
+                           "z", "train", check=False)
+    assert no_dir.returncode == 2 and "must be shared" in no_dir.stderr
+
+
+def test_local_dry_run_single_and_multi_process():
+    multi = commands(shell_dry_run("local.sh", "--dry-run", "--processes", "2", "--cpu-devices",
+                                   "4", "--port", "12345", "--config", "configs/tiny.py",
+                                   "--workdir", "runs/mh", "--config.train.steps=5").stdout)
+    assert len(multi) == 2
+    for i, cmd in enumerate(multi):
+        assert cmd[:7] == ["env", "JAX_PLATFORMS=cpu",
+                           "XLA_FLAGS=--xla_force_host_platform_device_count=4",
+                           "LLARK_COORDINATOR=127.0.0.1:12345", "LLARK_NUM_PROCESSES=2",
+                           f"LLARK_PROCESS_ID={i}", "python"]
+        assert cmd[7:] == ["-m", "llark_jax", "train", "--config", "configs/tiny.py",
+                           "--workdir", "runs/mh", "--config.train.steps=5"]
+    [single] = commands(shell_dry_run("local.sh", "--dry-run", "--config", "configs/tiny.py",
+                                      "--workdir", "runs/t").stdout)
+    assert single == ["env", "python", "-m", "llark_jax", "train", "--config", "configs/tiny.py",
+                      "--workdir", "runs/t"]
+    gpus = commands(shell_dry_run("local.sh", "--dry-run", "--processes", "2",
+                                  "--gpus-per-process", "4", "--config", "c.py",
+                                  "--workdir", "w").stdout)
+    assert [c[4] for c in gpus] == ["CUDA_VISIBLE_DEVICES=0,1,2,3", "CUDA_VISIBLE_DEVICES=4,5,6,7"]
+
+
+@pytest.mark.parametrize("script", ["tpu_vm.sh", "local.sh"])
+def test_shellcheck_clean(script):
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+    done = subprocess.run(["shellcheck", str(LAUNCH / script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
