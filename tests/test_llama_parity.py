@@ -7,15 +7,25 @@ separate forwards. bf16 contract: see `test_bf16_next_token_kl`.
 
 from __future__ import annotations
 
+import copy
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import nnx
-from llama_helpers import CONFIGS, TINY, make_torch_llama, random_batch, save_torch_llama, torch_logits
+from llama_helpers import (
+    CONFIGS,
+    TINY,
+    cached_checkpoint,
+    cast_torch_llama,
+    make_torch_llama,
+    random_batch,
+    torch_logits,
+)
 
-import jax.numpy as jnp
 from llark_jax.checkpoints.hf import load_llama
-from llark_jax.model.greedy import greedy_generate
+from llark_jax.model.greedy import decode_step, greedy_generate, prefill
 from llark_jax.model.llama import init_cache
 
 FP32_REL_TOL = 1e-4
@@ -27,16 +37,20 @@ def forward(model, ids, mask):
     return model(ids, attention_mask=mask)
 
 
+@nnx.jit
+def forward_packed(model, ids, segment_ids):
+    return model(ids, segment_ids=segment_ids)
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference():
     """name -> (torch model, checkpoint dir, Flax model), built once per module."""
     cache = {}
 
     def get(name: str):
         if name not in cache:
-            tm = make_torch_llama(name)
-            path = save_torch_llama(tm, tmp_path_factory.mktemp(name), sharded=name == "gqa_llama3")
-            cache[name] = (tm, path, load_llama(path))
+            path = cached_checkpoint(name, sharded=name == "gqa_llama3")
+            cache[name] = (make_torch_llama(name), path, load_llama(path))
         return cache[name]
 
     return get
@@ -57,7 +71,7 @@ def test_logits_match_torch(reference, name):
     _assert_close(out, torch_logits(tm, ids, mask), mask.astype(bool))
 
 
-@pytest.mark.parametrize("name", ["gqa_llama3", "mha_tied_1e4"])
+@pytest.mark.parametrize("name", ["gqa_llama3"])
 def test_greedy_continuation_matches_torch(reference, name):
     tm, _, model = reference(name)
     ids, mask = random_batch(V, [310, 300], seed=2)
@@ -83,16 +97,14 @@ def test_kv_cache_decode_equals_full_forward(reference):
     full = np.asarray(forward(model, jnp.asarray(full_ids), jnp.asarray(full_mask)))
 
     cache = init_cache(model.config, 2, ids.shape[1] + steps)
-    logits, cache = model.decode_embeddings(model.embed_tokens(jnp.asarray(ids)),
-                                            attention_mask_bt=jnp.asarray(mask), cache=cache)
+    logits, cache = prefill(model, jnp.asarray(ids), jnp.asarray(mask), cache)
     logits = np.asarray(logits)
     for row, n in enumerate(lengths):
         _assert_close(logits[row, :n], full[row, :n], np.ones((n,), bool))
     for k in range(steps):
-        step_logits, cache = model.decode_embeddings(
-            model.embed_tokens(jnp.asarray(new_tokens[:, k : k + 1])), cache=cache)
+        step_logits, cache = decode_step(model, jnp.asarray(new_tokens[:, k]), cache)
         for row, n in enumerate(lengths):
-            _assert_close(np.asarray(step_logits)[row, 0], full[row, n + k], np.ones((V,), bool))
+            _assert_close(np.asarray(step_logits)[row], full[row, n + k], np.ones((V,), bool))
     assert int(cache.index) == ids.shape[1] + steps
 
 
@@ -107,7 +119,7 @@ def test_packed_segments_equal_separate_forwards(reference):
         packed[0, start : start + n] = ids[i, :n]
         segments[0, start : start + n] = i + 1
         start += n
-    out = np.asarray(model(jnp.asarray(packed), segment_ids=jnp.asarray(segments)))
+    out = np.asarray(forward_packed(model, jnp.asarray(packed), jnp.asarray(segments)))
     ref = torch_logits(tm, ids, mask)
     start = 0
     for i, n in enumerate(lengths):
@@ -126,14 +138,15 @@ def test_bf16_next_token_kl(reference):
     """bf16 (params + compute) vs the fp32 torch reference.
 
     bf16 keeps 8 mantissa bits (relative rounding 2^-9), so logits move by ~1e-2 and an absolute
-    tolerance is meaningless; what matters is the next-token distribution. Contract: mean KL to the
-    fp32 reference <= max(2 x torch's own bf16 mean KL, 1e-3 nats), max KL <= 2 x torch's max + 1e-2.
+    tolerance is meaningless; what matters is the next-token distribution. Contract: mean KL to
+    the fp32 reference <= max(2 x torch's own bf16 mean KL, 1e-3 nats) and max KL <= 2 x torch's
+    max + 1e-2 nats: our bf16 path may not be much worse than torch's own bf16 path.
     """
     tm, path, _ = reference("gqa_llama3")
     ids, mask = random_batch(V, [320, 300], seed=6)
     valid = mask.astype(bool)
     ref32 = torch_logits(tm, ids, mask)
-    ref16 = torch_logits(make_torch_llama("gqa_llama3", dtype=torch.bfloat16), ids, mask)
+    ref16 = torch_logits(cast_torch_llama(copy.deepcopy(tm), torch.bfloat16), ids, mask)
     model16 = load_llama(path, dtype=jnp.bfloat16)
     assert model16.embed[...].dtype == jnp.bfloat16
     ours16 = np.asarray(forward(model16, jnp.asarray(ids), jnp.asarray(mask)))

@@ -174,7 +174,7 @@ def load_llama(
     compute_dtype: Any = None,
     **config_overrides: Any,
 ) -> Llama:
-    """Loads an HF Llama directory; params in `dtype`, compute in `compute_dtype` (default dtype)."""
+    """Loads an HF Llama directory: params in `dtype`, compute in `compute_dtype` (or dtype)."""
     config = load_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, **config_overrides)
     return fill_llama(config, _checkpoint_tensors(os.fspath(path)), mesh=mesh, rules=rules)
 
@@ -199,7 +199,9 @@ def _hf_entries(model: Llama) -> list[TensorEntry]:
     return sorted(entries, key=lambda e: e.name)
 
 
-def save_llama(model: Llama, path: str | os.PathLike, *, max_shard_bytes: int | None = None) -> None:
+def save_llama(
+    model: Llama, path: str | os.PathLike, *, max_shard_bytes: int | None = None
+) -> None:
     """Writes HF `config.json` + safetensors (sharded with an index when over max_shard_bytes)."""
     os.makedirs(path, exist_ok=True)
     entries = _hf_entries(model)

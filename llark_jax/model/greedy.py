@@ -12,17 +12,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llark_jax.model.llama import Llama, init_cache
+from llark_jax.model.llama import KVCache, Llama, init_cache
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _prefill(graphdef, state, input_ids_bt, attention_mask_bt, cache):
     model = nnx.merge(graphdef, state)
-    logits_btv, cache = model.decode_embeddings(
+    return model.decode_embeddings(
         model.embed_tokens(input_ids_bt), attention_mask_bt=attention_mask_bt, cache=cache
     )
-    last_b = jnp.sum(attention_mask_bt, axis=1) - 1
-    return logits_btv[jnp.arange(logits_btv.shape[0]), last_b], cache
 
 
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(3,))
@@ -30,6 +28,20 @@ def _step(graphdef, state, token_b, cache):
     model = nnx.merge(graphdef, state)
     logits_btv, cache = model.decode_embeddings(model.embed_tokens(token_b[:, None]), cache=cache)
     return logits_btv[:, 0], cache
+
+
+def prefill(
+    model: Llama, input_ids_bt: jax.Array, attention_mask_bt: jax.Array, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
+    """Jitted prefill of right-padded prompts: (logits [B, T, V] float32, cache advanced by T)."""
+    graphdef, state = nnx.split(model)
+    return _prefill(graphdef, state, input_ids_bt, attention_mask_bt.astype(jnp.int32), cache)
+
+
+def decode_step(model: Llama, token_b: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Jitted single-token step (the cache is donated): (logits [B, V] float32, new cache)."""
+    graphdef, state = nnx.split(model)
+    return _step(graphdef, state, token_b.astype(jnp.int32), cache)
 
 
 def greedy_generate(
@@ -50,8 +62,10 @@ def greedy_generate(
         attention_mask_bt = jnp.ones((b, t), jnp.int32)
     graphdef, state = nnx.split(model)
     cache = init_cache(model.config, b, t + max_new_tokens)
-    logits_bv, cache = _prefill(graphdef, state, input_ids_bt, attention_mask_bt.astype(jnp.int32),
-                                cache)
+    logits_btv, cache = _prefill(graphdef, state, input_ids_bt, attention_mask_bt.astype(jnp.int32),
+                                 cache)
+    last_b = jnp.sum(attention_mask_bt, axis=1) - 1
+    logits_bv = logits_btv[jnp.arange(b), last_b]
     done_b = jnp.zeros((b,), bool)
     tokens, all_logits = [], []
     for _ in range(max_new_tokens):
