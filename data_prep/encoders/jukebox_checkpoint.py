@@ -3,10 +3,11 @@
 Models are constructed on the meta device (no memory, no random init) by `jukebox_infer`'s own
 factories, then the checkpoint tensors are assigned in (`load_state_dict(assign=True)`), so the
 5B prior's unused layers 36..71 are never materialised. Checkpoints are read with
-`torch.load(weights_only=True)`, memory-mapped when the file is in the zip format (the 2020
-official files are the legacy format, which torch cannot mmap; they are read normally). The
-official files pickle their hyper-parameters as `jukebox.hparams.Hyperparams` (a dict subclass);
-that one name is allow-listed as a plain `OrderedDict`.
+`torch.load(weights_only=True)`, memory-mapped when the file is in the zip format; files in
+torch's legacy format (torch < 1.6, which the 2020 release presumably used; not verified here)
+cannot be mmapped and are read normally. The official code pickles its hyper-parameters as
+`jukebox.hparams.Hyperparams` (a dict subclass); that one name is allow-listed as a plain
+`OrderedDict`.
 
 Key check (the reference used strict=False and silently ignored anything): every key the built
 model expects must be present, and the only keys allowed beyond those are prior blocks with index
