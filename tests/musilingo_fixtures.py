@@ -75,3 +75,70 @@ def write_mert_checkpoint(root: Path, variant: str = "330M", fmt: str = "bin",
 
         save_file(state, str(root / "model.safetensors"))
     return root, model
+
+
+# --- dataset files in their released formats -------------------------------------------------
+
+LP_COLUMNS = ("track_id", "title", "artist_name", "release", "year", "tag", "caption_writing",
+              "caption_summary", "caption_paraphrase", "caption_attribute_prediction", "path")
+
+
+def lp_row(track_id: str, caption: str = "A calm piano piece.") -> dict:
+    return {"track_id": track_id, "title": "T", "artist_name": "A", "release": "R", "year": 1994,
+            "tag": ["piano", "calm"], "caption_writing": caption, "caption_summary": "s",
+            "caption_paraphrase": "p", "caption_attribute_prediction": "x",
+            "path": f"{track_id[2]}/{track_id[3]}/{track_id}.clip.mp3"}
+
+
+def write_lp_musiccaps(root: Path, shards: dict[str, list[dict]]) -> Path:
+    """`root/data/{name}.parquet` per shard name (e.g. "train-00000-of-00002-abc")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    for name, rows in shards.items():
+        table = pa.Table.from_pylist(rows) if rows else pa.table({c: [] for c in LP_COLUMNS})
+        pq.write_table(table, root / "data" / f"{name}.parquet")
+    return root
+
+
+def musicqa_item(audio_name: str, question: str, answer: str) -> dict:
+    return {"audio_name": audio_name, "conversation": [{"from": "human", "value": question},
+                                                       {"from": "gpt", "value": answer}]}
+
+
+def write_musicqa(root: Path, partitions: dict[str, list]) -> Path:
+    """`root/MusicQA/{Partition}MusicQA.json` for each partition name (Finetune, Eval, Pretrain)."""
+    (root / "MusicQA" / "audios").mkdir(parents=True, exist_ok=True)
+    for name, items in partitions.items():
+        (root / "MusicQA" / f"{name}MusicQA.json").write_text(json.dumps(items, indent=2))
+    return root
+
+
+MUSICCAPS_HEADER = ("ytid,start_s,end_s,audioset_positive_labels,aspect_list,caption,author_id,"
+                    "is_balanced_subset,is_audioset_eval")
+
+
+def write_musiccaps_csv(folder: Path, eval_ids: list[str], train_ids: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [f'{y},30,40,/m/04rlf,"[\'piano\']",A caption.,4,False,{y in eval_ids}'
+            for y in [*eval_ids, *train_ids]]
+    (folder / "musiccaps-public.csv").write_text("\n".join([MUSICCAPS_HEADER, *rows]) + "\n")
+    return folder / "musiccaps-public.csv"
+
+
+def mi_item(ytid: str, question: str, answer: str, is_eval: bool | None) -> dict:
+    item = {"ytid": ytid, "question": question, "answer": answer, "sampling_rate": 48000}
+    if is_eval is not None:
+        item["is_audioset_eval"] = is_eval
+    return item
+
+
+def write_music_instruct(root: Path, short: list[dict] | None, long: list[dict] | None) -> Path:
+    """`root/MusicInstruct/music_instruct_{short,long}.json` as {"QA": [...]}."""
+    (root / "MusicInstruct").mkdir(parents=True, exist_ok=True)
+    for name, items in (("short", short), ("long", long)):
+        if items is not None:
+            path = root / "MusicInstruct" / f"music_instruct_{name}.json"
+            path.write_text(json.dumps({"QA": items}))
+    return root
