@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 5
     config.train.keep_checkpoints = 2
     config.train.async_checkpoint = True
+    config.train.init_from = ""  # workdir whose newest checkpoint initialises the params
 
     config.optim = ml_collections.ConfigDict()
     config.optim.peak_lr = 1e-3

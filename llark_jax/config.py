@@ -23,8 +23,15 @@ class ConfigError(ValueError):
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
-    """Imports the Python file at `path` and returns its `get_config()`."""
-    path = Path(path)
+    """Imports the Python file at `path` and returns its `get_config()`.
+
+    `file.py:ARG` calls `get_config("ARG")` (e.g. `configs/musilingo.py:instruct` for a stage).
+    """
+    text = str(path)
+    arg = None
+    if ":" in text and not text.endswith(".py"):
+        text, arg = text.rsplit(":", 1)
+    path = Path(text)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"llark_config_{path.stem}", path)
@@ -32,7 +39,7 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
-    return module.get_config()
+    return module.get_config() if arg is None else module.get_config(arg)
 
 
 def _parse_value(text: str) -> Any:

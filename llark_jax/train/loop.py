@@ -59,13 +59,14 @@ def make_batches(config: ml_collections.ConfigDict):
     if config.data.source == "synthetic":
         m = config.model
         spec = SyntheticSpec(
-            batch_size=config.data.batch_size // jax.process_count(),
+            batch_size=config.data.batch_size,
             seq_len=config.data.seq_len, vocab_size=m.llama.vocab_size,
             audio_segments=config.data.audio_segments, audio_frames=config.data.audio_frames,
             audio_dim=m.audio_dim, audio_start_id=m.audio_start_id,
             audio_patch_id=m.audio_patch_id, audio_end_id=m.audio_end_id,
         )
-        return SyntheticBatches(spec, seed=config.seed * 1000 + jax.process_index())
+        return SyntheticBatches(spec, seed=config.seed, process_index=jax.process_index(),
+                                process_count=jax.process_count())
     raise ValueError(f"unknown data source {config.data.source!r}")
 
 
@@ -87,9 +88,11 @@ def to_global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 class TrainSetup:
     """Everything the loop (and the planner) needs: mesh, jitted step, shardings, optimizer."""
 
-    def __init__(self, config: ml_collections.ConfigDict, mesh_sizes: dict | None = None):
+    def __init__(self, config: ml_collections.ConfigDict, mesh_sizes: dict | None = None,
+                 devices: list | None = None):
         self.config = config
-        self.mesh = make_mesh(mesh_sizes if mesh_sizes is not None else config.mesh.to_dict())
+        self.mesh = make_mesh(mesh_sizes if mesh_sizes is not None else config.mesh.to_dict(),
+                              devices)
         self.rules = rules_for(config.sharding_rules)
         # Structure and shardings come from the abstract model: nothing is allocated here.
         graphdef, abstract_params, abstract_rest = abstract_model(
@@ -113,12 +116,31 @@ class TrainSetup:
                             self.abstract_state, self.state_shardings)
 
     def fresh_state(self) -> Any:
-        """Initial train state, every array created directly in its sharding."""
+        """Initial train state, every array created directly in its sharding.
+
+        Params come from `train.init_from` (another run's newest checkpoint, e.g. the MusiLingo
+        caption stage) when set, else from the model source; optimizer and step start fresh.
+        """
         cfg = self.config
-        _, params, rest = build_model(cfg.model, self.mesh, self.rules, cfg.seed)
+        if cfg.train.init_from:
+            params, rest = self._params_from_run(Path(cfg.train.init_from))
+        else:
+            _, params, rest = build_model(cfg.model, self.mesh, self.rules, cfg.seed)
         init = jax.jit(lambda p, r: init_train_state(p, r, self.tx),
                        out_shardings=self.state_shardings)
         return init(params, rest)
+
+    def _params_from_run(self, run_dir: Path) -> tuple[Any, Any]:
+        if not (run_dir / "checkpoints").is_dir():
+            raise FileNotFoundError(f"train.init_from: no checkpoints under {run_dir}")
+        source = TrainCheckpointer(run_dir / "checkpoints", keep=1_000_000, async_save=False)
+        restored = source.restore_latest(self.abstract_state_with_shardings())
+        source.close()
+        if restored is None:
+            raise FileNotFoundError(f"train.init_from: no checkpoint in {run_dir}/checkpoints")
+        step, state, _ = restored
+        log.info("initialised params from %s step %d", run_dir, step)
+        return state["params"], state["rest"]
 
     def flops_per_step(self) -> float:
         cfg = self.config

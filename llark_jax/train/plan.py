@@ -1,0 +1,137 @@
+"""`python -m llark_jax plan --config configs/llark_7b.py --mesh fsdp=8`: AOT memory, FLOPs, hours.
+
+Compiles the real jitted train step for the given mesh from `jax.ShapeDtypeStruct` inputs on fake
+CPU devices (no parameter is materialised), then prints per-device memory from XLA's
+`memory_analysis()`, the analytic FLOPs per step, and the hours the configured steps take at a
+stated MFU on named accelerators (dense bf16 peaks per chip, vendor figures):
+
+    H100 SXM  989 TFLOP/s      TPU v5p  459 TFLOP/s      TPU v5e  197 TFLOP/s
+
+The device count is the mesh size; a pretrained model source is planned with its `model.llama`
+dims (identical shapes, random-init structure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "TPU v5p": 459e12, "TPU v5e": 197e12}
+GB = 1e9
+
+
+MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def _fake_devices(n: int) -> None:
+    """Asks XLA for `n` host devices and its memory-minimising CPU scheduler (before jax import).
+
+    The default CPU scheduler favours concurrency and, on an unrolled layer stack, keeps every
+    layer's rematerialised activations alive at once (measured: 7.5 GB/layer vs 1.5 GB/layer for
+    Llama-2-7B, batch 32 x 2048, fsdp=8); accelerator backends schedule for memory.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        flags = f"{flags} --xla_force_host_platform_device_count={n}"
+    if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
+        flags = f"{flags} {MEMORY_SCHEDULER_FLAG}"
+    os.environ["XLA_FLAGS"] = flags.strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def plan(config, mesh_sizes: dict[str, int], *, mfu: float) -> dict:
+    """Compiles the train step for `mesh_sizes`; returns the numbers `main` prints."""
+    import jax
+    import numpy as np
+
+    from llark_jax.model.sharding import logical_rules
+    from llark_jax.train.loop import BATCH_NDIMS, TrainSetup
+    from llark_jax.train.mesh import batch_sharding
+
+    config = config.copy_and_resolve_references()
+    config.model.source = "random"
+    config.train.init_from = ""
+    began = time.perf_counter()
+    setup = TrainSetup(config, mesh_sizes)
+    d = config.data
+    shapes = {
+        "input_ids": ((d.batch_size, d.seq_len), np.int32),
+        "labels": ((d.batch_size, d.seq_len), np.int32),
+        "positions": ((d.batch_size, d.seq_len), np.int32),
+        "segment_ids": ((d.batch_size, d.seq_len), np.int32),
+        "audio": ((d.batch_size, d.audio_segments, d.audio_frames, config.model.audio_dim),
+                  np.float32),
+        "audio_mask": ((d.batch_size, d.audio_segments, d.audio_frames), np.bool_),
+        "audio_frame_index": ((d.batch_size, d.seq_len), np.int32),
+    }
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype,
+                                     sharding=batch_sharding(setup.mesh, BATCH_NDIMS[k]))
+             for k, (shape, dtype) in shapes.items()}
+    with logical_rules(setup.mesh, setup.rules):
+        lowered = setup.train_step.lower(setup.abstract_state_with_shardings(), batch)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - began
+    mem = compiled.memory_analysis()
+    n_devices = setup.mesh.devices.size
+    per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                  - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+    flops = setup.flops_per_step()
+    hours = {name: config.train.steps * flops / (n_devices * peak * mfu) / 3600
+             for name, peak in PEAK_BF16_FLOPS.items()}
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state["params"]))
+    return {
+        "mesh": dict(setup.mesh.shape), "devices": n_devices, "params": n_params,
+        "arguments_bytes": mem.argument_size_in_bytes, "outputs_bytes": mem.output_size_in_bytes,
+        "aliased_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
+        "per_device_bytes": per_device, "flops_per_step": flops, "steps": config.train.steps,
+        "mfu": mfu, "hours": hours, "compile_s": compile_s,
+    }
+
+
+def format_plan(result: dict) -> str:
+    lines = [
+        f"mesh {result['mesh']} ({result['devices']} devices), {result['params'] / 1e9:.3f} B "
+        f"params, compiled in {result['compile_s']:.1f} s",
+        "per-device memory (XLA memory_analysis):",
+        f"  arguments {result['arguments_bytes'] / GB:8.2f} GB  (params + optimizer + batch)",
+        f"  outputs   {result['outputs_bytes'] / GB:8.2f} GB  (aliased with donated inputs: "
+        f"{result['aliased_bytes'] / GB:.2f} GB)",
+        f"  temp      {result['temp_bytes'] / GB:8.2f} GB  (activations, gradients, workspace)",
+        f"  total     {result['per_device_bytes'] / GB:8.2f} GB",
+        f"FLOPs per step (analytic 6·N·tokens + attention): {result['flops_per_step']:.3e}",
+        f"{result['steps']} steps at MFU {result['mfu']:.0%} on {result['devices']} chips:",
+    ]
+    for name, peak in PEAK_BF16_FLOPS.items():
+        lines.append(f"  {name:8s} (peak {peak / 1e12:.0f} TFLOP/s bf16): "
+                     f"{result['hours'][name]:8.1f} h")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    from llark_jax.config import split_overrides
+
+    rest, overrides = split_overrides(argv)
+    parser = argparse.ArgumentParser(prog="python -m llark_jax plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--mesh", default="fsdp=8", help="e.g. fsdp=8 or data=2,fsdp=4")
+    parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    args = parser.parse_args(rest)
+
+    try:  # the device count must be known before jax is imported
+        _fake_devices(math.prod(int(part.split("=")[1]) for part in args.mesh.split(",")))
+    except (IndexError, ValueError):
+        parser.error(f"--mesh {args.mesh!r}: expected AXIS=SIZE[,AXIS=SIZE...]")
+
+    from llark_jax.config import load_config
+    from llark_jax.train.mesh import parse_mesh_flag
+
+    sizes = parse_mesh_flag(args.mesh)
+    if any(size < 1 for size in sizes.values()):
+        parser.error("--mesh sizes must be explicit positive numbers for planning")
+
+    config = load_config(args.config, overrides)
+    print(format_plan(plan(config, sizes, mfu=args.mfu)))
+    return 0

@@ -1,0 +1,64 @@
+"""Schedule closed form, config overrides, mesh shapes: fast checks without compiling a model."""
+
+import math
+
+import pytest
+from train_helpers import REPO
+
+from llark_jax.config import ConfigError, load_config, split_overrides
+from llark_jax.train.mesh import parse_mesh_flag, resolve_mesh_shape
+from llark_jax.train.optim import closed_form_lr, make_schedule, warmup_steps_for
+
+
+def test_llark_7b_schedule_matches_closed_form():
+    config = load_config(REPO / "configs" / "llark_7b.py")
+    total = config.train.steps
+    warmup = warmup_steps_for(config.optim, total)
+    assert (total, warmup, config.optim.peak_lr) == (100_000, 3000, 5e-5)
+    schedule = make_schedule(config.optim, total)
+    expected = {0: 0.0, 1500: 2.5e-5, 3000: 5e-5, 51500: 2.5e-5, 100_000: 0.0}
+    for step, value in expected.items():
+        formula = closed_form_lr(step, 5e-5, warmup, total)
+        assert formula == pytest.approx(value, abs=1e-12)
+        assert float(schedule(step)) == pytest.approx(formula, rel=1e-6, abs=1e-12)
+    # Cosine part at an arbitrary step, against the formula written out here.
+    step = 77_777
+    cosine = 5e-5 * 0.5 * (1 + math.cos(math.pi * (step - 3000) / (100_000 - 3000)))
+    assert float(schedule(step)) == pytest.approx(cosine, rel=1e-5)
+
+
+def test_overrides_parse_cast_and_reject_unknown_fields():
+    rest, overrides = split_overrides(
+        ["--workdir", "w", "--config.train.steps=20", "--config.optim.eps", "1e-6",
+         "--config.model.remat=true"])
+    assert rest == ["--workdir", "w"]
+    config = load_config(REPO / "configs" / "tiny.py", overrides)
+    assert (config.train.steps, config.optim.eps, config.model.remat) == (20, 1e-6, True)
+    config = load_config(REPO / "configs" / "tiny.py", [("optim.peak_lr", "3")])
+    assert isinstance(config.optim.peak_lr, float)
+    with pytest.raises(ConfigError, match="unknown field 'stepz'"):
+        load_config(REPO / "configs" / "tiny.py", [("train.stepz", "1")])
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(REPO / "configs" / "tiny.py", [("train.steps", "many")])
+
+
+def test_musilingo_stages_are_configs():
+    caption = load_config(f"{REPO / 'configs' / 'musilingo.py'}:caption")
+    instruct = load_config(f"{REPO / 'configs' / 'musilingo.py'}:instruct")
+    assert caption.model.trainable == instruct.model.trainable == "projector_only"
+    assert caption.train.steps == 20_000 and caption.train.init_from == ""
+    assert instruct.train.init_from  # stage 2 starts from stage 1's checkpoint
+    with pytest.raises(ValueError, match="stage"):
+        load_config(f"{REPO / 'configs' / 'musilingo.py'}:rlhf")
+
+
+def test_mesh_shapes():
+    assert resolve_mesh_shape({"fsdp": -1}, 8) == (1, 8, 1)
+    assert resolve_mesh_shape({"data": 2, "fsdp": -1}, 8) == (2, 4, 1)
+    assert resolve_mesh_shape(parse_mesh_flag("fsdp=4,tensor=2"), 8) == (1, 4, 2)
+    with pytest.raises(ValueError, match="needs 6 devices"):
+        resolve_mesh_shape({"fsdp": 3, "tensor": 2}, 8)
+    with pytest.raises(ValueError, match="only one mesh axis"):
+        resolve_mesh_shape({"fsdp": -1, "data": -1}, 8)
+    with pytest.raises(ValueError, match="bad mesh spec"):
+        parse_mesh_flag("model=8")
