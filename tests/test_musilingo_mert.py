@@ -69,6 +69,15 @@ def test_shapes_frame_rates_and_reductions(tmp_path):
     y_picked = picked.encode_batch([x_n])[0].reshape(50, 2, WIDTH)
     np.testing.assert_allclose(y_picked, y_10hz.reshape(50, N_STATES, WIDTH)[:, [0, 3]],
                                atol=1e-6)
+    grouped = MertEncoder(folder, frame_rate="group100")  # MusiLingo's compression, N=100 here
+    assert grouped.frame_rate_hz == pytest.approx(0.75)
+    y_grouped = grouped.encode_batch([x_n])[0]
+    assert y_grouped.shape == (4, 128)  # ceil(374 / 100): the last group averages 74 frames
+    np.testing.assert_allclose(y_grouped[1], y_native[100:200].mean(0), atol=1e-5)
+    np.testing.assert_allclose(y_grouped[3], y_native[300:].mean(0), atol=1e-5)
+    with pytest.raises(MertConfigError, match="frame_rate"):
+        MertEncoder(folder, frame_rate="group0")
+
     cropped = MertEncoder(folder, max_seconds=2.0).encode_batch([x_n])[0]
     assert cropped.shape == (20, 128)
     assert native.describe()["mert_states"] == N_STATES
@@ -83,6 +92,21 @@ def test_batch_equals_singles(tmp_path):
     assert [y.shape[0] for y in batch] == [20, 30, 20, 0]
     for y_b, y_s in zip(batch, singles, strict=True):
         np.testing.assert_allclose(y_b, y_s, atol=1e-5, rtol=0)
+
+
+def test_normalisation_follows_preprocessor_or_override(tmp_path):
+    """do_normalize false: the raw waveform goes in, so a clip with a DC offset gives different
+    states; with normalisation the states ignore offset and scale."""
+    folder, _ = write_mert_checkpoint(tmp_path / "m", do_normalize=False)
+    x_n = _clip(1.0)
+    raw = MertEncoder(folder)
+    assert not raw.do_normalize
+    shifted = 3 * x_n + 0.5
+    assert not np.allclose(raw.encode_batch([x_n])[0], raw.encode_batch([shifted])[0], atol=1e-3)
+    normed = MertEncoder(folder, normalize=True)
+    np.testing.assert_allclose(normed.encode_batch([x_n])[0], normed.encode_batch([shifted])[0],
+                               atol=1e-4)
+    assert raw.version != normed.version
 
 
 def test_registry_env_default_and_version(tmp_path, monkeypatch):

@@ -21,12 +21,19 @@ post-LN models), state i the output of layer i, and for pre-LN models the last s
 encoder's final LayerNorm. MERT-v1-330M: L = 25, D = 1024; MERT-v1-95M: L = 13, D = 768.
 
 Input: mono float32 at 24 kHz, cropped to `max_seconds`, normalised per clip to zero mean and unit
-variance ((x - mean) / sqrt(var + 1e-7), as `Wav2Vec2FeatureExtractor` with do_normalize) unless
-the preprocessor config says `do_normalize: false`.
+variance ((x - mean) / sqrt(var + 1e-7), as `Wav2Vec2FeatureExtractor` with do_normalize) when
+`normalize` is true; `normalize=None` follows the preprocessor config's `do_normalize` (default
+true). (MusiLingo's released loaders normalise Music Instruct audio but feed LP-MusicCaps-MSD and
+MusicQA audio unnormalised.)
 
 Output grid (`frame_rate`): "native" keeps MERT's 75 Hz frames (T = floor((n - 400) / 320) + 1);
 "10" (default) mean-pools them onto exact 100 ms frames: frame token t -> floor(t * 320 * 10 /
-24000), T = floor(n / 2400) (50 for 5 s; the last frame averages the tokens that exist).
+24000), T = floor(n / 2400) (50 for 5 s; the last frame averages the tokens that exist);
+"groupN" averages consecutive groups of N native frames, the last group over the frames that
+exist, T = ceil(T_native / N): MusiLingo's temporal compression (its code: N = 325, 4.33 s).
+Because the layer mix, the projector and group averaging are all affine, storing "group325"
+features and running the model with temporal_pool = 1 equals MusiLingo's encoder -> layer average
+-> projector -> compression exactly, at 1/325 of the native storage.
 
 Stored layout (`layers`): "all" -> float32 [T, L * D], layer-major within a frame, i.e.
 `y.reshape(T, L, D)[t, l]` is state l at frame t (what `llark_jax.model.layer_mix` consumes);
@@ -51,7 +58,7 @@ from data_prep.encoders.base import AudioEncoder, EncoderError, as_mono_float32
 
 SAMPLE_RATE = 24000
 NORM_EPS = 1e-7
-FRAME_RATES = ("10", "native")
+FRAME_RATES = ("10", "native", "groupN")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _UNSUPPORTED_TRUE = ("feature_extractor_cqt", "deepnorm")
 _HUBERT_FIELDS = (
@@ -179,15 +186,33 @@ def ten_hz_plan(n_samples: int, n_tokens: int, hop: int) -> pooling.FramePlan:
     return pooling.FramePlan(n_frames=n_frames, frame_of_token_t=frame_t[frame_t < n_frames])
 
 
+def parse_group(frame_rate: str) -> int:
+    """N for "groupN", 0 for "10"/"native"; anything else raises `MertConfigError`."""
+    if frame_rate in ("10", "native"):
+        return 0
+    size = frame_rate.removeprefix("group")
+    if frame_rate.startswith("group") and size.isdigit() and int(size) > 0:
+        return int(size)
+    raise MertConfigError(f"frame_rate must be one of {FRAME_RATES}, got {frame_rate!r}")
+
+
+def group_plan(n_tokens: int, size: int) -> pooling.FramePlan:
+    """Consecutive groups of `size` frames, the last one partial: ceil(n_tokens / size) frames."""
+    return pooling.FramePlan(n_frames=-(-n_tokens // size),
+                             frame_of_token_t=np.arange(n_tokens, dtype=np.int64) // size)
+
+
 class MertEncoder(AudioEncoder):
     """MERT-v1 all-layer features: float32 [T, L*D] (or a documented reduction) per clip.
 
     Args:
       mert_dir: checkpoint folder (config.json + weights [+ preprocessor_config.json]);
         default $MERT_DIR.
-      frame_rate: "10" (mean-pooled 100 ms frames) or "native" (75 Hz).
+      frame_rate: "10" (mean-pooled 100 ms frames), "native" (75 Hz) or "groupN" (means of N
+        native frames; "group325" = MusiLingo's compression).
       layers: "all", "mean" or comma-separated state indices (see the module docstring).
       max_seconds: clips are cropped to this many seconds (0: no crop).
+      normalize: per-clip zero-mean/unit-variance input; None: the preprocessor config's choice.
       device: "auto" (cuda if available), "cpu", "cuda", ...
       dtype: "float32" (default), "bfloat16" or "float16" for the forward pass.
     """
@@ -197,12 +222,12 @@ class MertEncoder(AudioEncoder):
 
     def __init__(self, mert_dir: str | Path | None = None, frame_rate: str = "10",
                  layers: str = "all", max_seconds: float = 30.0, device: str = "auto",
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32", normalize: bool | None = None) -> None:
         mert_dir = mert_dir or os.environ.get("MERT_DIR")
         if not mert_dir:
             raise MertConfigError("mert: no checkpoint folder given (mert_dir or $MERT_DIR)")
-        if str(frame_rate) not in FRAME_RATES:
-            raise MertConfigError(f"frame_rate must be one of {FRAME_RATES}, got {frame_rate!r}")
+        frame_rate = str(frame_rate)
+        self.group = parse_group(frame_rate)
         if dtype not in _DTYPES:
             raise MertConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         mert_dir = Path(mert_dir)
@@ -210,10 +235,13 @@ class MertEncoder(AudioEncoder):
         if config.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
             raise MertConfigError(f"{mert_dir}: sample_rate {config['sample_rate']} != 24000")
         preprocessor = _read_json(mert_dir / "preprocessor_config.json")
-        self.do_normalize = bool(preprocessor.get("do_normalize", True))
+        self.do_normalize = (bool(preprocessor.get("do_normalize", True)) if normalize is None
+                             else normalize)
         self.hop = math.prod(self.model.config.conv_stride)
-        self.native = str(frame_rate) == "native"
-        self.frame_rate_hz = SAMPLE_RATE / self.hop if self.native else 10.0
+        native_hz = SAMPLE_RATE / self.hop
+        self.native = frame_rate == "native"
+        self.frame_rate_hz = (native_hz if self.native else native_hz / self.group if self.group
+                              else 10.0)
         self.n_states = self.model.config.num_hidden_layers + 1
         self.layer_mode, self.layer_ids = parse_layers(layers, self.n_states)
         width = self.model.config.hidden_size
@@ -263,7 +291,9 @@ class MertEncoder(AudioEncoder):
         else:
             picked_ltd = states_ltd[self.layer_ids]
             y_td = picked_ltd.transpose(1, 0, 2).reshape(picked_ltd.shape[1], -1)
-        if not self.native:
+        if self.group:
+            y_td = pooling.mean_pool(y_td, group_plan(y_td.shape[0], self.group))
+        elif not self.native:
             y_td = pooling.mean_pool(y_td, ten_hz_plan(n_samples, y_td.shape[0], self.hop))
         return np.ascontiguousarray(y_td, dtype=np.float32)
 
