@@ -10,8 +10,8 @@
 # to WORKDIR/logs/process_<i>.log. --cpu-devices D fakes D CPU devices per process (XLA_FLAGS),
 # which is how multi-host runs are rehearsed without accelerators. --gpus-per-process G pins
 # process i to GPUs [i*G, (i+1)*G) via CUDA_VISIBLE_DEVICES. The script exits with the first
-# non-zero status of its processes (stopping the others); Ctrl-C/SIGTERM is forwarded to all of
-# them. Needs bash >= 4.3.
+# non-zero status of its processes and then stops the others: SIGTERM, and SIGKILL after
+# --stop-grace seconds (default 30); Ctrl-C/SIGTERM stop all of them the same way. Needs bash >= 4.3.
 set -euo pipefail
 
 usage() {
@@ -23,6 +23,7 @@ processes=1
 cpu_devices=""
 gpus_per_process=""
 port=""
+stop_grace=30
 python_bin="${PYTHON:-python}"
 dry_run=0
 config=""
@@ -35,6 +36,7 @@ while (($#)); do
     --cpu-devices) cpu_devices="$2"; shift 2 ;;
     --gpus-per-process) gpus_per_process="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
+    --stop-grace) stop_grace="$2"; shift 2 ;;
     --python) python_bin="$2"; shift 2 ;;
     --config) config="$2"; shift 2 ;;
     --workdir) workdir="$2"; shift 2 ;;
@@ -79,16 +81,30 @@ if [[ -z "$port" ]]; then
 fi
 
 pids=()
-cleanup() {
+# SIGTERM to every process (the trainer checkpoints and exits), SIGKILL to those still alive
+# after --stop-grace seconds (e.g. blocked in a collective whose peer died).
+stop_all() {
+  local pid t alive
   for pid in "${pids[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
+  done
+  for ((t = 0; t < stop_grace; t++)); do
+    alive=0
+    for pid in "${pids[@]}"; do
+      if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+    done
+    ((alive)) || return 0
+    sleep 1
+  done
+  for pid in "${pids[@]}"; do
+    kill -KILL "$pid" 2>/dev/null || true
   done
 }
 
 if ((!dry_run)); then
   mkdir -p "$workdir/logs"
-  trap 'cleanup; exit 130' INT
-  trap 'cleanup; exit 143' TERM
+  trap 'stop_all; exit 130' INT
+  trap 'stop_all; exit 143' TERM
 fi
 
 for ((i = 0; i < processes; i++)); do
@@ -114,10 +130,12 @@ status=0
 for ((n = 0; n < processes; n++)); do
   code=0
   wait -n || code=$?
-  if ((code != 0 && status == 0)); then
+  if ((code != 0)); then
     status=$code
     echo "local.sh: a process exited with status $code; stopping the others (logs: $workdir/logs/)" >&2
-    cleanup
+    stop_all
+    wait || true
+    break
   fi
 done
 exit "$status"

@@ -8,6 +8,7 @@ cloud; `tpu_vm.sh` / `local.sh --dry-run` only print. The shell scripts must be 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -187,3 +188,29 @@ def test_shellcheck_clean(script):
         pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
     done = subprocess.run(["shellcheck", str(LAUNCH / script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+def test_local_stops_all_processes_when_one_fails(tmp_path):
+    fake_python = tmp_path / "python"
+    fake_python.write_text(
+        "#!/usr/bin/env bash\n"
+        'echo "process $LLARK_PROCESS_ID of $LLARK_NUM_PROCESSES at $LLARK_COORDINATOR: $*"\n'
+        f'if [[ "$LLARK_PROCESS_ID" == 1 ]]; then\n'
+        f'  until [[ -s {tmp_path}/survivor.pid ]]; do sleep 0.1; done; exit 3\n'
+        f'fi\n'
+        f'echo $$ > {tmp_path}/survivor.pid\n'
+        "exec sleep 300\n")
+    fake_python.chmod(0o755)
+    workdir = tmp_path / "run"
+    done = subprocess.run(
+        ["bash", str(LAUNCH / "local.sh"), "--processes", "2", "--port", "23456",
+         "--stop-grace", "2", "--python", str(fake_python), "--config", "c.py",
+         "--workdir", str(workdir)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "a process exited with status 3" in done.stderr
+    for i in range(2):
+        log = (workdir / "logs" / f"process_{i}.log").read_text()
+        assert log.startswith(f"process {i} of 2 at 127.0.0.1:23456: -m llark_jax train")
+    survivor = int((tmp_path / "survivor.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(survivor, 0)
