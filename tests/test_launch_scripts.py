@@ -195,9 +195,9 @@ def test_local_stops_all_processes_when_one_fails(tmp_path):
     fake_python.write_text(
         "#!/usr/bin/env bash\n"
         'echo "process $LLARK_PROCESS_ID of $LLARK_NUM_PROCESSES at $LLARK_COORDINATOR: $*"\n'
-        f'if [[ "$LLARK_PROCESS_ID" == 1 ]]; then\n'
+        'if [[ "$LLARK_PROCESS_ID" == 1 ]]; then\n'
         f'  until [[ -s {tmp_path}/survivor.pid ]]; do sleep 0.1; done; exit 3\n'
-        f'fi\n'
+        'fi\n'
         f'echo $$ > {tmp_path}/survivor.pid\n'
         "exec sleep 300\n")
     fake_python.chmod(0o755)
