@@ -1,7 +1,8 @@
 """Per-process input-pipeline states in checkpoints (`llark_jax.train.checkpoint`).
 
-Two real processes joined by `jax.distributed.initialize` gather JSON states of different
-lengths; every process gets all of them in process order. Choosing a process's own state on
+Two real processes joined by `maybe_initialize_distributed` (one from arguments, one from the
+LLARK_* environment) gather JSON states of different lengths; every process gets all of them in
+process order. Choosing a process's own state on
 restore is checked for equal and mismatched process counts.
 """
 
@@ -20,10 +21,18 @@ from llark_jax.train.checkpoint import InputStateMismatchError, own_input_state
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Process 0 passes the coordinator as arguments (what `train --coordinator ... --process_id`
+# does), process 1 through the LLARK_* environment variables.
 GATHER = """
-import json, sys
+import json, os, sys
 import jax
-jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from llark_jax.train.mesh import maybe_initialize_distributed
+host, port = sys.argv[1].split(":")
+if os.environ.get("LLARK_PROCESS_ID") is None:
+    assert maybe_initialize_distributed(host, 2, 0, int(port))
+else:
+    assert maybe_initialize_distributed()
+assert jax.process_count() == 2 and jax.device_count() == 2
 from llark_jax.train.checkpoint import gather_input_states
 i = jax.process_index()
 state = {"process": [i, 2], "refs": list(range(3 + 5 * i)), "name": "host-" + "x" * i}
@@ -41,7 +50,11 @@ def test_two_processes_gather_states_of_different_lengths_in_order():
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LLARK_")},
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     address = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen([sys.executable, "-c", GATHER, address, str(i)], cwd=REPO, env=env,
+    env_of_process_1 = {"LLARK_COORDINATOR": "127.0.0.1",
+                        "LLARK_COORDINATOR_PORT": address.split(":")[1],
+                        "LLARK_NUM_PROCESSES": "2", "LLARK_PROCESS_ID": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", GATHER, address], cwd=REPO,
+                              env={**env, **(env_of_process_1 if i else {})},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     outputs = []

@@ -240,9 +240,17 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
     parser.add_argument("--workdir", required=True, help="run directory (resumes if it exists)")
+    multihost = parser.add_argument_group(
+        "multi-host", "jax.distributed settings; each falls back to its LLARK_* variable "
+        "(llark_jax.train.mesh.maybe_initialize_distributed)")
+    multihost.add_argument("--coordinator", help="host or host:port of process 0")
+    multihost.add_argument("--coordinator_port", type=int, help="coordinator port")
+    multihost.add_argument("--num_processes", type=int, help="number of processes")
+    multihost.add_argument("--process_id", type=int, help="index of this process")
     args = parser.parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    maybe_initialize_distributed()
+    maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                 args.coordinator_port)
     config = load_config(args.config, overrides)
     return train(config, args.workdir)
 
