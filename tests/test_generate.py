@@ -1,0 +1,143 @@
+"""Batched KV-cache generation vs uncached step-by-step decoding on tiny random Llama / LLark."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llark_jax.infer.generate import (
+    Generator,
+    Prompt,
+    PromptTooLong,
+    SamplingConfig,
+    bucket_length,
+)
+from llark_jax.model.llama import Llama, LlamaConfig
+from llark_jax.model.llark import LLark
+
+VOCAB = 101
+BUCKETS = (16, 32, 64)
+PATCH, START, END = 98, 99, 100
+N_NEW = 12  # one max_new_tokens everywhere: compiled programs are shared across tests
+
+
+def tiny_llama(seed: int = 0) -> Llama:
+    """2-layer GQA Llama with large random weights (peaked logits, so argmax has no near-ties)."""
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=8, initializer_range=0.3, vocab_multiple=8,
+    )  # fmt: skip
+    return Llama(config, rngs=nnx.Rngs(seed))
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_llama()
+
+
+def random_prompts(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Prompt(rng.integers(1, 90, n).astype(np.int32)) for n in lengths]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _last_logits(graphdef, state, ids_bt, mask_bt, n, audio):
+    model = nnx.merge(graphdef, state)
+    if audio is None:
+        return model(ids_bt, attention_mask=mask_bt)[0, n - 1]
+    return model(ids_bt, audio, attention_mask=mask_bt)[0, n - 1]
+
+
+def uncached_greedy(model, ids, n_new, audio=None, width=64):
+    """Reference: a full forward (no cache) over the whole sequence for every new token.
+
+    The sequence is right-padded to `width` with an attention mask so that one compilation serves
+    every step; logits are read at the last real token."""
+    graphdef, state = nnx.split(model)
+    audio = None if audio is None else jnp.asarray(audio)[None]
+    ids = list(ids)
+    for _ in range(n_new):
+        padded = np.zeros((1, width), np.int32)
+        padded[0, : len(ids)] = ids
+        mask = (np.arange(width) < len(ids)).astype(np.int32)[None]
+        ids.append(int(jnp.argmax(_last_logits(graphdef, state, padded, mask, len(ids), audio))))
+    return ids[-n_new:]
+
+
+def test_bucket_length():
+    assert bucket_length(1, BUCKETS) == 16 and bucket_length(17, BUCKETS) == 32
+    with pytest.raises(PromptTooLong, match="65 tokens"):
+        bucket_length(65, BUCKETS)
+
+
+def test_cached_batched_greedy_equals_uncached(llama):
+    prompts = random_prompts([5, 23, 40, 9])
+    generator = Generator(
+        llama, SamplingConfig(max_new_tokens=N_NEW), batch_size=4, length_buckets=BUCKETS
+    )
+    outputs = generator.generate(prompts)
+    for prompt, output in zip(prompts, outputs, strict=True):
+        assert output.finish_reason == "length"
+        assert output.token_ids == uncached_greedy(llama, prompt.input_ids, N_NEW)
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.9, top_p=0.8, seed=3)])
+def test_mixed_length_batch_equals_one_by_one(llama, sampling):
+    prompts = random_prompts([3, 30, 12, 7, 20], seed=1)
+    config = SamplingConfig(max_new_tokens=N_NEW, **sampling)
+    batched = Generator(llama, config, batch_size=4, length_buckets=BUCKETS).generate(prompts)
+    single = Generator(llama, config, batch_size=1, length_buckets=BUCKETS)
+    for i, prompt in enumerate(prompts):
+        assert single.generate([prompt], keys=[i])[0] == batched[i]
+
+
+def test_sampling_is_seeded_and_top_p_tiny_is_greedy(llama):
+    prompts = random_prompts([6, 11], seed=2)
+    greedy = Generator(llama, SamplingConfig(max_new_tokens=N_NEW), batch_size=4,
+                       length_buckets=BUCKETS).generate(prompts)  # fmt: skip
+
+    def sample(seed, top_p=1.0):
+        config = SamplingConfig(max_new_tokens=N_NEW, temperature=1.5, top_p=top_p, seed=seed)
+        return Generator(llama, config, batch_size=4, length_buckets=BUCKETS).generate(prompts)
+
+    assert sample(0, top_p=1e-6) == greedy  # the nucleus holds only the argmax
+    assert sample(5) == sample(5)
+    assert sample(5) != sample(6)
+
+
+def test_stop_sequence_and_eos_end_outputs_exactly(llama):
+    prompt = random_prompts([10], seed=4)[0]
+    free = Generator(llama, SamplingConfig(max_new_tokens=N_NEW), batch_size=1,
+                     length_buckets=BUCKETS).generate([prompt])[0].token_ids  # fmt: skip
+    # stop on the pair of tokens at positions (4, 5): output must end right before position 4
+    stop = tuple(free[4:6])
+    first = next(i for i in range(len(free) - 1) if tuple(free[i : i + 2]) == stop)
+    out = Generator(llama, SamplingConfig(max_new_tokens=N_NEW, stop_sequences=((999,), stop)),
+                    batch_size=1, length_buckets=BUCKETS).generate([prompt])[0]  # fmt: skip
+    assert out.finish_reason == "stop" and out.token_ids == free[:first]
+    eos = free[6]
+    out = Generator(llama, SamplingConfig(max_new_tokens=N_NEW, eos_ids=(eos,)), batch_size=1,
+                    length_buckets=BUCKETS).generate([prompt])[0]  # fmt: skip
+    assert out.finish_reason == "eos" and out.token_ids == free[: free.index(eos)]
+
+
+def test_llark_audio_prompt_equals_uncached():
+    model = LLark(
+        tiny_llama(seed=1), 12, audio_patch_id=PATCH, audio_start_id=START, audio_end_id=END,
+        rngs=nnx.Rngs(2),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    audio = rng.normal(size=(6, 12)).astype(np.float32)
+    ids = np.array([1, 5, START, *[PATCH] * 6, END, 7, 8, 9], np.int32)
+    other = np.array([1, 3, START, *[PATCH] * 6, END, 4], np.int32)
+    prompts = [Prompt(ids, audio), Prompt(other, audio[::-1].copy())]
+    outputs = Generator(model, SamplingConfig(max_new_tokens=N_NEW), batch_size=4,
+                        length_buckets=BUCKETS).generate(prompts)  # fmt: skip
+    for prompt, output in zip(prompts, outputs, strict=True):
+        assert PATCH not in output.token_ids  # else the uncached reference would splice it
+        assert output.token_ids == uncached_greedy(model, prompt.input_ids, N_NEW, prompt.audio)
