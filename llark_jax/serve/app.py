@@ -1,0 +1,280 @@
+"""The aiohttp application: OpenAI-compatible routes, the web page, limits, auth and errors.
+
+Routes (details and error codes in docs/serving.md):
+    GET  /                      the chat page (static/index.html, app.js, app.css; no CDN)
+    GET  /healthz               {"status": "ok", "model", "queued", "batches", "rows"}
+    GET  /v1/models             the served model
+    POST /v1/files              multipart upload of one clip (decoded and encoded on upload)
+    GET  /v1/files/{id}         DELETE /v1/files/{id}
+    POST /v1/chat/completions   OpenAI chat completions, `stream` via server-sent events
+
+Every error is OpenAI-shaped JSON `{"error": {"message", "type", "param", "code"}}`; unexpected
+exceptions become 500 with a generic message (details only in the server log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from aiohttp import web
+
+from llark_jax.infer.generate import PromptTooLong, bucket_length
+from llark_jax.serve.audio_input import AudioFeaturizer, AudioInputError, decode_base64_audio
+from llark_jax.serve.batcher import BatcherClosed, MicroBatcher, QueueFull
+from llark_jax.serve.chat_request import ChatRequest, RequestError, parse_chat_request
+from llark_jax.serve.engine import Engine, Sampling
+
+log = logging.getLogger("llark_jax.serve")
+STATIC_DIR = Path(__file__).parent / "static"
+FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerLimits:
+    """Request bounds (bytes, tokens, seconds)."""
+
+    max_request_bytes: int = 16 * 2**20
+    max_clips: int = 4
+    max_files: int = 64
+    default_max_tokens: int = 256
+    max_tokens_limit: int = 1024
+    request_timeout_s: float = 120.0
+
+
+@dataclasses.dataclass
+class ServerState:
+    engine: Engine
+    featurizer: AudioFeaturizer
+    batcher: MicroBatcher
+    limits: ServerLimits
+    api_key: str | None
+    files: OrderedDict = dataclasses.field(default_factory=OrderedDict)
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+def error_response(status: int, message: str, code: str, param: str | None = None):
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except RequestError as err:
+        return error_response(err.status, err.message, err.code, err.param)
+    except AudioInputError as err:
+        return error_response(err.status, err.message, err.code)
+    except web.HTTPRequestEntityTooLarge as err:
+        return error_response(413, f"request body exceeds the limit of {err.max_size} bytes",
+                              "request_too_large")
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        return error_response(err.status, err.reason, err.reason.lower().replace(" ", "_"))
+    except Exception:  # noqa: BLE001 - a client never sees a traceback
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal server error", "internal_error")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    key = request.app[STATE].api_key
+    if key and request.path.startswith("/v1/"):
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return error_response(401, "missing or wrong bearer token", "invalid_api_key")
+    return await handler(request)
+
+
+async def _json_body(request: web.Request):
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(400, "invalid_json", f"the body is not valid JSON: {err}") from None
+
+
+async def _features(state: ServerState, data: bytes) -> np.ndarray:
+    return await asyncio.get_running_loop().run_in_executor(None, state.featurizer.features, data)
+
+
+async def _clip_features(state: ServerState, chat: ChatRequest) -> list[np.ndarray]:
+    clips = []
+    for ref in chat.audio:
+        if ref.file_id is not None:
+            if ref.file_id not in state.files:
+                raise RequestError(404, "file_not_found", f"no uploaded file {ref.file_id!r}")
+            clips.append(state.files[ref.file_id]["features"])
+        else:
+            data = decode_base64_audio(ref.data, state.featurizer.limits)
+            clips.append(await _features(state, data))
+    return clips
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    limits = state.limits
+    chat = parse_chat_request(
+        await _json_body(request), default_max_tokens=limits.default_max_tokens,
+        max_tokens_limit=limits.max_tokens_limit, max_clips=limits.max_clips)
+    name = state.engine.served.model_name
+    if chat.model != name:
+        raise RequestError(404, "model_not_found", f"model {chat.model!r} is not served; "
+                                                   f"this server serves {name!r}", "model")
+    clips = await _clip_features(state, chat)
+    sampling = Sampling(chat.max_tokens, chat.temperature, chat.top_p, chat.seed)
+    try:
+        prompt = state.engine.build_prompt(chat.exchanges, clips, sampling, chat.system_prompt)
+        buckets = state.engine.generator(sampling).length_buckets
+        bucket_length(len(prompt.prompt.input_ids), buckets)
+    except PromptTooLong as err:
+        raise RequestError(400, "context_length_exceeded", str(err), "messages") from None
+    except ValueError as err:
+        raise RequestError(400, "invalid_request_error", str(err)) from None
+    try:
+        generation = await asyncio.wait_for(state.batcher.submit(prompt),
+                                            limits.request_timeout_s)
+    except TimeoutError:
+        raise RequestError(504, "timeout", f"no answer within {limits.request_timeout_s:g} s") from None
+    except BatcherClosed as err:
+        raise RequestError(503, "shutting_down", str(err)) from None
+    except QueueFull as err:
+        raise RequestError(503, "overloaded", str(err)) from None
+    usage = {"prompt_tokens": len(prompt.prompt.input_ids),
+             "completion_tokens": len(generation.token_ids),
+             "total_tokens": len(prompt.prompt.input_ids) + len(generation.token_ids)}
+    common = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
+    finish = FINISH[generation.finish_reason]
+    if not chat.stream:
+        message = {"role": "assistant", "content": state.engine.decode(generation.token_ids)}
+        return web.json_response({**common, "object": "chat.completion", "usage": usage,
+                                  "choices": [{"index": 0, "message": message,
+                                               "finish_reason": finish, "logprobs": None}]})
+    return await _stream(request, state, common, generation.token_ids, finish,
+                         usage if chat.include_usage else None)
+
+
+async def _stream(request, state: ServerState, common: dict, token_ids, finish: str, usage):
+    """Server-sent events: role chunk, one chunk per text delta, finish chunk, usage, [DONE]."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+
+    async def send(delta: dict, finish_reason: str | None = None, **extra) -> None:
+        chunk = {**common, "object": "chat.completion.chunk", **extra,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason,
+                              "logprobs": None}]}
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+    await send({"role": "assistant", "content": ""})
+    for delta in state.engine.text_deltas(token_ids):
+        await send({"content": delta})
+    await send({}, finish)
+    if usage is not None:
+        chunk = {**common, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+def _file_object(file_id: str, entry: dict) -> dict:
+    return {"id": file_id, "object": "file", "bytes": entry["bytes"],
+            "created_at": entry["created_at"], "filename": entry["filename"],
+            "purpose": entry["purpose"], "status": "processed",
+            "audio_tokens": int(entry["features"].shape[0])}
+
+
+async def upload_file(request: web.Request) -> web.Response:
+    """Multipart `file` (+ `purpose`): decoded, encoded and kept in memory (oldest evicted)."""
+    state = request.app[STATE]
+    if not request.content_type.startswith("multipart/"):
+        raise RequestError(400, "invalid_request_error", "POST /v1/files takes multipart/form-data")
+    form = await request.post()
+    upload = form.get("file")
+    if upload is None or not hasattr(upload, "file"):
+        raise RequestError(400, "invalid_request_error", "multipart field 'file' is missing",
+                           "file")
+    data = upload.file.read(state.featurizer.limits.max_audio_bytes + 1)
+    features = await _features(state, data)
+    file_id = f"file-{uuid.uuid4().hex}"
+    state.files[file_id] = {"features": features, "bytes": len(data),
+                            "created_at": int(time.time()), "purpose": str(form.get("purpose", "")),
+                            "filename": Path(str(upload.filename or "audio")).name[:200]}
+    while len(state.files) > state.limits.max_files:
+        state.files.popitem(last=False)
+    return web.json_response(_file_object(file_id, state.files[file_id]))
+
+
+def _known_file(request: web.Request) -> tuple[ServerState, str]:
+    state, file_id = request.app[STATE], request.match_info["file_id"]
+    if file_id not in state.files:
+        raise RequestError(404, "file_not_found", f"no uploaded file {file_id!r}")
+    return state, file_id
+
+
+async def get_file(request: web.Request) -> web.Response:
+    state, file_id = _known_file(request)
+    return web.json_response(_file_object(file_id, state.files[file_id]))
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    state, file_id = _known_file(request)
+    del state.files[file_id]
+    return web.json_response({"id": file_id, "object": "file", "deleted": True})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    served = request.app[STATE].engine.served
+    model = {"id": served.model_name, "object": "model", "created": 0, "owned_by": "llark-jax"}
+    return web.json_response({"object": "list", "data": [model]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response({"status": "ok", "model": state.engine.served.model_name,
+                              "queued": state.batcher.pending,
+                              "batches": state.batcher.batches_run,
+                              "rows": state.batcher.rows_run})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def _shutdown(app: web.Application) -> None:
+    """Graceful shutdown: queued and running batches finish before the worker stops."""
+    state = app[STATE]
+    await asyncio.get_running_loop().run_in_executor(None, state.batcher.close,
+                                                     state.limits.request_timeout_s)
+    state.featurizer.close()
+    log.info("shut down after %d batches (%d rows)", state.batcher.batches_run,
+             state.batcher.rows_run)
+
+
+def make_app(state: ServerState) -> web.Application:
+    app = web.Application(client_max_size=state.limits.max_request_bytes,
+                          middlewares=[errors_middleware, auth_middleware])
+    app[STATE] = state
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/files", upload_file)
+    app.router.add_get("/v1/files/{file_id}", get_file)
+    app.router.add_delete("/v1/files/{file_id}", delete_file)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.on_shutdown.append(_shutdown)
+    return app

@@ -1,0 +1,120 @@
+"""Uploaded audio bytes -> validated mono waveform -> encoder features `[T, D]` for the prompt.
+
+Content is validated by decoding, never by a file name or the request's `format` field: the bytes
+are written to a file the server names itself (a private temporary directory; nothing from the
+request becomes a path) and read with `data_prep.audio` (libsndfile: wav, flac, ogg/vorbis/opus,
+mp3, aiff), whose typed `AudioError`s become HTTP errors:
+
+    more than `max_audio_bytes`                  -> 413 audio_too_large
+    0 bytes, truncated, undecodable, no frames,
+    NaN/inf, all-zero, bad channel count/rate     -> 422 invalid_audio
+    longer than `max_audio_seconds`               -> 422 audio_too_long
+
+Features come from the checkpoint's encoder (`data_prep.encoders.get_encoder`, imported lazily so
+`llark_jax` imports without it) and are mean-pooled by `feature_pool` frames per audio token (the
+demo's stored features, `llark_jax.demo_features.mean_pool_frames`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import tempfile
+import threading
+
+import numpy as np
+
+from llark_jax.demo_features import mean_pool_frames
+
+
+class AudioInputError(Exception):
+    """Unusable audio in a request: an HTTP status, an OpenAI-style error code and a reason."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioLimits:
+    """Per-clip bounds (bytes of the encoded file, seconds of audio)."""
+
+    max_audio_bytes: int = 10 * 2**20
+    max_audio_seconds: float = 30.0
+
+
+def decode_base64_audio(data: str, limits: AudioLimits) -> bytes:
+    """The bytes of an `input_audio.data` field; 422 when not base64, 413 when too large."""
+    if not isinstance(data, str):
+        raise AudioInputError(400, "invalid_request", "input_audio.data must be a base64 string")
+    if len(data) * 3 // 4 > limits.max_audio_bytes + 3:
+        raise AudioInputError(413, "audio_too_large", f"audio is larger than the limit of "
+                                                      f"{limits.max_audio_bytes} bytes")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise AudioInputError(422, "invalid_audio", f"input_audio.data is not base64: {err}") from None
+
+
+class AudioFeaturizer:
+    """Bytes -> features `[T, D]` float32 with the encoder named by the checkpoint (thread-safe)."""
+
+    def __init__(self, encoder_name: str, feature_pool: int, limits: AudioLimits):
+        from data_prep.encoders import get_encoder
+
+        self.encoder = get_encoder(encoder_name)
+        self.feature_pool = feature_pool
+        self.limits = limits
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="llark-serve-")
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    @property
+    def max_tokens_per_clip(self) -> int:
+        """Audio tokens of the longest allowed clip."""
+        frames = int(self.limits.max_audio_seconds * self.encoder.frame_rate_hz)
+        return -(-frames // self.feature_pool)
+
+    def waveform(self, data: bytes) -> np.ndarray:
+        """Validated mono float32 waveform at the encoder's rate (raises `AudioInputError`)."""
+        from data_prep import audio
+
+        if len(data) > self.limits.max_audio_bytes:
+            raise AudioInputError(413, "audio_too_large", f"audio of {len(data)} bytes exceeds "
+                                  f"the limit of {self.limits.max_audio_bytes} bytes")
+        if not data:
+            raise AudioInputError(422, "invalid_audio", "audio is empty (0 bytes)")
+        with self._lock:
+            self._counter += 1
+            path = os.path.join(self._tmpdir.name, f"upload-{self._counter}")
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            seconds = audio.audio_duration(path)
+            if seconds > self.limits.max_audio_seconds:
+                raise AudioInputError(422, "audio_too_long", f"audio is {seconds:.1f} s long; "
+                                      f"the limit is {self.limits.max_audio_seconds:g} s")
+            waveform = audio.load_audio(path)
+        except audio.AudioError as err:
+            reason = err.reason.replace(path, "the upload")  # no server paths in replies
+            raise AudioInputError(422, "invalid_audio", f"audio rejected: {reason}") from None
+        finally:
+            os.remove(path)
+        if self.encoder.sample_rate != audio.SAMPLE_RATE:
+            waveform = audio.resample(waveform, audio.SAMPLE_RATE, self.encoder.sample_rate)
+        return waveform
+
+    def features(self, data: bytes) -> np.ndarray:
+        """Audio tokens' features `[T, D]` float32 (T >= 1) of an encoded audio file."""
+        frames_td = self.encoder.encode_batch([self.waveform(data)])[0]
+        if frames_td.shape[0] == 0:
+            raise AudioInputError(422, "invalid_audio", "audio is shorter than one encoder frame "
+                                  f"({1 / self.encoder.frame_rate_hz:g} s)")
+        return mean_pool_frames(frames_td, self.feature_pool)
+
+    def close(self) -> None:
+        self._tmpdir.cleanup()

@@ -1,0 +1,108 @@
+"""`python -m llark_jax serve --checkpoint CKPT [--host 127.0.0.1 --port 8000]`.
+
+Loads the model directory once (`llark_jax.serve.model_dir`), then serves the OpenAI-compatible
+API and the chat page (`llark_jax.serve.app`) until SIGINT/SIGTERM. `--port 0` picks a free port.
+The line `serving http://HOST:PORT` is printed (and flushed) once the socket is bound.
+On a signal the server stops accepting connections, lets queued and running batches finish
+(up to `--request-timeout` seconds) and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from llark_jax.serve.audio_input import AudioLimits
+
+log = logging.getLogger("llark_jax.serve")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    limits = AudioLimits()
+    p = argparse.ArgumentParser(prog="python -m llark_jax serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="model directory (docs/serving.md)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 = any free port")
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="require 'Authorization: Bearer $VAR' on /v1/* (VAR must be set)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per compiled batch")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0,
+                   help="how long the first request of a batch waits for company")
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503")
+    p.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit")
+    p.add_argument("--max-audio-mb", type=float, default=limits.max_audio_bytes / 2**20,
+                   help="encoded size limit per clip")
+    p.add_argument("--max-audio-seconds", type=float, default=limits.max_audio_seconds)
+    p.add_argument("--max-clips", type=int, default=4, help="clips per request")
+    p.add_argument("--default-max-tokens", type=int, default=256)
+    p.add_argument("--max-tokens-limit", type=int, default=1024)
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request")
+    return p.parse_args(argv)
+
+
+def build_state(args: argparse.Namespace):
+    """Loads the model and wires engine, featurizer and batcher (imports JAX)."""
+    from llark_jax.serve.app import ServerLimits, ServerState
+    from llark_jax.serve.audio_input import AudioFeaturizer
+    from llark_jax.serve.batcher import MicroBatcher
+    from llark_jax.serve.engine import Engine
+    from llark_jax.serve.model_dir import load_model_dir
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise SystemExit(f"--api-key-env {args.api_key_env}: the variable is unset or empty")
+    served = load_model_dir(args.checkpoint)
+    audio_limits = AudioLimits(max_audio_bytes=int(args.max_audio_mb * 2**20),
+                               max_audio_seconds=args.max_audio_seconds)
+    featurizer = AudioFeaturizer(served.encoder, served.feature_pool, audio_limits)
+    engine = Engine(served, batch_size=args.batch_size,
+                    clip_tokens=featurizer.max_tokens_per_clip)
+    batcher = MicroBatcher(engine.generate, lambda prompt: prompt.batch_key,
+                           max_batch=args.batch_size, max_wait_s=args.batch_wait_ms / 1000,
+                           max_queue=args.max_queue)
+    limits = ServerLimits(
+        max_request_bytes=int(args.max_request_mb * 2**20), max_clips=args.max_clips,
+        default_max_tokens=args.default_max_tokens, max_tokens_limit=args.max_tokens_limit,
+        request_timeout_s=args.request_timeout,
+    )  # fmt: skip
+    log.info("loaded %s (step %d) from %s", served.model_name, served.step, args.checkpoint)
+    return ServerState(engine=engine, featurizer=featurizer, batcher=batcher, limits=limits,
+                       api_key=api_key)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from llark_jax.serve.app import make_app
+
+    app = make_app(build_state(args))
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=args.request_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(f"serving http://{args.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("signal received: finishing queued requests, then exiting")
+    await runner.cleanup()
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("absl", "orbax", "jax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    asyncio.run(serve(args))
+    return 0

@@ -1,0 +1,157 @@
+"""Chat turns + audio features -> LLark prompt ids -> batched generation -> answer text.
+
+Prompts are built segment by segment with `llark_jax.data.conversation.build_example` (the
+checkpoint's template; an empty final answer whose closing suffix, the template's stop sequence,
+is cut off), so a served prompt is token-for-token the prompt the model was trained on. All clips
+of a conversation go into its first user turn, audio before the question (`audio_first`), each as
+`<audio_start>` + n x `<audio_patch>` + `<audio_end>` with n = audio tokens of that clip.
+
+Each clip's features are zero-padded to the server's longest allowed clip, so every batch has the
+same audio shape and XLA compiles once per (prompt-length bucket, number of clips, sampling
+settings); padded frames are never referenced by a patch token.
+
+Generation goes through `llark_jax.infer.generate.Generator` with `keys=[0]` per request and the
+request's seed as `SamplingConfig.seed`, so an answer does not depend on which other requests
+share its batch: it equals `Generator(model, config).generate([prompt], keys=[0])`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from llark_jax.data import conversation as conv
+from llark_jax.infer.generate import Generation, Generator, Prompt, SamplingConfig
+from llark_jax.serve.model_dir import ServedModel
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """The per-request decoding settings that select a compiled generator."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatPrompt:
+    """A conversation ready to generate: prompt ids, audio and the batching key."""
+
+    prompt: Prompt
+    sampling: Sampling
+
+    @property
+    def batch_key(self) -> tuple:
+        """Requests with equal keys may share a compiled batch."""
+        audio = self.prompt.audio
+        return (self.sampling, None if audio is None else audio.shape)
+
+
+class Engine:
+    """Builds prompts for one `ServedModel` and generates answers in batches.
+
+    Args:
+      served: the loaded model directory.
+      batch_size: rows per compiled batch.
+      clip_tokens: audio tokens of the longest allowed clip (features are padded to it).
+    """
+
+    def __init__(self, served: ServedModel, *, batch_size: int, clip_tokens: int):
+        self.served = served
+        self.batch_size = batch_size
+        pool = served.model.temporal_pool
+        self.clip_frames = -(-clip_tokens // pool) * pool  # features per padded clip
+        self.audio_ids = conv.AudioTokenIds(served.model.audio_start_id,
+                                            served.model.audio_patch_id,
+                                            served.model.audio_end_id)
+        self.stop = tuple(conv.stop_ids(served.tokenizer, served.template))
+        eos = served.tokenizer.eos_token_id
+        self.eos_ids = () if eos is None else (int(eos),)
+        self._generators: dict[Sampling, Generator] = {}
+        self._lock = threading.Lock()
+
+    def sampling_config(self, sampling: Sampling) -> SamplingConfig:
+        """The `SamplingConfig` a request's settings map to (template stop sequence + EOS)."""
+        return SamplingConfig(
+            max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, seed=sampling.seed, eos_ids=self.eos_ids,
+            stop_sequences=(self.stop,) if self.stop else (),
+        )  # fmt: skip
+
+    def build_prompt(
+        self,
+        exchanges: Sequence[tuple[str, str]],
+        clips: Sequence[np.ndarray],
+        sampling: Sampling,
+        system_prompt: str | None = None,
+    ) -> ChatPrompt:
+        """`exchanges` = [(question, answer), ..., (last question, "")]; clips: features [T, D].
+
+        Raises `ValueError` for an empty conversation.
+        """
+        if not exchanges:
+            raise ValueError("the conversation has no user message")
+        template = self.served.template
+        if system_prompt is not None:
+            template = dataclasses.replace(template, system_prompt=system_prompt)
+        pool = self.served.model.temporal_pool
+        clips = [c[: max(pool, len(c) // pool * pool)] for c in clips]
+        tokens = [len(c) // pool for c in clips]
+        (question, answer), *turns = exchanges
+        example = conv.build_example(
+            self.served.tokenizer, template, question, answer, tokens, True,
+            audio_token_ids=self.audio_ids, turns=turns,
+        )  # fmt: skip
+        ids = example["input_ids"]
+        n = len(ids) - len(self.stop)
+        if self.stop and tuple(ids[n:].tolist()) != self.stop:
+            raise AssertionError("the prompt does not end with the template's stop sequence")
+        ids = ids[:n]
+        if not clips:
+            return ChatPrompt(Prompt(ids), sampling)
+        audio = np.zeros((len(clips), self.clip_frames, clips[0].shape[1]), np.float32)
+        for s, clip in enumerate(clips):
+            audio[s, : len(clip)] = clip[: self.clip_frames]
+        index = conv.audio_frame_index(len(ids), example["audio_patch_starts"], tokens,
+                                       self.clip_frames // pool)
+        return ChatPrompt(Prompt(ids, audio, index), sampling)
+
+    def generator(self, sampling: Sampling) -> Generator:
+        """The (cached) generator of one sampling setting."""
+        with self._lock:
+            if sampling not in self._generators:
+                self._generators[sampling] = Generator(
+                    self.served.model, self.sampling_config(sampling),
+                    batch_size=self.batch_size, pad_id=self.served.tokenizer.pad_token_id or 0)
+            return self._generators[sampling]
+
+    def generate(self, prompts: Sequence[ChatPrompt]) -> list[Generation]:
+        """Generates for prompts that share one `batch_key` (at most `batch_size` of them)."""
+        generator = self.generator(prompts[0].sampling)
+        return generator.generate([p.prompt for p in prompts], keys=[0] * len(prompts))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.served.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def text_deltas(self, token_ids: Sequence[int]) -> list[str]:
+        """The answer text split per generated token (joined, they equal `decode(token_ids)`);
+        a token that ends inside a multi-byte character contributes once the character is whole.
+        """
+        deltas, sent = [], ""
+        for k in range(1, len(token_ids) + 1):
+            text = self.decode(token_ids[:k])
+            if text.endswith("\ufffd") and k < len(token_ids):
+                continue
+            if text.startswith(sent):
+                deltas.append(text[len(sent):])
+                sent = text
+        final = self.decode(token_ids)
+        if not final.startswith(sent):  # decoding is not prefix-stable here: one chunk
+            return [final] if final else []
+        deltas.append(final[len(sent):])
+        return [d for d in deltas if d]

@@ -1,0 +1,97 @@
+"""Serving test fixtures: a tiny random LLark model directory, test clips, a real server process.
+
+The model is a 2-layer float32 Llama over the test BPE tokenizer (`tokenizer_fixtures`) with a
+projector from the 160-wide `mel` features, saved with `save_model_dir` (the trainer's Orbax
+layout + tokenizer + serving.json). The server is `python -m llark_jax serve` in a subprocess on
+127.0.0.1 with a free port; `stop()` sends SIGTERM and checks the exit status.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from flax import nnx
+from tokenizer_fixtures import make_llark_tokenizer
+
+from llark_jax.data.conversation import AudioTokenIds
+from llark_jax.model.llama import Llama, LlamaConfig
+from llark_jax.model.llark import LLark
+from llark_jax.serve.model_dir import save_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "llark-tiny"
+MEL_DIM = 160
+SR = 44100
+
+
+def make_model_dir(directory: Path, seed: int = 0) -> Path:
+    """A servable tiny LLark (peaked random logits, so greedy answers have no near-ties)."""
+    tokenizer = make_llark_tokenizer()
+    ids = AudioTokenIds.from_tokenizer(tokenizer)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_layers=2,
+        num_heads=4, num_kv_heads=2, head_dim=16, initializer_range=0.3,
+    )  # fmt: skip
+    model = LLark(Llama(config, rngs=nnx.Rngs(seed)), MEL_DIM, audio_patch_id=ids.patch,
+                  audio_start_id=ids.start, audio_end_id=ids.end, rngs=nnx.Rngs(seed + 1))
+    return save_model_dir(directory, model, tokenizer, template="fastchat_v0",
+                          system_prompt="You are a music expert.", encoder="mel",
+                          feature_pool=5, model_name=MODEL_NAME)
+
+
+def clip(seconds: float = 1.5, midi: int = 57, rate: int = SR) -> np.ndarray:
+    """A decaying harmonic tone (mono float32)."""
+    t = np.arange(int(seconds * rate)) / rate
+    hz = 440.0 * 2 ** ((midi - 69) / 12)
+    tone = sum(np.sin(2 * np.pi * hz * k * t) / k for k in range(1, 6))
+    return (0.3 * tone * np.exp(-t)).astype(np.float32)
+
+
+def wav_bytes(audio: np.ndarray, rate: int = SR, fmt: str = "WAV") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format=fmt, subtype="PCM_16" if fmt == "WAV" else None)
+    return buffer.getvalue()
+
+
+class ServerProcess:
+    """`python -m llark_jax serve` on 127.0.0.1:<free port>."""
+
+    def __init__(self, model_dir: Path, *extra: str, env: dict | None = None,
+                 timeout_s: float = 120.0):
+        command = [sys.executable, "-m", "llark_jax", "serve", "--checkpoint", str(model_dir),
+                   "--host", "127.0.0.1", "--port", "0", *extra]
+        self.log_path = model_dir.parent / f"server-{os.getpid()}-{time.time_ns()}.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                                        stderr=self._log, text=True,
+                                        env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + timeout_s
+        line = ""
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if line.startswith("serving ") or not line and self.process.poll() is not None:
+                break
+        if not line.startswith("serving "):
+            self.process.kill()
+            raise RuntimeError(f"server did not start: {self.log_path.read_text()[-3000:]}")
+        self.url = line.split()[1]
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM (graceful shutdown) -> exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            status = self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            status = self.process.wait()
+        self._log.close()
+        return status
