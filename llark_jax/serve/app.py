@@ -147,7 +147,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         generation = await asyncio.wait_for(state.batcher.submit(prompt),
                                             limits.request_timeout_s)
     except TimeoutError:
-        raise RequestError(504, "timeout", f"no answer within {limits.request_timeout_s:g} s") from None
+        message = f"no answer within {limits.request_timeout_s:g} s"
+        raise RequestError(504, "timeout", message) from None
     except BatcherClosed as err:
         raise RequestError(503, "shutting_down", str(err)) from None
     except QueueFull as err:

@@ -57,7 +57,8 @@ def decode_base64_audio(data: str, limits: AudioLimits) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise AudioInputError(422, "invalid_audio", f"input_audio.data is not base64: {err}") from None
+        message = f"input_audio.data is not base64: {err}"
+        raise AudioInputError(422, "invalid_audio", message) from None
 
 
 class AudioFeaturizer:
