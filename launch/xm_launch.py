@@ -263,6 +263,23 @@ def dry_run_spec() -> dict[str, Any]:
     }
 
 
+def add_work_units(experiment: Any, executable: Any) -> None:
+    """Adds one work unit (a JobGroup of per-host jobs) per sweep point to `experiment`."""
+    import xmanager.xm as xm
+
+    target = TARGETS[FLAGS.target]
+    for point in parse_sweep(FLAGS.sweep):
+
+        async def make_unit(work_unit: Any, point: dict = point, **_: Any) -> None:
+            jobs = work_unit_jobs(point, work_unit.get_full_job_name)
+            work_unit.add(xm.JobGroup(**{
+                j.name: xm.Job(executable, executor_for(target, j.requirements),
+                               args=j.args, env_vars=j.env, name=j.name)
+                for j in jobs}))
+
+        experiment.add(make_unit)
+
+
 def launch() -> None:
     """Builds the image and adds one work unit per sweep point (contacts GCP and GKE)."""
     import xmanager.xm as xm
@@ -277,16 +294,7 @@ def launch() -> None:
         [executable] = experiment.package([
             xm.Packageable(executable_spec=spec,
                            executor_spec=xm_local.Kubernetes.Spec())])
-        for point in parse_sweep(FLAGS.sweep):
-
-            async def make_unit(work_unit, point=point, **_: Any) -> None:
-                jobs = work_unit_jobs(point, work_unit.get_full_job_name)
-                work_unit.add(xm.JobGroup(**{
-                    j.name: xm.Job(executable, executor_for(target, j.requirements),
-                                   args=j.args, env_vars=j.env, name=j.name)
-                    for j in jobs}))
-
-            experiment.add(make_unit)
+        add_work_units(experiment, executable)
 
 
 def main(argv: Sequence[str]) -> None:

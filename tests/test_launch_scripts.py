@@ -20,15 +20,36 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 
-NO_NETWORK = (
+REFUSE_NETWORK = (
     "import socket, runpy, sys\n"
     "def refuse(*args, **kwargs):\n"
-    "    raise RuntimeError('xm_launch --dry_run tried to open a network connection')\n"
+    "    raise RuntimeError('xm_launch tried to open a network connection')\n"
     "socket.socket.connect = refuse\n"
     "socket.socket.connect_ex = refuse\n"
     "socket.create_connection = refuse\n"
+)
+NO_NETWORK = REFUSE_NETWORK + (
     "sys.argv = [{path!r}, *sys.argv[1:]]\n"
     "runpy.run_path({path!r}, run_name='__main__')\n"
+)
+
+
+# The launch path's work units, added to xmanager's own offline experiment (xm_mock).
+XM_WORK_UNITS = (
+    "import importlib.util, json, sys\n"
+    "spec = importlib.util.spec_from_file_location('xm_launch', {path!r})\n"
+    "module = importlib.util.module_from_spec(spec)\n"
+    "sys.modules['xm_launch'] = module\n"
+    "spec.loader.exec_module(module)\n"
+    "module.FLAGS(['xm_launch.py', *sys.argv[1:]])\n"
+    "from xmanager import xm_mock\n"
+    "experiment = xm_mock.MockExperiment()\n"
+    "with experiment:\n"
+    "    module.add_work_units(experiment, xm_mock.MockExecutable())\n"
+    "print(json.dumps([dict(name=j.name, args=j.args.to_list(), env=dict(j.env_vars),\n"
+    "                       executor=type(j.executor).__name__,\n"
+    "                       accelerator=j.executor.requirements.accelerator.name)\n"
+    "                  for j in experiment.launched_jobs]))\n"
 )
 
 
@@ -110,6 +131,25 @@ def test_xm_single_host_v5e_and_bad_sweep():
                           "--sweep=optim.peak_lr"], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode != 0 and "expected KEY=V1,V2" in bad.stderr
+
+
+def test_xm_launch_path_adds_one_job_group_per_sweep_point():
+    script = REFUSE_NETWORK + XM_WORK_UNITS.format(
+        path=str(LAUNCH / "xm_launch.py"))
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--target=gpu_h100", "--nodes=2", "--workdir=/w",
+         "--sweep=optim.peak_lr=1e-5,2e-5"], cwd=REPO, capture_output=True, text=True,
+        timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = json.loads(done.stdout)
+    assert [(j["name"], j["env"]["LLARK_PROCESS_ID"]) for j in jobs] == [
+        ("node0", "0"), ("node1", "1"), ("node0", "0"), ("node1", "1")]
+    for job, unit, lr in zip(jobs, (1, 1, 2, 2), ("1e-5", "1e-5", "2e-5", "2e-5"), strict=True):
+        assert job["executor"] == "Kubernetes" and job["accelerator"] == "H100"
+        # xmanager names pods <experiment>_<work unit>_<job> with "_" -> "-".
+        assert job["env"]["LLARK_COORDINATOR"] == f"1-{unit}-node0.experiments"
+        assert job["args"] == ["train", "--config", "configs/llark_7b.py", "--workdir",
+                               f"/w/peak_lr_{lr}", f"--config.optim.peak_lr={lr}"]
 
 
 def test_tpu_vm_dry_run_prints_the_whole_lifecycle():
