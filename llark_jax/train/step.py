@@ -105,7 +105,7 @@ def make_train_step(
         if grad_mask is not None:
             grads = apply_mask(grads, grad_mask)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         new_state = {"params": new_params, "rest": rest, "opt_state": opt_state,
