@@ -1,0 +1,27 @@
+"""The AOT planner compiles the real Llama-2-7B LLark train step on 8 fake CPU devices."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from train_helpers import REPO
+
+
+@pytest.mark.slow
+def test_plan_llark_7b_fsdp8_fits_80gb():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the planner sets its own
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "llark_jax", "plan", "--config", "configs/llark_7b.py",
+         "--mesh", "fsdp=8"],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True, timeout=1800,
+    ).stdout
+    assert "(8 devices), 6.7" in out  # Llama-2-7B + 4800->4096 projector, vocab 32004
+    total_gb = float(re.search(r"total\s+([\d.]+) GB", out).group(1))
+    assert 1.0 < total_gb < 80.0
+    flops = float(re.search(r"FLOPs per step .*: ([\d.e+]+)", out).group(1))
+    assert 2e15 < flops < 4e15  # 6 N tokens: 6 x 6.7e9 x 65536 = 2.6e15, plus attention
+    for name in ("H100", "TPU v5p", "TPU v5e"):
+        assert re.search(rf"{name}\s+\(peak \d+ TFLOP/s bf16\):\s+[\d.]+ h", out)
