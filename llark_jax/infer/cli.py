@@ -1,0 +1,159 @@
+"""`python -m llark_jax infer`: answer questions about audio with a trained LLark checkpoint.
+
+    python -m llark_jax infer --checkpoint W --tokenizer TOK --audio song.mp3 \\
+        --question "What is the key of this song?"
+    python -m llark_jax infer --checkpoint W --tokenizer TOK --records DIR --output preds.jsonl
+
+`--checkpoint` is a training workdir (`W/checkpoints/<step>`, written by `llark_jax.train`); the
+model structure comes from the config saved with the checkpoint. `--tokenizer` is a Hugging Face
+tokenizer directory that already holds the LLark audio tokens with the ids of the config (checked);
+for `model.source = hf` it defaults to `model.path`. `--audio` runs the encoder (`--encoder`,
+default mel) on the raw file, window by window (`--window-frames`, default the config's
+`data.audio_frames`); `--records` answers every question of the TFRecord shards, resumably.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from llark_jax.infer.generate import SamplingConfig
+
+
+def load_checkpoint(workdir: str | Path, step: int | None = None) -> tuple[Any, Any, int]:
+    """(LLark model, config, step) from a training workdir (newest step unless `step`)."""
+    import ml_collections
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from llark_jax.train.checkpoint import TrainCheckpointer
+    from llark_jax.train.loop import TrainSetup
+
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"--checkpoint: no checkpoints directory under {workdir}")
+    checkpointer = TrainCheckpointer(directory, keep=1_000_000, async_save=False)
+    try:
+        steps = checkpointer.steps()
+        if not steps or (step is not None and step not in steps):
+            raise FileNotFoundError(
+                f"--checkpoint: step {step or 'any'} not in {directory} {steps}"
+            )
+        step = steps[-1] if step is None else step
+        manager = checkpointer.manager
+        saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        config = ml_collections.ConfigDict(dict(saved["config"]))
+        setup = TrainSetup(config)
+        abstract = setup.abstract_state_with_shardings()
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )
+        state = restored["state"]
+        model = nnx.merge(setup.graphdef, state["params"], state["rest"])
+    finally:
+        checkpointer.close()
+    return model, config, step
+
+
+def load_tokenizer(path: str | None, config: Any, model: Any) -> Any:
+    """The tokenizer, checked to hold the model's audio token ids."""
+    from transformers import AutoTokenizer
+
+    from llark_jax.data.conversation import AudioTokenIds
+
+    path = path or (config.model.path if config.model.source == "hf" else None)
+    if not path:
+        raise ValueError("--tokenizer is required unless the checkpoint's model.source is hf")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids = AudioTokenIds.from_tokenizer(tokenizer)
+    expected = AudioTokenIds(model.audio_start_id, model.audio_patch_id, model.audio_end_id)
+    if ids != expected:
+        raise ValueError(f"tokenizer {path} has audio token ids {ids}, the model uses {expected}")
+    return tokenizer
+
+
+def encode_audio_file(path: str, encoder_name: str, window_frames: int) -> list:
+    """Frames [T_i, D] of each consecutive window of the file (encoder run per window)."""
+    from data_prep.audio import SAMPLE_RATE, load_audio, resample
+    from data_prep.encoders import get_encoder
+    from llark_jax.infer.answer import split_waveform
+
+    encoder = get_encoder(encoder_name)
+    waveform = resample(load_audio(path), SAMPLE_RATE, encoder.sample_rate)
+    window_samples = int(round(window_frames / encoder.frame_rate_hz * encoder.sample_rate))
+    return encoder.encode_batch(split_waveform(waveform, window_samples))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m llark_jax infer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="training workdir")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument("--tokenizer", default=None, help="HF tokenizer dir with the LLark tokens")
+    parser.add_argument(
+        "--template",
+        default="fastchat_v0",
+        help="conversation template name (fastchat_v0, llama2_inst, tokenizer)",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio", help="audio file to ask about (with --question)")
+    source.add_argument("--records", help="directory of TFRecord shards (with --output)")
+    parser.add_argument("--question", help="the question for --audio")
+    parser.add_argument("--output", help="predictions JSONL for --records (resumable)")
+    parser.add_argument("--encoder", default="mel", help="audio encoder for --audio")
+    parser.add_argument(
+        "--window-frames",
+        type=int,
+        default=0,
+        help="frames per audio window (default: config data.audio_frames)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.audio and not args.question:
+        print("error: --audio needs --question", file=sys.stderr)
+        return 2
+    if args.records and not args.output:
+        print("error: --records needs --output", file=sys.stderr)
+        return 2
+    from llark_jax.data.conversation import get_template
+    from llark_jax.infer.answer import Answerer, answer_records, request_from_windows
+
+    model, config, step = load_checkpoint(args.checkpoint, args.step)
+    tokenizer = load_tokenizer(args.tokenizer, config, model)
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    answerer = Answerer(
+        model,
+        tokenizer,
+        get_template(args.template, tokenizer),
+        sampling,
+        batch_size=args.batch_size,
+    )
+    if args.audio:
+        window = args.window_frames or int(config.data.get("audio_frames", 250))
+        windows = encode_audio_file(args.audio, args.encoder, window)
+        result = answerer.answer([request_from_windows(args.question, windows)])[0]
+        print(result["answer"])
+        print(json.dumps({"step": step, "windows": len(windows), **result}), file=sys.stderr)
+        return 0
+    summary = answer_records(answerer, args.records, args.output)
+    print(json.dumps({"step": step, **summary}, indent=2))
+    return 0
