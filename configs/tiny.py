@@ -29,7 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.vocab_size = 0  # hf: vocabulary after the LLark token extension (0 = file)
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "synthetic"
+    config.data.source = "synthetic"  # synthetic | tfrecord
+    config.data.path = ""  # tfrecord: comma-separated shard globs
+    config.data.template = "fastchat_v0"  # conversation template (llark_jax.data.conversation)
     config.data.batch_size = 8  # global batch (examples per optimizer step)
     config.data.seq_len = 32
     config.data.audio_segments = 1

@@ -67,7 +67,28 @@ def make_batches(config: ml_collections.ConfigDict):
         )
         return SyntheticBatches(spec, seed=config.seed, process_index=jax.process_index(),
                                 process_count=jax.process_count())
-    raise ValueError(f"unknown data source {config.data.source!r}")
+    if config.data.source == "tfrecord":
+        return tfrecord_batches(config)
+    raise ValueError(f"unknown data source {config.data.source!r} (synthetic or tfrecord)")
+
+
+def tfrecord_batches(config: ml_collections.ConfigDict):
+    """`llark_jax.data.pipeline.Pipeline` over `data.path` (comma-separated globs) for this host."""
+    from llark_jax.data.conversation import AudioTokenIds, get_template
+    from llark_jax.data.packing import PackingConfig
+    from llark_jax.data.pipeline import Pipeline, PipelineConfig, make_tokenize_fn
+    from llark_jax.train.pretrained import llark_tokenizer
+
+    d = config.data
+    tokenizer = llark_tokenizer(config.model)
+    packing = PackingConfig(batch_size=d.batch_size // jax.process_count(), seq_len=d.seq_len,
+                            max_segments=d.audio_segments, max_frames=d.audio_frames,
+                            embed_dim=config.model.audio_dim)
+    pipeline_config = PipelineConfig(files=tuple(p for p in d.path.split(",") if p),
+                                     packing=packing, seed=config.seed)
+    tokenize = make_tokenize_fn(tokenizer, get_template(d.template, tokenizer),
+                                AudioTokenIds.from_tokenizer(tokenizer), d.seq_len)
+    return Pipeline(pipeline_config, tokenize)
 
 
 def gradient_mask_for(config: ml_collections.ConfigDict, params: Any) -> Any:

@@ -37,21 +37,28 @@ def dtype_of(name: str) -> Any:
 
 
 def llama_config(model_cfg: ml_collections.ConfigDict) -> LlamaConfig:
-    """The `LlamaConfig` of the model: `model.llama` dims (random) or the HF `config.json` (hf).
+    """The `LlamaConfig` of the model: `model.llama` dims (random) or the checkpoint's.
 
-    For `hf`, `model.vocab_size` (when > 0) overrides the file's vocabulary: the size after the
-    LLark token extension (32004 for Llama-2).
+    For `hf`/`gguf` (dims from config.json / GGUF metadata), `model.vocab_size` (when > 0)
+    overrides the file's vocabulary: the size after the LLark token extension (32004 for Llama-2).
     """
     policy = dict(dtype=dtype_of(model_cfg.dtype), param_dtype=dtype_of(model_cfg.param_dtype),
                   remat=model_cfg.remat)
     if model_cfg.source == "random":
         return LlamaConfig(**model_cfg.llama.to_dict(), **policy)
+    if model_cfg.vocab_size > 0:
+        policy["vocab_size"] = model_cfg.vocab_size
     if model_cfg.source == "hf":
         hf_dict = json.loads((Path(model_cfg.path) / "config.json").read_text())
-        if model_cfg.vocab_size > 0:
-            policy["vocab_size"] = model_cfg.vocab_size
         return LlamaConfig.from_hf_dict(hf_dict, **policy)
-    raise ValueError(f"model source {model_cfg.source!r} has no static LlamaConfig")
+    if model_cfg.source == "gguf":
+        from gguf import GGUFReader
+
+        from llark_jax.checkpoints.gguf import default_gguf_path, gguf_config
+
+        path = model_cfg.path or default_gguf_path()
+        return gguf_config(GGUFReader(path), path, **policy)
+    raise ValueError(f"unknown model source {model_cfg.source!r}; use random, hf or gguf")
 
 
 def audio_token_ids(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
@@ -76,27 +83,15 @@ def model_fn(model_cfg: ml_collections.ConfigDict, seed: int) -> Callable[[], LL
     return make
 
 
-def _pretrained_llama(model_cfg: ml_collections.ConfigDict, mesh: Mesh, rules: Rules) -> Llama:
-    dtype = dtype_of(model_cfg.param_dtype)
-    if model_cfg.source == "hf":
-        from llark_jax.checkpoints.hf import load_llama
-
-        return load_llama(model_cfg.path, dtype=dtype, mesh=mesh, rules=rules)
-    if model_cfg.source == "gguf":
-        from llark_jax.checkpoints.gguf import load_gguf_llama
-
-        llama, _ = load_gguf_llama(model_cfg.path or None, dtype=dtype)
-        return llama
-    raise ValueError(f"unknown model source {model_cfg.source!r}; use random, hf or gguf")
-
-
 def build_model(
     model_cfg: ml_collections.ConfigDict, mesh: Mesh, rules: Rules, seed: int
 ) -> tuple[nnx.GraphDef, Any, Any]:
     """`(graphdef, params, rest)` with every array in its sharding on `mesh`."""
     if model_cfg.source == "random":
         return init_sharded(model_fn(model_cfg, seed), mesh, rules)
-    llama = _pretrained_llama(model_cfg, mesh, rules)
+    from llark_jax.train.pretrained import pretrained_llama
+
+    llama, _ = pretrained_llama(model_cfg, seed)
     model = LLark(llama, model_cfg.audio_dim, temporal_pool=model_cfg.temporal_pool,
                   rngs=nnx.Rngs(seed), **audio_token_ids(model_cfg))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
