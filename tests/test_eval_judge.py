@@ -134,3 +134,43 @@ def test_audio_text_matching():
         result, records = judge_audio_text_matching(items, base_url=server.base_url, policy=FAST)
     assert result.value == 1.0 and result.n == 6 and result["chance"] == pytest.approx(1 / 3)
     assert len({r["true_label"] for r in records}) > 1  # the true answer moves around
+
+
+def test_eval_cli_detail_and_matching(tmp_path):
+    import json
+
+    from llark_jax.eval.cli import main as eval_main
+
+    def write(name, rows):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(tmp_path / name)
+
+    genres = ["jazz", "metal", "reggae", "polka"]
+    question = "Describe this track."
+    candidate = write("cand.jsonl", [
+        {"clip_id": f"c{i}", "question": question, "answer": f"A {g} tune, {g} rhythm, 90 BPM"}
+        for i, g in enumerate(genres)
+    ])  # fmt: skip
+    baseline = write("base.jsonl", [{"clip_id": f"c{i}", "answer": "music"} for i in range(4)])
+    descriptions = write("desc.jsonl", [
+        {"clip_id": f"c{i}", "description": f"{g} song"} for i, g in enumerate(genres)
+    ])  # fmt: skip
+
+    def reply(request):
+        user = request["messages"][-1]["content"]
+        return (
+            longer_caption_judge(request) if user.startswith("Caption") else overlap_judge(request)
+        )
+
+    with FakeChatServer(reply, expected_key=KEY) as server:
+        common = ["--predictions", candidate, "--openai-base-url", server.base_url]
+        out = tmp_path / "detail.json"
+        assert eval_main(["detail", *common, "--labels", baseline, "--output", str(out)]) == 0
+        detail = json.loads(out.read_text())["metrics"]
+        out = tmp_path / "matching.json"
+        assert eval_main(["matching", *common, "--labels", descriptions, "--output", str(out)]) == 0
+        matching = json.loads(out.read_text())["metrics"]
+    assert detail["musical_detail_win_rate"]["value"] == 1.0
+    assert len(detail["judgments"]) == 4
+    assert matching["audio_text_match_rate"]["value"] == 1.0
+    assert matching["audio_text_match_rate"]["n"] == 4

@@ -1,8 +1,11 @@
 """`python -m llark_jax eval TASK --predictions P.jsonl --labels L.jsonl --output report.json`.
 
-TASK is key | tempo | genre | instruments | captions. Predictions JSONL rows are {clip_id, answer};
-label rows are {clip_id, key | tempo | genre | instruments | caption}. Clips are joined on clip_id:
-a labelled clip without a prediction is scored as an empty answer and counted
+TASK is key | tempo | genre | instruments | captions | detail | matching. Predictions JSONL rows
+are {clip_id, answer} (+ question for matching); label rows are {clip_id, key | tempo | genre |
+instruments | caption}, for `detail` the baseline model's {clip_id, answer}, for `matching` a text
+{clip_id, description} of each clip's audio (the GPT judges of `judge.py`; OPENAI_API_KEY, and
+OPENAI_BASE_URL or --openai-base-url for another endpoint). Clips are joined on clip_id: a
+labelled clip without a prediction is scored as an empty answer and counted (judge tasks skip it)
 (`missing_predictions`); predictions without a label are ignored and counted; malformed lines are
 reported by file and line and skipped. Writes report.json (metrics, n, 95% intervals and their
 method) and, with --report-dir, report.md plus PNG plots.
@@ -28,6 +31,8 @@ LABEL_FIELDS = {
     "genre": "genre",
     "instruments": "instruments",
     "captions": "caption",
+    "detail": "answer",  # --labels: the baseline model's answers
+    "matching": "description",  # --labels: a text description of each clip's audio
 }
 
 
@@ -150,13 +155,47 @@ def _score_captions(answers, labels, out_dir, args):
     return results, plots
 
 
+def _judge_options(args) -> dict:
+    return {"model": args.judge_model, "seed": args.seed, "base_url": args.openai_base_url,
+            "concurrency": args.concurrency, "temperature": 0}  # fmt: skip
+
+
+def _score_detail(answers, labels, out_dir, args, rows=()):
+    from llark_jax.eval.judge import PairwiseItem, judge_musical_detail
+
+    items = [
+        PairwiseItem(str(row["clip_id"]), answer, str(baseline))
+        for row, answer, baseline in zip(rows, answers, labels, strict=True)
+        if row  # clips the candidate answered
+    ]
+    result, records = judge_musical_detail(items, **_judge_options(args))
+    return {"musical_detail_win_rate": result, "judgments": records}, []
+
+
+def _score_matching(answers, labels, out_dir, args, rows=()):
+    from llark_jax.eval.judge import build_matching_items, judge_audio_text_matching
+
+    responses = [
+        {"clip_id": str(row["clip_id"]), "question": str(row.get("question", "")), "answer": a}
+        for row, a in zip(rows, answers, strict=True)
+        if row
+    ]
+    descriptions = {str(row["clip_id"]): str(d) for row, d in zip(rows, labels, strict=True) if row}
+    items = build_matching_items(responses, descriptions, args.n_options, args.seed)
+    result, records = judge_audio_text_matching(items, **_judge_options(args))
+    return {"audio_text_match_rate": result, "judgments": records}, []
+
+
 SCORERS = {
     "key": _score_key,
     "tempo": _score_tempo,
     "genre": _score_genre,
     "instruments": _score_instruments,
     "captions": _score_captions,
+    "detail": _score_detail,
+    "matching": _score_matching,
 }
+JUDGE_TASKS = ("detail", "matching")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--openai-base-url", default=None)
     parser.add_argument("--vocabulary", help="extra comma-separated instrument names")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs java)")
+    parser.add_argument("--judge-model", default="gpt-4", help="chat model of the GPT judges")
+    parser.add_argument("--n-options", type=int, default=3, help="matching: answers per trial")
+    parser.add_argument("--concurrency", type=int, default=8, help="judge requests in flight")
+    parser.add_argument("--seed", type=int, default=0, help="judge order/distractor seed")
     return parser
 
 
@@ -191,7 +234,11 @@ def main(argv: list[str]) -> int:
     out_dir = Path(args.report_dir) if args.report_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    results, plots = SCORERS[args.task](answers, label_values, out_dir, args)
+    if args.task in JUDGE_TASKS:  # judged clips need a prediction: no empty-answer scoring
+        rows = [predictions.get(c, {}) for c in clip_ids]
+        results, plots = SCORERS[args.task](answers, label_values, out_dir, args, rows)
+    else:
+        results, plots = SCORERS[args.task](answers, label_values, out_dir, args)
     payload = {
         "task": args.task,
         "metrics": report.results_to_json(results),
@@ -201,11 +248,10 @@ def main(argv: list[str]) -> int:
     report.write_json_atomic(payload, args.output)
     notes = [f"{k}: {v}" for k, v in counts.items()] + [f"skipped line: {p}" for p in problems]
     if out_dir:
-        report.write_markdown(
-            f"{args.task} evaluation", results, plots, out_dir / "report.md", notes
-        )
+        table = {k: v for k, v in results.items() if k != "judgments"}
+        report.write_markdown(f"{args.task} evaluation", table, plots, out_dir / "report.md", notes)
     for name, value in results.items():
-        if isinstance(value, MetricResult):
+        if isinstance(value, MetricResult):  # judgments (lists) stay in the JSON only
             low, high = value.ci95
             interval = f"95% [{low:.4f}, {high:.4f}] {value.interval}"
             print(f"{name}: {value.value:.4f} (n={value.n}, {interval})")

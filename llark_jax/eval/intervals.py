@@ -1,10 +1,9 @@
 """95% intervals and the uniform result type returned by every metric.
 
 Proportions (accuracy, win rate, match rate) get exact Clopper-Pearson intervals from Beta
-quantiles; every other statistic (MIREX score, F1, caption metrics) gets a percentile
-bootstrap over items
-(default 1000 resamples, fixed seed, so reports are reproducible). The method used is always
-recorded in `MetricResult.interval`.
+quantiles; every other statistic (MIREX score, F1, caption metrics) gets a percentile bootstrap
+over items (default 1000 resamples, fixed seed, so reports are reproducible). The method used is
+always recorded in `MetricResult.interval`.
 """
 
 from __future__ import annotations
