@@ -52,16 +52,19 @@ def greedy_generate(
     max_new_tokens: int,
     eos_id: int | None = None,
     return_logits: bool = False,
+    cache_len: int | None = None,
 ):
     """Greedy continuation [B, max_new_tokens] int32 (after EOS a row repeats EOS).
 
     With `return_logits`, also the float32 logits [B, max_new_tokens, V] that chose each token.
+    `cache_len` (default T + max_new_tokens) fixes the cache shape, so calls with different
+    `max_new_tokens` reuse the compiled prefill/step.
     """
     b, t = input_ids_bt.shape
     if attention_mask_bt is None:
         attention_mask_bt = jnp.ones((b, t), jnp.int32)
     graphdef, state = nnx.split(model)
-    cache = init_cache(model.config, b, t + max_new_tokens)
+    cache = init_cache(model.config, b, cache_len or t + max_new_tokens)
     logits_btv, cache = _prefill(graphdef, state, input_ids_bt, attention_mask_bt.astype(jnp.int32),
                                  cache)
     last_b = jnp.sum(attention_mask_bt, axis=1) - 1
