@@ -53,11 +53,14 @@ def test_weights_learn_to_select_the_informative_layer():
     def loss_fn(p):
         return jnp.mean((nnx.merge(graphdef, p)(x_bltd) - target_btd) ** 2)
 
+    @jax.jit
+    def step(p, state):
+        updates, state = tx.update(jax.grad(loss_fn)(p), state, p)
+        return optax.apply_updates(p, updates), state
+
     first = float(loss_fn(params))
     for _ in range(150):
-        grads = jax.grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state = step(params, opt_state)
     trained = nnx.merge(graphdef, params)
     assert float(loss_fn(params)) < 0.05 * first
     assert int(np.argmax(trained.weights())) == 3 and float(trained.weights()[3]) > 0.9
