@@ -6,8 +6,9 @@
 
 `--checkpoint` is a training workdir (`W/checkpoints/<step>`, written by `llark_jax.train`); the
 model structure comes from the config saved with the checkpoint. `--tokenizer` is a Hugging Face
-tokenizer directory that already holds the LLark audio tokens with the ids of the config (checked);
-for `model.source = hf` it defaults to `model.path`. `--audio` runs the encoder (`--encoder`,
+tokenizer directory holding the LLark audio tokens with the config's ids (checked); for
+`model.source` hf/gguf it defaults to the source's tokenizer extended with the LLark tokens.
+`--template` defaults to the config's `data.template`. `--audio` runs the encoder (`--encoder`,
 default mel) on the raw file, window by window (`--window-frames`, default the config's
 `data.audio_frames`); `--records` answers every question of the TFRecord shards, resumably.
 """
@@ -15,6 +16,7 @@ default mel) on the raw file, window by window (`--window-frames`, default the c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -59,15 +61,20 @@ def load_checkpoint(workdir: str | Path, step: int | None = None) -> tuple[Any, 
 
 
 def load_tokenizer(path: str | None, config: Any, model: Any) -> Any:
-    """The tokenizer, checked to hold the model's audio token ids."""
-    from transformers import AutoTokenizer
-
+    """`path`'s tokenizer, else the checkpoint's extended tokenizer (hf/gguf sources, rebuilt by
+    `llark_jax.train.pretrained.llark_tokenizer`); audio token ids checked against the model."""
     from llark_jax.data.conversation import AudioTokenIds
 
-    path = path or (config.model.path if config.model.source == "hf" else None)
-    if not path:
-        raise ValueError("--tokenizer is required unless the checkpoint's model.source is hf")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    if path:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    elif config.model.source in ("hf", "gguf"):
+        from llark_jax.train.pretrained import llark_tokenizer
+
+        tokenizer = llark_tokenizer(config.model)
+    else:
+        raise ValueError(f"--tokenizer is required for model.source {config.model.source!r}")
     ids = AudioTokenIds.from_tokenizer(tokenizer)
     expected = AudioTokenIds(model.audio_start_id, model.audio_patch_id, model.audio_end_id)
     if ids != expected:
@@ -98,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer dir with the LLark tokens")
     parser.add_argument(
         "--template",
-        default="fastchat_v0",
-        help="conversation template name (fastchat_v0, llama2_inst, tokenizer)",
+        default=None,
+        help="conversation template (default: the config's data.template, else fastchat_v0)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio", help="audio file to ask about (with --question)")
@@ -140,13 +147,10 @@ def main(argv: list[str]) -> int:
         top_p=args.top_p,
         seed=args.seed,
     )
-    answerer = Answerer(
-        model,
-        tokenizer,
-        get_template(args.template, tokenizer),
-        sampling,
-        batch_size=args.batch_size,
-    )
+    template = get_template(args.template or config.data.get("template", "fastchat_v0"), tokenizer)
+    if config.data.get("system_prompt"):  # the system prompt the model was trained with
+        template = dataclasses.replace(template, system_prompt=config.data.system_prompt)
+    answerer = Answerer(model, tokenizer, template, sampling, batch_size=args.batch_size)
     if args.audio:
         window = args.window_frames or int(config.data.get("audio_frames", 250))
         windows = encode_audio_file(args.audio, args.encoder, window)
