@@ -151,3 +151,23 @@ def test_llark_tokens_reuse_existing_pad():
     assert model.config.vocab_size == V + 3 and model.embed[...].shape[0] == 512
     logits = np.asarray(nnx.jit(lambda m, ids: m(ids))(model, jnp.zeros((1, 2), jnp.int32)))
     assert logits.shape == (1, 2, 512) and np.all(logits[..., V + 3 :] < -1e29)
+
+
+def test_bad_checkpoints_raise_typed_errors(tmp_path):
+    from llark_jax.checkpoints.hf import CheckpointError, fill_llama, load_config
+    from llark_jax.checkpoints.safetensors_io import iter_tensors
+
+    src = cached_checkpoint("mqa_linear")
+    config = load_config(src)
+    tensors = [(n, np.asarray(w)) for n, w in iter_tensors(os.path.join(src, "model.safetensors"))]
+    with pytest.raises(CheckpointError, match="lacks tensors"):
+        fill_llama(config, [t for t in tensors if "layers.1.mlp.up_proj" not in t[0]])
+    with pytest.raises(CheckpointError, match="unexpected tensor 'model.extra.weight'"):
+        fill_llama(config, [*tensors, ("model.extra.weight", tensors[0][1])])
+    with pytest.raises(CheckpointError, match="does not fit"):
+        fill_llama(config, [(n, w[..., :-1]) if n == "model.norm.weight" else (n, w)
+                            for n, w in tensors])
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(config.to_hf_dict(), f)
+    with pytest.raises(CheckpointError, match="no \\*.safetensors"):
+        load_llama(tmp_path)

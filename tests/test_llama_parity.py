@@ -155,3 +155,21 @@ def test_bf16_next_token_kl(reference):
           f"torch {kl_torch.mean():.2e}/{kl_torch.max():.2e}")
     assert kl_ours.mean() <= max(2 * kl_torch.mean(), 1e-3)
     assert kl_ours.max() <= 2 * kl_torch.max() + 1e-2
+
+
+def test_remat_layers_give_same_logits_and_grads(reference):
+    _, path, model = reference("mqa_linear")
+    remat_model = load_llama(path, remat=True)
+    ids, mask = random_batch(V, [48, 40], seed=7)
+
+    @nnx.jit
+    def loss_and_grads(m, ids, mask):
+        return nnx.value_and_grad(lambda m: jnp.mean(m(ids, attention_mask=mask) ** 2))(m)
+
+    loss, grads = loss_and_grads(model, jnp.asarray(ids), jnp.asarray(mask))
+    loss_r, grads_r = loss_and_grads(remat_model, jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+    g, g_r = nnx.to_flat_state(grads), nnx.to_flat_state(grads_r)
+    for (path_a, a), (_, b) in zip(g, g_r, strict=True):
+        np.testing.assert_allclose(np.asarray(b[...]), np.asarray(a[...]), rtol=1e-5, atol=1e-7,
+                                   err_msg=str(path_a))
