@@ -139,3 +139,30 @@ def test_bad_checkpoints_raise_typed_errors(tmp_path, monkeypatch):
         MertEncoder(folder)
     with pytest.raises(MertConfigError, match="layers"):
         MertEncoder(write_mert_checkpoint(tmp_path / "ok")[0], layers="0,9")
+
+
+def test_embed_stage_with_encoder_args(tmp_path):
+    """`python -m data_prep embed --encoder mert --encoder-arg ...`: 44.1 kHz files are resampled
+    to 24 kHz; arrays + sidecars in the stored layout; a rerun skips done clips."""
+    import soundfile
+
+    from data_prep.cli import main as data_prep_main
+
+    folder, _ = write_mert_checkpoint(tmp_path / "m")
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    t = np.arange(2 * 44100) / 44100
+    soundfile.write(audio / "clip.wav", (0.4 * np.sin(2 * np.pi * 220 * t)).astype(np.float32),
+                    44100)
+    out = tmp_path / "emb"
+    argv = ["embed", "--encoder", "mert", "--audio-dir", str(audio), "--output-dir", str(out),
+            "--encoder-arg", f"mert_dir={folder}", "--encoder-arg", "frame_rate=group75",
+            "--encoder-arg", "max_seconds=0"]
+    assert data_prep_main(argv) == 0
+    y = np.load(out / "clip.npy")
+    meta = json.loads((out / "clip.json").read_text())
+    assert y.shape == (2, N_STATES * WIDTH)  # 2 s -> 149 native frames -> ceil(149 / 75)
+    assert meta["encoder"] == "mert" and meta["mert_states"] == N_STATES
+    assert meta["frame_rate_hz"] == pytest.approx(1.0)
+    mtime = (out / "clip.npy").stat().st_mtime_ns
+    assert data_prep_main(argv) == 0 and (out / "clip.npy").stat().st_mtime_ns == mtime
