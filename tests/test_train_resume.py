@@ -63,29 +63,46 @@ def _train_cmd(workdir, steps):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path):
+def test_sigkill_or_sigterm_then_rerun_equals_uninterrupted(tmp_path):
     steps = 30
     env = dict(os.environ, PYTHONPATH=str(REPO))
     reference = tmp_path / "reference"
     subprocess.run(_train_cmd(reference, steps), check=True, env=env, cwd=REPO,
                    capture_output=True)
 
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed, steps), env=env, cwd=REPO,
+    uninterrupted = [r["loss"] for r in read_metrics(reference)]
+
+    killed = _start_and_signal(tmp_path / "killed", steps, env, signal.SIGKILL, min_lines=8)
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    subprocess.run(_train_cmd(killed.workdir, steps), check=True, env=env, cwd=REPO,
+                   capture_output=True)
+    resumed = read_metrics(killed.workdir)
+    assert [r["step"] for r in resumed] == list(range(1, steps + 1))
+    assert [r["loss"] for r in resumed] == uninterrupted
+
+    # SIGTERM (preemption): checkpoint at the step reached, exit 143, then resume exactly.
+    stopped = _start_and_signal(tmp_path / "stopped", steps, env, signal.SIGTERM, min_lines=2)
+    assert stopped.returncode == 143
+    done = len(read_metrics(stopped.workdir))
+    assert done < steps and checkpoint_steps(stopped.workdir)[-1] == done
+    subprocess.run(_train_cmd(stopped.workdir, steps), check=True, env=env, cwd=REPO,
+                   capture_output=True)
+    assert [r["loss"] for r in read_metrics(stopped.workdir)] == uninterrupted
+
+
+def _start_and_signal(workdir, steps, env, signum, *, min_lines):
+    """Starts a training run, sends `signum` once `min_lines` metrics (and for SIGKILL the step-6
+    checkpoint) exist; returns the finished Popen with `.workdir` set."""
+    proc = subprocess.Popen(_train_cmd(workdir, steps), env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc.workdir = workdir
+    metrics = workdir / "metrics.jsonl"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        metrics = killed / "metrics.jsonl"
-        if (killed / "checkpoints" / "6").is_dir() and metrics.exists() \
-                and len(metrics.read_text().splitlines()) >= 8:
+        ready = metrics.exists() and len(metrics.read_text().splitlines()) >= min_lines
+        if ready and (signum != signal.SIGKILL or (workdir / "checkpoints" / "6").is_dir()):
             break
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert len(read_metrics(killed)) < steps
-
-    subprocess.run(_train_cmd(killed, steps), check=True, env=env, cwd=REPO,
-                   capture_output=True)
-    resumed, uninterrupted = read_metrics(killed), read_metrics(reference)
-    assert [r["step"] for r in resumed] == list(range(1, steps + 1))
-    assert [r["loss"] for r in resumed] == [r["loss"] for r in uninterrupted]
+    proc.send_signal(signum)
+    proc.wait()
+    return proc
