@@ -2,7 +2,7 @@
 
 Routes (details and error codes in docs/serving.md):
     GET  /                      the chat page (static/index.html, app.js, app.css; no CDN)
-    GET  /healthz               {"status": "ok", "model", "queued", "batches", "rows"}
+    GET  /healthz               {"status": "ok", "model", "in_flight", "queued", "batches", "rows"}
     GET  /v1/models             the served model
     POST /v1/files              multipart upload of one clip (decoded and encoded on upload)
     GET  /v1/files/{id}         DELETE /v1/files/{id}
@@ -57,6 +57,7 @@ class ServerState:
     batcher: MicroBatcher
     limits: ServerLimits
     api_key: str | None
+    in_flight: int = 0  # chat requests being handled
     files: OrderedDict = dataclasses.field(default_factory=OrderedDict)
 
 
@@ -77,8 +78,9 @@ async def errors_middleware(request: web.Request, handler):
         return error_response(err.status, err.message, err.code, err.param)
     except AudioInputError as err:
         return error_response(err.status, err.message, err.code)
-    except web.HTTPRequestEntityTooLarge as err:
-        return error_response(413, f"request body exceeds the limit of {err.max_size} bytes",
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[STATE].limits.max_request_bytes
+        return error_response(413, f"request body exceeds the limit of {limit} bytes",
                               "request_too_large")
     except web.HTTPException as err:
         if err.status < 400:
@@ -125,6 +127,14 @@ async def _clip_features(state: ServerState, chat: ChatRequest) -> list[np.ndarr
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    state.in_flight += 1
+    try:
+        return await _chat_completions(request, state)
+    finally:
+        state.in_flight -= 1
+
+
+async def _chat_completions(request: web.Request, state: ServerState) -> web.StreamResponse:
     limits = state.limits
     chat = parse_chat_request(
         await _json_body(request), default_max_tokens=limits.default_max_tokens,
@@ -246,7 +256,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response({"status": "ok", "model": state.engine.served.model_name,
-                              "queued": state.batcher.pending,
+                              "in_flight": state.in_flight, "queued": state.batcher.pending,
                               "batches": state.batcher.batches_run,
                               "rows": state.batcher.rows_run})
 

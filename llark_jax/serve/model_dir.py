@@ -144,7 +144,7 @@ def _fill_params(model: LLark, flat: dict[str, np.ndarray], where: Path) -> None
         if tuple(value.shape) != tuple(variable.shape):
             raise ModelDirError(f"{where}: parameter {name} has shape {value.shape}, model "
                                 f"expects {tuple(variable.shape)}")
-        variable.value = jnp.asarray(value, variable.dtype)
+        variable.set_value(jnp.asarray(value, variable.dtype))
     nnx.update(model, state)
 
 

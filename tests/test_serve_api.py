@@ -1,0 +1,216 @@
+"""`python -m llark_jax serve` against the official `openai` client on 127.0.0.1 (a real server
+process with a tiny random LLark): answers equal direct `Generator` output, concurrent requests
+are batched and all answered, bad audio gets the documented 4xx and the server keeps serving,
+bearer auth, graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+from serve_helpers import MODEL_NAME, ServerProcess, clip, make_model_dir, wav_bytes
+
+from llark_jax.data import conversation as conv
+from llark_jax.demo_features import mean_pool_frames
+from llark_jax.infer.generate import Generator, Prompt, SamplingConfig
+from llark_jax.serve.model_dir import load_model_dir
+
+API_KEY = "test-key-123"
+MAX_TOKENS = 10
+QUESTION = "What is the key of this song?"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("serve") / "model")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    process = ServerProcess(
+        model_dir, "--api-key-env", "LLARK_TEST_KEY", "--max-audio-seconds", "5",
+        "--max-audio-mb", "0.5", "--max-request-mb", "1", "--batch-size", "8",
+        "--batch-wait-ms", "200", env={"LLARK_TEST_KEY": API_KEY},
+    )  # fmt: skip
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0,
+                         timeout=300)
+
+
+def audio_message(data: bytes, question: str = QUESTION) -> list[dict]:
+    part = {"type": "input_audio",
+            "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}
+    return [{"role": "user", "content": [{"type": "text", "text": question}, part]}]
+
+
+def direct_answer(model_dir, wav: bytes, question: str) -> str:
+    """The answer computed without the server: encoder -> build_example -> Generator."""
+    from data_prep.encoders import get_encoder
+
+    served = load_model_dir(model_dir)
+    waveform, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    assert rate == 44100
+    features = mean_pool_frames(get_encoder("mel").encode_batch([waveform])[0], 5)
+    tok, template = served.tokenizer, served.template
+    stop = conv.stop_ids(tok, template)
+    ids = conv.build_example(tok, template, question, "", len(features), True)["input_ids"]
+    ids = ids[: len(ids) - len(stop)]
+    config = SamplingConfig(max_new_tokens=MAX_TOKENS, eos_ids=(tok.eos_token_id,),
+                            stop_sequences=(tuple(stop),))
+    generation = Generator(served.model, config, batch_size=1).generate([Prompt(ids, features)])[0]
+    return tok.decode(generation.token_ids, skip_special_tokens=True)
+
+
+def health(server) -> dict:
+    with urllib.request.urlopen(server.url + "/healthz", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_models_health_and_auth(server, client):
+    assert [m.id for m in client.models.list().data] == [MODEL_NAME]
+    assert health(server)["status"] == "ok"  # no key needed outside /v1/
+    for key in ("wrong", None):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        request = urllib.request.Request(server.url + "/v1/models", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        assert err.value.code == 401
+        assert json.loads(err.value.read())["error"]["code"] == "invalid_api_key"
+
+
+def test_answers_equal_direct_generate(model_dir, client):
+    wav = wav_bytes(clip())
+    messages = audio_message(wav)
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=messages,
+                                           max_tokens=MAX_TOKENS)
+    answer = reply.choices[0].message.content
+    assert answer == direct_answer(model_dir, wav, QUESTION)
+    assert answer and reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens <= MAX_TOKENS
+
+    stream = client.chat.completions.create(model=MODEL_NAME, messages=messages,
+                                            max_tokens=MAX_TOKENS, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([d for d in deltas if d]) >= 2  # streamed in pieces
+    assert "".join(deltas) == answer
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+
+    with open(model_dir.parent / "clip.wav", "wb") as f:  # same clip via POST /v1/files
+        f.write(wav)
+    uploaded = client.files.create(file=open(model_dir.parent / "clip.wav", "rb"),
+                                   purpose="user_data")
+    by_file = [{"role": "user", "content": [{"type": "text", "text": QUESTION},
+                                            {"type": "file", "file": {"file_id": uploaded.id}}]}]
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=by_file,
+                                           max_tokens=MAX_TOKENS)
+    assert reply.choices[0].message.content == answer
+
+
+def test_concurrent_requests_are_batched_and_all_answered(server, client):
+    base = client.chat.completions.create(model=MODEL_NAME, messages=audio_message(
+        wav_bytes(clip())), max_tokens=MAX_TOKENS).choices[0].message.content
+    other = audio_message(wav_bytes(clip(2.0, midi=64)), "Which instruments play here?")
+    before = health(server)
+
+    def ask(i: int) -> str:
+        messages = audio_message(wav_bytes(clip())) if i % 2 == 0 else other
+        reply = client.chat.completions.create(model=MODEL_NAME, messages=messages,
+                                               max_tokens=MAX_TOKENS)
+        return reply.choices[0].message.content
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(16)))
+    after = health(server)
+    assert all(answers)
+    assert all(a == base for a in answers[::2])  # batch composition does not change answers
+    assert len(set(answers[1::2])) == 1
+    rows, batches = after["rows"] - before["rows"], after["batches"] - before["batches"]
+    assert rows == 16 and batches < 16, (rows, batches)
+
+
+def truncated_wav() -> bytes:
+    data = wav_bytes(clip(2.0))
+    return data[: len(data) // 2]  # header declares twice the samples present
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "status", "code"),
+    [
+        ("oversized", wav_bytes(np.random.default_rng(0).uniform(-1, 1, 300_000)), 413,
+         "audio_too_large"),
+        ("truncated", truncated_wav(), 422, "invalid_audio"),
+        ("not audio", b"<html>this is not audio</html>" * 20, 422, "invalid_audio"),
+        ("zero length", b"", 422, "invalid_audio"),
+        ("silent", wav_bytes(np.zeros(44100, np.float32)), 422, "invalid_audio"),
+        ("too long", wav_bytes(clip(6.0, rate=16000), rate=16000), 422, "audio_too_long"),
+    ],
+)
+def test_bad_audio_gets_4xx_and_server_keeps_serving(server, client, name, data, status, code):
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model=MODEL_NAME, messages=audio_message(data),
+                                       max_tokens=MAX_TOKENS)
+    assert err.value.status_code == status, (name, err.value.message)
+    assert err.value.body["code"] == code and "/tmp" not in err.value.body["message"]
+    with pytest.raises(openai.APIStatusError) as err:  # the upload route validates the same way
+        client.files.create(file=("upload.wav", data), purpose="user_data")
+    assert err.value.status_code == status
+    assert health(server)["status"] == "ok"
+
+
+def test_bad_requests_get_4xx(client):
+    huge = {"type": "input_audio", "input_audio": {"data": "A" * 1_200_000, "format": "wav"}}
+    cases = [
+        ([{"role": "user", "content": [huge]}], {}, 413),  # body over --max-request-mb
+        ([{"role": "user", "content": [{"type": "input_audio",
+                                        "input_audio": {"data": "%%%", "format": "wav"}}]}],
+         {}, 422),
+        ([{"role": "assistant", "content": "hi"}], {}, 400),
+        ([{"role": "user", "content": "hi"}], {"max_tokens": 10**6}, 400),
+        ([{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-nope"}}]}],
+         {}, 404),
+    ]
+    for messages, extra, status in cases:
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model=MODEL_NAME, messages=messages, **extra)
+        assert err.value.status_code == status, (messages, err.value.message)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user",
+                                                                  "content": "hi"}])
+    text_only = client.chat.completions.create(model=MODEL_NAME, max_tokens=4, messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}])
+    assert text_only.choices[0].message.content is not None
+
+
+def test_sigterm_finishes_in_flight_request_then_exits(server, client):
+    result: dict = {}
+
+    def ask() -> None:  # a new max_tokens value compiles first: seconds in flight
+        reply = client.chat.completions.create(model=MODEL_NAME, max_tokens=MAX_TOKENS + 3,
+                                               messages=audio_message(wav_bytes(clip())))
+        result["answer"] = reply.choices[0].message.content
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while health(server)["in_flight"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.stop() == 0
+    thread.join(60)
+    assert result.get("answer")
