@@ -143,7 +143,14 @@ def fill_llama(
 
 
 def _checkpoint_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    """(name, array) of every weight: the index's shards, else all *.safetensors, else *.bin."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            shard_names = sorted(set(json.load(f)["weight_map"].values()))
+        files = [os.path.join(path, name) for name in shard_names]
+    else:
+        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if files:
         for f in files:
             yield from iter_tensors(f)
