@@ -73,3 +73,22 @@ def test_shape_errors_name_the_problem():
         LayerMix(L).mix_flat(jnp.zeros((2, T, L * D + 1)))
     with pytest.raises(ValueError, match="n_layers"):
         LayerMix(0)
+
+
+def test_grouped_storage_equals_musilingo_order():
+    """mix -> projector -> mean over groups of p frames (last group partial), MusiLingo's order,
+    equals group means stored first (encoder `groupN`) -> mix -> projector: all maps are affine."""
+    from llark_jax.model.llark import AudioProjector
+
+    n_frames, width = 10, 6  # groups of 4 frames: 4, 4, 2
+    mix = LayerMix(L)
+    mix.logits[...] = jnp.asarray([0.3, -1.0, 2.0, 0.0, 0.7])
+    proj = AudioProjector(width, 8, param_dtype=jnp.float32, dtype=jnp.float32,
+                          rngs=nnx.Rngs(0))
+    x_tf = np.random.default_rng(3).standard_normal((n_frames, L * width)).astype(np.float32)
+    groups = [slice(0, 4), slice(4, 8), slice(8, 10)]
+    projected_te = np.asarray(proj(mix.mix_flat(jnp.asarray(x_tf))))
+    musilingo_ge = np.stack([projected_te[g].mean(0) for g in groups])
+    stored_gf = np.stack([x_tf[g].mean(0) for g in groups])
+    ours_ge = np.asarray(proj(mix.mix_flat(jnp.asarray(stored_gf))))
+    np.testing.assert_allclose(ours_ge, musilingo_ge, atol=1e-5)
