@@ -1,0 +1,99 @@
+"""Decode throughput: ours (`llark_jax.infer.generate.Generator`) vs HF `generate`, same weights.
+
+    python bench/generate.py [--shape b] [--batches 1,8] [--prompt-len 64] [--new-tokens 64]
+
+The model is a random-weight Llama of a `bench/train_step.py` shape (default b = SmolLM2-135M);
+torch gets the same weights (`tests/llark_torch_reference.TorchLLark`, sdpa attention). Both
+decode greedily in float32 from the same prompts for exactly `--new-tokens` tokens (no EOS), so
+both do the same work; tokens/s = batch x new tokens / wall time of the whole call (prefill of the
+prompt included, the same for both). The run also reports the fraction of rows whose tokens are
+identical in both frameworks (a check that the weights and the decoding agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from common import cpu_count, emit, interleaved, setup_torch
+from train_step import SHAPES
+
+
+def build(shape: str):
+    """(our Llama, the HF LlamaForCausalLM with the same weights)."""
+    import jax.numpy as jnp
+    from flax import nnx
+    from llark_torch_reference import TorchLLark
+
+    from llark_jax.model.llama import Llama, LlamaConfig
+    from llark_jax.model.llark import LLark
+
+    cfg = LlamaConfig(**SHAPES[shape], dtype=jnp.float32, param_dtype=jnp.float32)
+    llama = Llama(cfg, rngs=nnx.Rngs(0))
+    v = cfg.vocab_size
+    wrapper = LLark(llama, 8, audio_start_id=v - 3, audio_patch_id=v - 2, audio_end_id=v - 1,
+                    rngs=nnx.Rngs(1))
+    hf = TorchLLark(wrapper).lm
+    hf.set_attn_implementation("sdpa")
+    hf.eval()
+    return llama, hf
+
+
+def measure(shape: str, batches: list[int], prompt_len: int, new_tokens: int, rounds: int) -> dict:
+    from llark_jax.infer.generate import Generator, Prompt, SamplingConfig
+
+    torch = setup_torch()
+    llama, hf = build(shape)
+    rng = np.random.default_rng(0)
+    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
+    rows = []
+    for batch in batches:
+        prompts_np = rng.integers(2, llama.config.vocab_size - 3, (batch, prompt_len)).astype(
+            np.int32)
+        ours = Generator(llama, sampling, batch_size=batch, length_buckets=(prompt_len,))
+        prompts = [Prompt(row) for row in prompts_np]
+        ids_t = torch.from_numpy(prompts_np).long()
+        outputs = {}
+
+        def run_ours(prompts=prompts, ours=ours, outputs=outputs):
+            outputs["ours"] = [g.token_ids for g in ours.generate(prompts)]
+
+        def run_hf(ids_t=ids_t, outputs=outputs):
+            with torch.inference_mode():
+                out = hf.generate(ids_t, attention_mask=torch.ones_like(ids_t), do_sample=False,
+                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  eos_token_id=None, pad_token_id=0)
+            outputs["hf"] = out[:, prompt_len:].tolist()
+
+        times = interleaved({"ours": run_ours, "hf": run_hf}, rounds)
+        same = np.mean([a == b for a, b in zip(outputs["ours"], outputs["hf"], strict=True)])
+        tokens = batch * new_tokens
+        rows.append({
+            "batch": batch, "seconds": times,
+            "ours_tokens_per_s": tokens / times["ours"]["min"],
+            "hf_tokens_per_s": tokens / times["hf"]["min"],
+            "speedup": times["hf"]["min"] / times["ours"]["min"],
+            "speedup_median": times["hf"]["median"] / times["ours"]["median"],
+            "identical_rows": float(same),
+        })
+    return {"shape": shape, "dims": SHAPES[shape], "prompt_len": prompt_len,
+            "new_tokens": new_tokens, "cores": cpu_count(), "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="b")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    result = measure(args.shape, [int(b) for b in args.batches.split(",")], args.prompt_len,
+                     args.new_tokens, args.rounds)
+    emit({"benchmark": "generate", **result}, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Renders bench/RESULTS.md from the raw benchmark JSONs (`bench/run_all.py`)."""
+
+from __future__ import annotations
+
+GOALS = (  # (label, result name, getter, target, format)
+    ("Train step vs torch, shape (a), fp32", "train_a", lambda r: r["speedup"], 2.0, "{:.2f}x"),
+    ("Train step, fraction of fp32 matmul limit, (a)", "train_a",
+     lambda r: r["ours_fraction_of_limit"], 0.60, "{:.0%}"),
+    ("Decode vs HF generate, batch 1", "generate",
+     lambda r: next(x for x in r["rows"] if x["batch"] == 1)["speedup"], 3.0, "{:.2f}x"),
+    ("Non-pad tokens in packed batches", "pipeline", lambda r: r["non_pad_fraction"], 0.95,
+     "{:.1%}"),
+)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _goals(results: dict) -> list[str]:
+    rows = []
+    for label, name, get, target, fmt in GOALS:
+        if name not in results:
+            rows.append([label, ">= " + fmt.format(target), "not run", "-"])
+            continue
+        value = get(results[name])
+        rows.append([label, ">= " + fmt.format(target), fmt.format(value),
+                     "**met**" if value >= target else "short"])
+    return _table(["goal", "target", "measured", "status"], rows)
+
+
+def _peak(results: dict) -> list[str]:
+    rows = []
+    for name, r in results.items():
+        if r.get("benchmark") != "train_step":
+            continue
+        g, m = r["matmul_peak"]["gflops"], r["matmul_peak"]["gflops_median"]
+        rows.append([name] + [f"{g[k]:.0f} ({m[k]:.0f})" for k in
+                              ("jax_float32", "torch_float32", "jax_bfloat16", "torch_bfloat16")])
+    return _table([f"measured in run (n={next(iter(results.values()))['matmul_peak']['n']})"
+                   if rows else "run", "XLA fp32", "torch fp32", "XLA bf16", "torch bf16"], rows)
+
+
+def _train(results: dict) -> list[str]:
+    rows = []
+    for name, r in results.items():
+        if r.get("benchmark") != "train_step":
+            continue
+        loss = r["first_loss"]
+        rows.append([
+            name, r["shape"], r["dtype"], f"{r['batch']}x{r['seq_len']}",
+            f"{r['ours_tokens_per_s']:.0f}", f"{r['torch_tokens_per_s']:.0f}",
+            f"**{r['speedup']:.2f}x** ({r['speedup_median']:.2f}x)",
+            f"{r['ours_gflops']:.0f} / {r['ours_fraction_of_limit']:.0%}",
+            f"{r['torch_gflops']:.0f} / {r['torch_fraction_of_limit']:.0%}",
+            f"{r['first_step_s_incl_compile']:.0f}",
+            f"{abs(loss['ours'] - loss['torch']):.1e}",
+        ])
+    return _table(["run", "shape", "dtype", "batch", "ours tok/s", "torch tok/s",
+                   "speedup best (median)", "ours GFLOP/s / of limit",
+                   "torch GFLOP/s / of limit", "first step s (compile)", "|loss diff| step 1"],
+                  rows)
+
+
+def _generate(r: dict) -> list[str]:
+    rows = [[str(x["batch"]), f"{x['ours_tokens_per_s']:.1f}", f"{x['hf_tokens_per_s']:.1f}",
+             f"**{x['speedup']:.2f}x** ({x['speedup_median']:.2f}x)", f"{x['identical_rows']:.0%}"]
+            for x in r["rows"]]
+    head = [f"shape ({r['shape']}), prompt {r['prompt_len']}, {r['new_tokens']} new tokens, "
+            "greedy fp32", ""]
+    return head + _table(["batch", "ours tok/s", "HF generate tok/s", "speedup best (median)",
+                          "identical outputs"], rows)
+
+
+def _plan(r: dict) -> list[str]:
+    rows = []
+    for name, t in r["targets"].items():
+        rows.append([name, t["mesh"], f"{t['per_device_gb']:.1f} / {t['hbm_gb']:.0f}",
+                     "yes" if t["fits"] else "**no**", f"{t['arguments_gb']:.1f}",
+                     f"{t['temp_gb']:.1f}", f"{t['hours_padded_rows']:.1f}",
+                     f"{t['hours_packed']:.1f}", f"{t['compile_s']:.0f}"])
+    head = [f"`{r['config']}`: {next(iter(r['targets'].values()))['params'] / 1e9:.2f} B params, "
+            f"100k steps x {next(iter(r['targets'].values()))['batch_size']} examples, "
+            f"MFU {r['mfu']:.0%} (stated, not measured); packed = "
+            f"{r['tokens_per_example']} tokens/example instead of full rows.", ""]
+    return head + _table(["target", "mesh", "GB/device (XLA) / HBM", "fits", "arguments GB",
+                          "temp GB", "hours (padded rows)", "hours (packed)", "compile s"], rows)
+
+
+def _pipeline(r: dict) -> list[str]:
+    rows = [[f"{r['non_pad_fraction']:.1%}", f"{r['examples_per_row']:.2f}",
+             f"{r['pipeline_examples_per_s']:.0f}", f"{r['pipeline_tokens_per_s']:.0f}",
+             f"{r['headroom']:.2f}"]]
+    return _table(["non-pad fraction", "examples/row", "examples/s (1 core)", "tokens/s",
+                   "headroom vs a host's step"], rows)
+
+
+def render(results: dict, info: dict) -> str:
+    """The whole RESULTS.md text."""
+    out = [
+        "# Benchmark results",
+        "",
+        f"Generated by `make bench` (`bench/run_all.py`) on {info.get('date', '?')}, commit "
+        f"`{info.get('commit', '?')}`: {info.get('cpu', '?')}, {info.get('cores', '?')} cores, "
+        f"jax {info.get('jax', '?')}, torch {info.get('torch', '?')}.",
+        "Ratios compare candidates run interleaved in the same process; best-of-rounds times "
+        "(medians in parentheses). Absolute numbers on a shared machine are noise; ratios are "
+        "the result. Explanations and profiles: `docs/performance.md`.",
+        "",
+        "## Goals",
+        "",
+        *_goals(results),
+        "",
+        "## Train step (one optimizer step: forward, backward, clip, AdamW)",
+        "",
+        *_train(results),
+        "",
+        "GFLOP/s = analytic model FLOPs (6·N·tokens + attention + projector) / step time; "
+        "limit = the higher framework's n x n matmul GFLOP/s of the step's dtype, measured in the "
+        "same process:",
+        "",
+        *_peak(results),
+        "",
+    ]
+    if "generate" in results:
+        out += ["## Decode (KV cache)", "", *_generate(results["generate"]), ""]
+    if "plan" in results:
+        out += ["## Planner: the paper's recipe on accelerators", "", *_plan(results["plan"]), ""]
+    if "pipeline" in results:
+        out += ["## Input pipeline (`bench/pipeline.py`)", "", *_pipeline(results["pipeline"]),
+                ""]
+    if info.get("durations_s"):
+        total = sum(info["durations_s"].values())
+        parts = ", ".join(f"{k} {v:.0f} s" for k, v in info["durations_s"].items())
+        out += [f"Benchmark wall time: {total / 60:.1f} min ({parts}).", ""]
+    return "\n".join(out)
