@@ -40,6 +40,7 @@ version="v2-alpha-tpuv5"
 config="configs/llark_7b.py"
 queued=0 spot=0 dry_run=0
 jax_version="0.10.2"
+poll_s="${TPU_VM_POLL_S:-30}"  # seconds between queued-resource state checks
 remote_dir="llark"
 log_file="llark-train.log"
 steps=()
@@ -121,7 +122,7 @@ step_create() {
       case "$state" in
         FAILED|SUSPENDED) die "queued resource $name is $state" ;;
         ACTIVE) ;;
-        *) sleep 30 ;;
+        *) sleep "$poll_s" ;;
       esac
     done
   else

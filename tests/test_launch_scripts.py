@@ -254,3 +254,51 @@ def test_local_stops_all_processes_when_one_fails(tmp_path):
     survivor = int((tmp_path / "survivor.pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(survivor, 0)
+
+
+FAKE_GCLOUD = """#!/usr/bin/env bash
+# Records its argv (one shell-quoted line per call) and answers the describe queries.
+printf '%q ' "$@" >> "$GCLOUD_LOG"; echo >> "$GCLOUD_LOG"
+case "$*" in
+  *"queued-resources describe"*)
+    n=$(grep -c "queued-resources describe" "$GCLOUD_LOG")
+    if ((n < 3)); then echo "${QR_EARLY_STATE:-PROVISIONING}"; else echo ACTIVE; fi ;;
+  *"networkEndpoints[0].ipAddress"*) echo 10.130.0.7 ;;
+  *"networkEndpoints.len()"*) echo 4 ;;
+esac
+"""
+
+
+def test_tpu_vm_runs_exactly_the_printed_commands(tmp_path):
+    """With `gcloud` replaced by a recorder, a real run executes what --dry-run printed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    log = tmp_path / "gcloud.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GCLOUD_LOG": str(log),
+           "TPU_VM_POLL_S": "0"}
+    args = ["--name", "qr", "--project", "p", "--zone", "z", "--accelerator", "v5p-32",
+            "--queued", "--workdir", "/nfs/run", "--coordinator-port", "8476", "create", "train",
+            "--", "--config.train.steps=3"]
+    done = subprocess.run(["bash", str(LAUNCH / "tpu_vm.sh"), *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    ran = [shlex.split(line) for line in log.read_text().splitlines()]
+    describes = [c for c in ran if c[:3] == ["compute", "tpus", "queued-resources"]
+                 and c[3] == "describe"]
+    assert len(describes) == 3  # PROVISIONING, PROVISIONING, ACTIVE
+    printed = [c[1:] for c in commands(shell_dry_run("tpu_vm.sh", "--dry-run", *args).stdout)]
+    ran_train = ran[-1][ran[-1].index("--command") + 1]
+    printed_train = printed[-1][printed[-1].index("--command") + 1]
+    assert ran[0] == printed[0]  # queued-resources create
+    assert ran_train == printed_train.replace("WORKER0_IP", "10.130.0.7").replace(
+        "NUM_WORKERS", "4")
+    assert "LLARK_COORDINATOR=10.130.0.7 LLARK_COORDINATOR_PORT=8476 LLARK_NUM_PROCESSES=4" in (
+        ran_train)
+
+    log.unlink()
+    failed = subprocess.run(["bash", str(LAUNCH / "tpu_vm.sh"), *args[:-4], "create"],
+                            env={**env, "QR_EARLY_STATE": "FAILED"}, cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2 and "queued resource qr is FAILED" in failed.stderr
