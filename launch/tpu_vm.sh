@@ -40,6 +40,7 @@ version="v2-alpha-tpuv5"
 config="configs/llark_7b.py"
 queued=0 spot=0 dry_run=0
 jax_version="0.10.2"
+torch_cpu="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 poll_s="${TPU_VM_POLL_S:-30}"  # seconds between queued-resource state checks
 remote_dir="llark"
 log_file="llark-train.log"
@@ -135,9 +136,14 @@ step_install() {
   local archive="/tmp/llark-src-$name.tar.gz"
   run git -C "$repo" archive --format=tar.gz -o "$archive" HEAD
   run "${gcloud_tpu[@]}" scp "$archive" "$name:llark-src.tar.gz" "${where[@]}" --worker=all
-  on_all_workers "set -e; mkdir -p ~/$remote_dir; tar -xzf ~/llark-src.tar.gz -C ~/$remote_dir; \
-cd ~/$remote_dir; python3 -m venv .venv; .venv/bin/pip install -q --upgrade pip; \
-.venv/bin/pip install -q -r requirements.txt; \
+  # TPU VM images ship Python 3.10; the project needs 3.11 (deadsnakes). torch (used by data_prep
+  # only) comes from the CPU wheel index so pip does not pull CUDA libraries onto a TPU host.
+  on_all_workers "set -e; if ! command -v python3.11 >/dev/null; then \
+sudo add-apt-repository -y ppa:deadsnakes/ppa; sudo apt-get update -q; \
+sudo apt-get install -y -q python3.11 python3.11-venv; fi; \
+mkdir -p ~/$remote_dir; tar -xzf ~/llark-src.tar.gz -C ~/$remote_dir; \
+cd ~/$remote_dir; python3.11 -m venv .venv; .venv/bin/pip install -q --upgrade pip; \
+.venv/bin/pip install -q $torch_cpu; .venv/bin/pip install -q -r requirements.txt; \
 .venv/bin/pip install -q --no-deps -r requirements-nodeps.txt; \
 .venv/bin/pip install -q 'jax[tpu]==$jax_version'; .venv/bin/pip install -q --no-deps -e ."
 }

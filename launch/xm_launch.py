@@ -42,6 +42,7 @@ from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
 JAX_VERSION = "0.10.2"
+TORCH_CPU = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 SERVICE = "experiments"  # the headless service of xmanager's Kubernetes backend
 
 
@@ -223,6 +224,7 @@ def docker_instructions(target: Target) -> list[str]:
         "ENV PYTHONUNBUFFERED=1",
         f"COPY {src}/ /llark",
         "WORKDIR /llark",
+        f"RUN pip install --no-cache-dir {TORCH_CPU}",  # data_prep only; no CUDA libraries
         "RUN pip install --no-cache-dir -r requirements.txt",
         "RUN pip install --no-cache-dir --no-deps -r requirements-nodeps.txt",
         f"RUN pip install --no-cache-dir 'jax[{target.jax_extra}]=={JAX_VERSION}'",

@@ -166,6 +166,8 @@ def test_tpu_vm_dry_run_prints_the_whole_lifecycle():
     assert len(ssh_all) == 3  # install, mount, train
     install, mount, train = (c[c.index("--command") + 1] for c in ssh_all)
     assert "'jax[tpu]==0.10.2'" in install and "pip install -q --no-deps -e ." in install
+    assert "python3.11 -m venv .venv" in install  # TPU VM images ship Python 3.10
+    assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in install
     assert "gcsfuse --implicit-dirs --rename-dir-limit=200000 bkt /gcs/bkt" in mount
     assert "export LLARK_DISTRIBUTED=auto" in train
     assert (".venv/bin/python -m llark_jax train --config configs/llark_7b.py --workdir "
