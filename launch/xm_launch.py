@@ -52,7 +52,7 @@ class Target:
 
     kind: str  # "tpu" | "gpu"
     resource: str  # xm.ResourceType name
-    chips_per_host: int  # TPU chips per VM host of a multi-host slice; GPUs per node default
+    chips_per_host: int  # TPU chips per VM host of a multi-host slice (GPU: unused)
     jax_extra: str  # pip extra of jax for this platform
     default_topology: str  # TPU slice topology (GPU: unused)
 
@@ -61,8 +61,8 @@ TARGETS: dict[str, Target] = {
     "tpu_v4": Target("tpu", "tpu_v4", 4, "tpu", "2x2x2"),
     "tpu_v5e": Target("tpu", "tpu_v5e", 4, "tpu", "4x4"),
     "tpu_v5p": Target("tpu", "tpu_v5p", 4, "tpu", "2x2x4"),
-    "gpu_a100": Target("gpu", "a100_80gib", 8, "cuda12", ""),
-    "gpu_h100": Target("gpu", "h100", 8, "cuda12", ""),
+    "gpu_a100": Target("gpu", "a100_80gib", 0, "cuda12", ""),
+    "gpu_h100": Target("gpu", "h100", 0, "cuda12", ""),
 }
 
 GKE_ACCELERATOR = {  # xm resource name -> GKE node label value
@@ -79,7 +79,8 @@ flags.DEFINE_string("config", "configs/llark_7b.py", "config file, relative to t
 flags.DEFINE_string("workdir", None, "run directory shared by all hosts (e.g. /gcs/BUCKET/runs/x)")
 flags.DEFINE_multi_string("override", [], "config override KEY=VALUE (repeatable)")
 flags.DEFINE_multi_string("sweep", [], "KEY=V1,V2,... swept over (repeatable: Cartesian grid)")
-flags.DEFINE_integer("coordinator_port", 8476, "port of the jax.distributed coordinator")
+flags.DEFINE_integer("coordinator_port", 8476, "jax.distributed coordinator port (GPU nodes; "
+                     "TPU slices use JAX's GKE detection)")
 flags.DEFINE_string("base_image", "python:3.11-slim", "base image of the training container")
 flags.DEFINE_string("tpu_runtime", "v2-alpha-tpuv5", "TPU runtime version (GKE annotation)")
 flags.DEFINE_string("experiment", "llark-train", "experiment title")
@@ -207,12 +208,12 @@ def work_unit_jobs(point: dict[str, str], full_name: Callable[[str], str]) -> li
         if target.kind == "tpu":
             env = {"LLARK_DISTRIBUTED": "auto", "TPU_WORKER_ID": str(i),
                    "TPU_WORKER_HOSTNAMES": ",".join(hostnames)}
-        else:
+        elif n_hosts > 1:
             env = {"LLARK_COORDINATOR": hostnames[0],
                    "LLARK_COORDINATOR_PORT": str(FLAGS.coordinator_port),
                    "LLARK_NUM_PROCESSES": str(n_hosts), "LLARK_PROCESS_ID": str(i)}
-            if n_hosts == 1:
-                env = {}
+        else:  # one GPU node: a single process sees all its GPUs
+            env = {}
         jobs.append(JobSpec(name, hostnames[i], requirements, args, env))
     return jobs
 
