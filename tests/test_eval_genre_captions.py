@@ -138,3 +138,17 @@ def test_eval_cli_key_and_tempo_reports(tmp_path):
     assert tempo["tempo_acc2"]["value"] == pytest.approx(2 / 3)
     assert (tmp_path / "key" / "key_confusion.png").stat().st_size > 1000
     assert (tmp_path / "tempo" / "tempo_scatter.png").stat().st_size > 1000
+
+
+def test_score_task_in_process_with_report(tmp_path):
+    from llark_jax.eval.cli import score_task
+
+    results, plots = score_task(
+        "tempo", ["120 BPM", "about 61 bpm", "fast"], [120, 120, 90], tmp_path, tolerance=0.04
+    )
+    assert results["tempo_acc1"]["value"] == pytest.approx(1 / 3)
+    assert results["tempo_acc2"]["value"] == pytest.approx(2 / 3)
+    assert [p.name for p in plots] == ["tempo_scatter.png"]
+    assert "tempo_acc2" in (tmp_path / "report.md").read_text()
+    with pytest.raises(ValueError, match="unknown option"):
+        score_task("tempo", [], [], tolerances=1)

@@ -112,10 +112,11 @@ def test_instrument_f1_hand_computed_and_reference_bug_fixed():
     assert micro.interval == BOOTSTRAP and micro.ci95[0] <= micro.value <= micro.ci95[1]
 
 
-def test_eval_package_imports_without_torch():
+def test_eval_and_infer_import_without_torch():
     code = (
         "import sys, llark_jax.eval.cli, llark_jax.eval.genre, llark_jax.eval.metrics, "
-        "llark_jax.eval.captions, llark_jax.eval.report; "
+        "llark_jax.eval.captions, llark_jax.eval.report, llark_jax.eval.judge, "
+        "llark_jax.infer.cli, llark_jax.infer.answer, llark_jax.infer.generate; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

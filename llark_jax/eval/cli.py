@@ -219,6 +219,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def score_task(
+    task: str,
+    answers: Sequence[str],
+    labels: Sequence[Any],
+    report_dir: str | Path | None = None,
+    **options: Any,
+) -> tuple[dict[str, Any], list[Path]]:
+    """In-process scoring with the CLI's defaults (`options` override flags by dest name, e.g.
+    `tolerance=0.08`, `no_meteor=True`): (results, plot paths); with `report_dir`, also
+    report.md and the PNG plots there. Judge tasks need the CLI (they join prediction rows)."""
+    if task not in SCORERS or task in JUDGE_TASKS:
+        raise ValueError(f"score_task: unknown or judge task {task!r}")
+    args = build_parser().parse_args([task, "--predictions", "-", "--labels", "-", "--output", "-"])
+    for name, value in options.items():
+        if not hasattr(args, name):
+            raise ValueError(f"score_task: unknown option {name!r}")
+        setattr(args, name, value)
+    out_dir = Path(report_dir) if report_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    results, plots = SCORERS[task](list(answers), list(labels), out_dir, args)
+    if out_dir:
+        report.write_markdown(f"{task} evaluation", results, plots, out_dir / "report.md")
+    return results, plots
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     field = LABEL_FIELDS[args.task]
