@@ -120,3 +120,15 @@ def test_eval_and_infer_import_without_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_instrument_label_map_drops_and_merges():
+    answers = ["Mandolin and tabla, with a drum machine.", "A lap steel guitar."]
+    labels = [["Mandolin", "Tabla", "Drum Machine"], ["lap steel guitar"]]
+    label_map = {"mandolin": "guitar", "tabla": None, "drum machine": "drums",
+                 "lap steel guitar": "guitar"}  # fmt: skip
+    results = instrument_f1(answers, labels, label_map=label_map)
+    micro = results["instruments_micro_f1"]
+    # clip 1: truth {guitar, drums}; "mandolin" is not a guitar alias -> guitar missed, drums hit
+    assert micro["vocabulary"] == ["drums", "guitar"]
+    assert (micro["tp"], micro["fp"], micro["fn"]) == (2, 0, 1)

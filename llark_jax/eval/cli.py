@@ -92,16 +92,22 @@ def _score_key(answers, labels, out_dir, args):
     return {"key_mirex": result}, plots
 
 
+def _as_bpm(label: Any) -> float:
+    """A label as BPM; unusable labels become 0 (excluded from scoring and counted)."""
+    try:
+        return float(label or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _score_tempo(answers, labels, out_dir, args):
     from llark_jax.eval.metrics import tempo_accuracy
 
-    results = tempo_accuracy(answers, [float(x or 0) for x in labels], args.tolerance)
+    bpm = [_as_bpm(x) for x in labels]
+    results = tempo_accuracy(answers, bpm, args.tolerance)
     plots = []
     if out_dir:
-        kept = [
-            (float(lbl), parse_tempo(strip_completion(a)))
-            for a, lbl in zip(answers, labels, strict=True)
-        ]
+        kept = [(t, parse_tempo(strip_completion(a))) for a, t in zip(answers, bpm, strict=True)]
         kept = [(t, p) for t, p in kept if t > 0]
         plots.append(
             report.plot_tempo_scatter(
@@ -136,8 +142,9 @@ def _score_instruments(answers, labels, out_dir, args):
     from llark_jax.eval.metrics import instrument_f1
 
     vocabulary = args.vocabulary.split(",") if args.vocabulary else None
+    label_map = json.loads(Path(args.label_map).read_text()) if args.label_map else None
     label_sets = [[x] if isinstance(x, str) else list(x) for x in labels]
-    return instrument_f1(answers, label_sets, vocabulary), []
+    return instrument_f1(answers, label_sets, vocabulary, label_map=label_map), []
 
 
 def _score_captions(answers, labels, out_dir, args):
@@ -211,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--openai-model", default="text-embedding-3-small")
     parser.add_argument("--openai-base-url", default=None)
     parser.add_argument("--vocabulary", help="extra comma-separated instrument names")
+    parser.add_argument("--label-map", help="JSON {raw instrument label: canonical or null}")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs java)")
     parser.add_argument("--judge-model", default="gpt-4", help="chat model of the GPT judges")
     parser.add_argument("--n-options", type=int, default=3, help="matching: answers per trial")
