@@ -1,23 +1,30 @@
-"""Serving test fixtures: a tiny random LLark model directory, test clips, a real server process.
+"""Serving test fixtures: a tiny random LLark model directory, test clips, a real server process,
+and headless Chromium driven over the DevTools protocol (`Chromium`, `DevTools`).
 
 The model is a 2-layer float32 Llama over the test BPE tokenizer (`tokenizer_fixtures`) with a
 projector from the 160-wide `mel` features, saved with `save_model_dir` (the trainer's Orbax
 layout + tokenizer + serving.json). The server is `python -m llark_jax serve` in a subprocess on
-127.0.0.1 with a free port; `stop()` sends SIGTERM and checks the exit status.
+127.0.0.1 with a free port; `stop()` sends SIGTERM and returns the exit status. Chromium is
+Debian's `chromium` package, installed with apt-get when missing (`chromium_binary`).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import websocket
 from flax import nnx
 from tokenizer_fixtures import make_llark_tokenizer
 
@@ -95,3 +102,82 @@ class ServerProcess:
             status = self.process.wait()
         self._log.close()
         return status
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--remote-debugging-port=0", "--window-size=1100,900")
+
+
+def chromium_binary() -> str:
+    """The system chromium, installed with apt-get when missing (needs root)."""
+    found = shutil.which("chromium")
+    if found is None:
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True,
+                       timeout=900)
+        found = shutil.which("chromium")
+    assert found, "chromium could not be installed"
+    return found
+
+
+class DevTools:
+    """A minimal Chrome DevTools protocol client for one page target."""
+
+    def __init__(self, ws_url: str):
+        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, **params) -> dict:
+        message_id = next(self.ids)
+        self.ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == message_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+
+    def js(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                           awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout_s: float = 120.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.2)
+        raise TimeoutError(f"never true: {expression}")
+
+
+class Chromium:
+    """Headless Chromium with a fresh profile; `port` is its DevTools port."""
+
+    def __init__(self, profile: Path):
+        self.process = subprocess.Popen(
+            [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text().strip():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.process.kill()
+                raise RuntimeError("chromium did not start")
+            time.sleep(0.1)
+        self.port = int(port_file.read_text().split()[0])
+
+    def page(self) -> DevTools:
+        """A DevTools session on the browser's first page."""
+        url = f"http://127.0.0.1:{self.port}/json/list"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            targets = json.loads(response.read())
+        return DevTools(next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page"))
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)

@@ -1,7 +1,9 @@
-"""`python -m llark_jax serve` against the official `openai` client on 127.0.0.1 (a real server
-process with a tiny random LLark): answers equal direct `Generator` output, concurrent requests
-are batched and all answered, bad audio gets the documented 4xx and the server keeps serving,
-bearer auth, graceful shutdown on SIGTERM."""
+"""`python -m llark_jax serve` on 127.0.0.1 (a real server process with a tiny random LLark),
+driven by the official `openai` client and by the chat page in headless Chromium: answers equal
+direct `Generator` output, concurrent requests are batched and all answered, bad audio gets the
+documented 4xx and the server keeps serving, bearer auth, graceful shutdown on SIGTERM. The
+browser test saves a screenshot to test-artifacts/serve_page.png. One server serves the whole
+module (its start dominates the run time)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,15 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
-from serve_helpers import MODEL_NAME, ServerProcess, clip, make_model_dir, wav_bytes
+from serve_helpers import (
+    MODEL_NAME,
+    REPO,
+    Chromium,
+    ServerProcess,
+    clip,
+    make_model_dir,
+    wav_bytes,
+)
 
 from llark_jax.data import conversation as conv
 from llark_jax.demo_features import mean_pool_frames
@@ -40,7 +50,8 @@ def server(model_dir):
     process = ServerProcess(
         model_dir, "--api-key-env", "LLARK_TEST_KEY", "--max-audio-seconds", "5",
         "--max-audio-mb", "0.5", "--max-request-mb", "1", "--batch-size", "8",
-        "--batch-wait-ms", "200", env={"LLARK_TEST_KEY": API_KEY},
+        "--batch-wait-ms", "200", "--default-max-tokens", str(MAX_TOKENS),
+        env={"LLARK_TEST_KEY": API_KEY},
     )  # fmt: skip
     yield process
     process.stop()
@@ -196,6 +207,50 @@ def test_bad_requests_get_4xx(client):
     text_only = client.chat.completions.create(model=MODEL_NAME, max_tokens=4, messages=[
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}])
     assert text_only.choices[0].message.content is not None
+
+
+@pytest.mark.slow
+def test_page_upload_ask_answer_screenshot(server, client, tmp_path):
+    """Headless Chromium: enter the key, upload a clip, see the waveform, ask, read the answer."""
+    question = "What is the tempo of this song?"
+    clip_path = tmp_path / "test-clip.wav"
+    clip_path.write_bytes(wav_bytes(clip(2.0, midi=60)))
+    browser = Chromium(tmp_path / "chromium-profile")
+    try:
+        page = browser.page()
+        page.call("Page.navigate", url=server.url + "/")
+        page.wait_for("document.readyState === 'complete'")
+        page.js(f"(k => {{ k.value = {json.dumps(API_KEY)}; "
+                "k.dispatchEvent(new Event('change')); })(document.getElementById('api-key'))")
+        page.wait_for(f"document.getElementById('model-name').textContent === '{MODEL_NAME}'")
+
+        root = page.call("DOM.getDocument")["root"]["nodeId"]
+        node = page.call("DOM.querySelector", nodeId=root, selector="#audio-file")["nodeId"]
+        page.call("DOM.setFileInputFiles", files=[str(clip_path)], nodeId=node)
+        status = page.wait_for("(s => s.includes('ready') || s.includes('rejected') ? s : '')"
+                               "(document.getElementById('clip-status').textContent)")
+        assert "ready" in status, status
+        painted = page.js("(() => { const c = document.getElementById('waveform'); const d = "
+                          "c.getContext('2d').getImageData(0, 0, c.width, c.height).data; "
+                          "let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; "
+                          "return n; })()")
+        assert painted > 1000  # the waveform was drawn
+
+        page.js(f"document.getElementById('question').value = {json.dumps(question)};"
+                "document.getElementById('send').click()")
+        answer = page.wait_for("(m => m ? m.textContent : '')"
+                               "(document.querySelector('.msg.assistant[data-done]'))")
+        artifacts = REPO / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        shot = page.call("Page.captureScreenshot", format="png")["data"]
+        (artifacts / "serve_page.png").write_bytes(base64.b64decode(shot))
+    finally:
+        browser.close()
+    uploaded = client.files.create(file=clip_path.open("rb"), purpose="user_data")
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=[
+        {"role": "user", "content": [{"type": "text", "text": question},
+                                     {"type": "file", "file": {"file_id": uploaded.id}}]}])
+    assert answer.strip() and answer == reply.choices[0].message.content
 
 
 def test_sigterm_finishes_in_flight_request_then_exits(server, client):

@@ -266,8 +266,12 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def _shutdown(app: web.Application) -> None:
-    """Graceful shutdown: queued and running batches finish before the worker stops."""
+    """Graceful shutdown: handlers in flight, queued and running batches finish (bounded by the
+    request timeout) before the worker stops; the listening socket is already closed."""
     state = app[STATE]
+    deadline = time.monotonic() + state.limits.request_timeout_s
+    while state.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     await asyncio.get_running_loop().run_in_executor(None, state.batcher.close,
                                                      state.limits.request_timeout_s)
     state.featurizer.close()
