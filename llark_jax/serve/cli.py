@@ -25,7 +25,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     limits = AudioLimits()
     p = argparse.ArgumentParser(prog="python -m llark_jax serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="model directory (docs/serving.md)")
+    p.add_argument("--checkpoint", required=True,
+                   help="model directory or training workdir (docs/serving.md)")
+    p.add_argument("--tokenizer", default=None, help="HF tokenizer dir (training workdirs)")
+    p.add_argument("--template", default=None,
+                   help="conversation template (training workdirs; default config data.template)")
+    p.add_argument("--system-prompt", default=None, help="replaces the template's system prompt")
+    p.add_argument("--encoder", default=None, help="audio encoder name (default: checkpoint's/mel)")
+    p.add_argument("--feature-pool", type=int, default=None,
+                   help="encoder frames averaged per audio token (default: checkpoint's/1)")
+    p.add_argument("--model-name", default=None, help="model id clients must send")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 = any free port")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
@@ -39,6 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="encoded size limit per clip")
     p.add_argument("--max-audio-seconds", type=float, default=limits.max_audio_seconds)
     p.add_argument("--max-clips", type=int, default=4, help="clips per request")
+    p.add_argument("--max-files", type=int, default=64, help="uploaded clips kept in memory")
     p.add_argument("--default-max-tokens", type=int, default=256)
     p.add_argument("--max-tokens-limit", type=int, default=1024)
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request")
@@ -51,17 +61,23 @@ def build_state(args: argparse.Namespace):
     from llark_jax.serve.audio_input import AudioFeaturizer
     from llark_jax.serve.batcher import MicroBatcher
     from llark_jax.serve.engine import Engine
-    from llark_jax.serve.model_dir import load_model_dir
+    from llark_jax.serve.model_dir import ServingOverrides, load_served
 
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise SystemExit(f"--api-key-env {args.api_key_env}: the variable is unset or empty")
-    served = load_model_dir(args.checkpoint)
+    served = load_served(args.checkpoint, ServingOverrides(
+        tokenizer=args.tokenizer, template=args.template, system_prompt=args.system_prompt,
+        encoder=args.encoder, feature_pool=args.feature_pool, model_name=args.model_name))
     audio_limits = AudioLimits(max_audio_bytes=int(args.max_audio_mb * 2**20),
                                max_audio_seconds=args.max_audio_seconds)
     featurizer = AudioFeaturizer(served.encoder, served.feature_pool, audio_limits)
+    audio_dim = served.model.projector.kernel.shape[0]
+    if featurizer.encoder.dim != audio_dim:
+        raise SystemExit(f"encoder {served.encoder!r} gives {featurizer.encoder.dim} features per "
+                         f"frame; the model's projector takes {audio_dim} (use --encoder)")
     engine = Engine(served, batch_size=args.batch_size,
                     clip_tokens=featurizer.max_tokens_per_clip)
     batcher = MicroBatcher(engine.generate, lambda prompt: prompt.batch_key,
@@ -69,6 +85,7 @@ def build_state(args: argparse.Namespace):
                            max_queue=args.max_queue)
     limits = ServerLimits(
         max_request_bytes=int(args.max_request_mb * 2**20), max_clips=args.max_clips,
+        max_files=args.max_files,
         default_max_tokens=args.default_max_tokens, max_tokens_limit=args.max_tokens_limit,
         request_timeout_s=args.request_timeout,
     )  # fmt: skip

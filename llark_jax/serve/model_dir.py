@@ -14,6 +14,10 @@
 averaged per audio token before the projector, as the demo's stored features; default 1) and
 `model_name` (the id `/v1/models` reports).
 
+`load_served` also takes a training workdir without `serving.json` (`W/checkpoints/<step>` from
+`python -m llark_jax train`) through the inference CLI's loader (`llark_jax.infer.cli`); then the
+settings come from `ServingOverrides` (command-line flags) and the stored config.
+
 The newest checkpoint step is loaded. Parameters are restored as raw arrays and matched to the
 model by their path (`llama/layers/0/attn/q`), so a checkpoint written by the training loop and
 one written by `save_model_dir` load the same way.
@@ -175,3 +179,51 @@ def load_model_dir(directory: str | Path) -> ServedModel:
                        encoder=spec.get("encoder", "mel"),
                        feature_pool=int(spec.get("feature_pool", 1)),
                        model_name=spec.get("model_name", "llark"), step=step)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingOverrides:
+    """Command-line settings; None keeps serving.json's value (or the default for a workdir)."""
+
+    tokenizer: str | None = None
+    template: str | None = None
+    system_prompt: str | None = None
+    encoder: str | None = None
+    feature_pool: int | None = None
+    model_name: str | None = None
+
+
+def _load_train_workdir(directory: Path, overrides: ServingOverrides) -> ServedModel:
+    from llark_jax.infer.cli import load_checkpoint, load_tokenizer
+
+    model, config, step = load_checkpoint(directory)
+    tokenizer = load_tokenizer(overrides.tokenizer, config, model)
+    data = config.get("data", {})
+    template = get_template(overrides.template or data.get("template", "fastchat_v0"), tokenizer)
+    return ServedModel(model=model, tokenizer=tokenizer, template=template,
+                       encoder=overrides.encoder or "mel",
+                       feature_pool=overrides.feature_pool or 1,
+                       model_name=overrides.model_name or "llark", step=step)
+
+
+def load_served(directory: str | Path, overrides: ServingOverrides | None = None) -> ServedModel:
+    """A model directory (`serving.json` present) or a training workdir, with `overrides`."""
+    directory = Path(directory)
+    overrides = overrides or ServingOverrides()
+    if (directory / SERVING_JSON).is_file():
+        served = load_model_dir(directory)
+        if overrides.tokenizer or overrides.template:
+            raise ModelDirError("--tokenizer/--template apply to training workdirs; a model "
+                                f"directory names its own in {SERVING_JSON}")
+    elif (directory / "checkpoints").is_dir():
+        served = _load_train_workdir(directory, overrides)
+    else:
+        raise ModelDirError(f"{directory}: neither {SERVING_JSON} nor checkpoints/ (see "
+                            "docs/serving.md)")
+    if overrides.system_prompt is not None:
+        served.template = dataclasses.replace(served.template,
+                                              system_prompt=overrides.system_prompt)
+    served.encoder = overrides.encoder or served.encoder
+    served.feature_pool = overrides.feature_pool or served.feature_pool
+    served.model_name = overrides.model_name or served.model_name
+    return served
