@@ -96,6 +96,10 @@ def _text_only(content: Any, where: str) -> str:
     return "\n".join(str(p.get("text", "")) for p in parts)
 
 
+def _join(texts: list[str]) -> str:
+    return "\n".join(t for t in texts if t)
+
+
 def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
     value = body.get(name)
     if value is None:
@@ -131,14 +135,14 @@ def parse_chat_request(
         elif role == "assistant":
             if not question:
                 raise _bad(f"{where}: an assistant turn must follow a user turn", where)
-            exchanges.append(("\n".join(question), _text_only(message.get("content") or "",
+            exchanges.append((_join(question), _text_only(message.get("content") or "",
                                                                 where)))
             question = []
         else:
             raise _bad(f"{where}.role must be system, developer, user or assistant", where)
     if not question:
         raise _bad("the last message must be a user message", "messages")
-    exchanges.append(("\n".join(question), ""))
+    exchanges.append((_join(question), ""))
     if len(audio) > max_clips:
         raise _bad(f"{len(audio)} audio clips; at most {max_clips} per request", "messages")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or default_max_tokens

@@ -1,0 +1,162 @@
+"""Serving pieces in-process (no server): request parsing, prompt building, stream text pieces,
+micro-batching (grouping, batch size, cancellation, draining on close)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from serve_helpers import make_model_dir
+
+from llark_jax.data import conversation as conv
+from llark_jax.serve.batcher import BatcherClosed, MicroBatcher
+from llark_jax.serve.chat_request import RequestError, parse_chat_request
+from llark_jax.serve.engine import Engine, Sampling
+from llark_jax.serve.model_dir import load_model_dir
+
+LIMITS = dict(default_max_tokens=16, max_tokens_limit=64, max_clips=2)
+
+
+def audio_part(data: str = "UklGRg==") -> dict:
+    return {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+
+
+def test_parse_multi_turn_with_system_audio_and_file():
+    chat = parse_chat_request({
+        "model": "m", "temperature": 0.5, "top_p": 0.9, "seed": 7, "max_tokens": 9,
+        "stream": True, "stream_options": {"include_usage": True},
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Key?"}, audio_part()]},
+            {"role": "assistant", "content": "A minor."},
+            {"role": "user", "content": "Tempo?"},
+            {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]},
+        ]}, **LIMITS)  # fmt: skip
+    assert chat.exchanges == [("Key?", "A minor."), ("Tempo?", "")]
+    assert chat.system_prompt == "Be brief." and chat.stream and chat.include_usage
+    assert [(a.data, a.file_id) for a in chat.audio] == [("UklGRg==", None), (None, "file-1")]
+    assert (chat.max_tokens, chat.temperature, chat.top_p, chat.seed) == (9, 0.5, 0.9, 7)
+    default = parse_chat_request({"messages": [{"role": "user", "content": "hi"}]}, **LIMITS)
+    assert (default.max_tokens, default.temperature, default.seed) == (16, 0.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+         "messages"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+         "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": [audio_part(), audio_part(), audio_part()]}]},
+         "messages"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
+        ({"messages": [{"role": "user", "content": "a"}], "n": 2}, "n"),
+        ({"messages": [{"role": "user", "content": "a"}], "stop": ["x"]}, "stop"),
+        ({"messages": [{"role": "user", "content": "a"}], "max_tokens": 65}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "a"}], "temperature": 3}, "temperature"),
+        ({"messages": [{"role": "user", "content": "a"}], "seed": "1"}, "seed"),
+    ],
+)
+def test_parse_rejects_with_400_naming_the_field(body, param):
+    with pytest.raises(RequestError) as err:
+        parse_chat_request(body, **LIMITS)
+    assert err.value.status == 400 and err.value.param == param
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    served = load_model_dir(make_model_dir(tmp_path_factory.mktemp("units") / "model"))
+    return Engine(served, batch_size=2, clip_tokens=6)
+
+
+def test_prompt_places_every_clip_and_ends_with_assistant_prefix(engine):
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(size=(4, 160)).astype(np.float32),
+             rng.normal(size=(6, 160)).astype(np.float32)]
+    chat = engine.build_prompt([("Key?", "A minor."), ("Tempo?", "")], clips, Sampling(8))
+    prompt, tok = chat.prompt, engine.served.tokenizer
+    ids = prompt.input_ids.tolist()
+    prefix = tok.encode(engine.served.template.assistant_prefix, add_special_tokens=False)
+    assert ids[-len(prefix):] == prefix and ids.count(engine.audio_ids.patch) == 10
+    assert prompt.audio.shape == (2, 6, 160)  # clips zero-padded to the longest allowed clip
+    patches = np.flatnonzero(prompt.input_ids == engine.audio_ids.patch)
+    assert prompt.audio_frame_index[patches].tolist() == [0, 1, 2, 3, 6, 7, 8, 9, 10, 11]
+    assert "Tempo?" in tok.decode(ids) and "A minor." in tok.decode(ids)
+    assert chat.batch_key == (Sampling(8), (2, 6, 160))
+    text_only = engine.build_prompt([("Hello", "")], [], Sampling(8))
+    assert text_only.prompt.audio is None and text_only.batch_key == (Sampling(8), None)
+
+
+def test_text_deltas_join_to_the_decoded_answer(engine):
+    tok = engine.served.tokenizer
+    rng = np.random.default_rng(1)
+    for n in (1, 5, 40):
+        ids = rng.integers(0, len(tok), n).tolist()
+        deltas = engine.text_deltas(ids)
+        assert "".join(deltas) == engine.decode(ids) and all(deltas)
+    ids = tok.encode("Tempo: 120 BPM, key: C\u266f minor \u2014 calm", add_special_tokens=False)
+    assert len(engine.text_deltas(ids)) > 3
+    assert conv.stop_ids(tok, engine.served.template) == list(engine.stop)
+
+
+def test_micro_batcher_groups_by_key_and_respects_batch_size():
+    calls: list[list] = []
+    release = threading.Event()
+
+    def run_batch(items):
+        release.wait(10)
+        calls.append(list(items))
+        return [f"{key}:{i}" for key, i in items]
+
+    batcher = MicroBatcher(run_batch, key=lambda item: item[0], max_batch=3, max_wait_s=0.3)
+
+    async def main():
+        tasks = [asyncio.create_task(batcher.submit((key, i)))
+                 for i, key in enumerate("aabaaab")]
+        await asyncio.sleep(0.1)
+        release.set()
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(main())
+    assert results == [f"{k}:{i}" for i, k in enumerate("aabaaab")]
+    # windows of <= 3 queued requests, split by key: [a0 a1 | b2], [a3 a4 a5], [b6]
+    assert [[i for _, i in c] for c in calls] == [[0, 1], [2], [3, 4, 5], [6]]
+    assert batcher.rows_run == 7 and batcher.batches_run == 4
+    batcher.close(10)
+
+
+def test_micro_batcher_drops_cancelled_work_and_drains_on_close():
+    seen: list = []
+    gate = threading.Event()
+
+    def run_batch(items):
+        gate.wait(10)
+        seen.extend(items)
+        return list(items)
+
+    batcher = MicroBatcher(run_batch, key=lambda item: 0, max_batch=1, max_wait_s=0.0)
+
+    async def main():
+        first = asyncio.create_task(batcher.submit("first"))  # occupies the worker
+        await asyncio.sleep(0.1)
+        gone = asyncio.create_task(batcher.submit("cancelled"))
+        kept = asyncio.create_task(batcher.submit("kept"))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        await asyncio.sleep(0.05)
+        closer = threading.Thread(target=batcher.close, args=(10,))
+        closer.start()  # close while work is queued: it must still finish
+        time.sleep(0.05)
+        gate.set()
+        with pytest.raises(BatcherClosed):
+            await batcher.submit("late")
+        out = await asyncio.gather(first, kept)
+        closer.join(10)
+        return out
+
+    assert asyncio.run(main()) == ["first", "kept"]
+    assert seen == ["first", "kept"]
