@@ -160,3 +160,50 @@ def test_micro_batcher_drops_cancelled_work_and_drains_on_close():
 
     assert asyncio.run(main()) == ["first", "kept"]
     assert seen == ["first", "kept"]
+
+
+@pytest.mark.slow
+def test_model_dir_round_trip_and_training_workdir(tmp_path):
+    """`save_model_dir` -> `load_served` keeps every parameter; a training workdir (the trainer's
+    TrainSetup state + config) loads through the infer loader with the flags' settings."""
+    import jax
+    from flax import nnx
+
+    from configs.tiny import get_config
+    from llark_jax.config import config_to_json
+    from llark_jax.serve.model_dir import ModelDirError, ServingOverrides, load_served
+    from llark_jax.train.checkpoint import TrainCheckpointer
+    from llark_jax.train.loop import TrainSetup
+
+    model_dir = make_model_dir(tmp_path / "model", seed=3)
+    served = load_served(model_dir, ServingOverrides(model_name="renamed", feature_pool=2))
+    again = load_model_dir(model_dir)
+    for a, b in zip(jax.tree.leaves(nnx.state(served.model, nnx.Param)),
+                    jax.tree.leaves(nnx.state(again.model, nnx.Param)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (served.model_name, served.feature_pool, again.feature_pool) == ("renamed", 2, 5)
+    with pytest.raises(ModelDirError, match="--tokenizer/--template"):
+        load_served(model_dir, ServingOverrides(template="llama2_inst"))
+    with pytest.raises(ModelDirError, match="neither"):
+        load_served(tmp_path)
+
+    tokenizer = served.tokenizer
+    ids = conv.AudioTokenIds.from_tokenizer(tokenizer)
+    config = get_config()
+    config.model.llama.vocab_size = len(tokenizer)
+    config.model.audio_dim = 160
+    config.model.audio_start_id, config.model.audio_patch_id = ids.start, ids.patch
+    config.model.audio_end_id = ids.end
+    setup = TrainSetup(config)
+    state = setup.fresh_state()
+    checkpointer = TrainCheckpointer(tmp_path / "work" / "checkpoints", keep=1, async_save=False)
+    checkpointer.save(4, state, {"position": 0}, config_to_json(config))
+    checkpointer.close()
+    workdir = load_served(tmp_path / "work", ServingOverrides(
+        tokenizer=str(model_dir / "tokenizer"), template="fastchat_v0", feature_pool=5))
+    assert workdir.step == 4 and workdir.template.name == "fastchat_v0"
+    embed = np.asarray(workdir.model.llama.embed[...])
+    np.testing.assert_array_equal(embed, np.asarray(state["params"]["llama"]["embed"][...]))
+    chat = Engine(workdir, batch_size=1, clip_tokens=4).build_prompt(
+        [("Key?", "")], [np.ones((3, 160), np.float32)], Sampling(4))
+    assert list(chat.prompt.input_ids).count(ids.patch) == 3
