@@ -13,9 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.dataset = ml_collections.ConfigDict()
-    config.dataset.n_clips = 300
+    config.dataset.n_clips = 320
     config.dataset.seconds = 10.0
-    config.dataset.eval_fraction = 0.2
+    config.dataset.eval_fraction = 0.25
 
     config.stages = ml_collections.ConfigDict()
     config.stages.workers = 2  # crop/annotate processes
@@ -28,10 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.system_prompt = "You are a music expert."
+    config.data.questions = "paper"  # paper: train on the three eval prompts only; all: every pair
     config.data.batch_size = 4
     config.data.seq_len = 256
     config.data.segments = 8  # audio slots per packed row
-    config.data.audio_frames = 10  # T_a: tokens per clip after pooling
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 300

@@ -72,10 +72,10 @@ def generate_answers(model: Any, tokenizer: Any, template: ConversationTemplate,
     return answers
 
 
-def score(answers: dict[str, list[str]], clips: Sequence[ClipRecord],
+def score(answers: dict[str, list[str]], truth: Sequence[dict[str, Any]],
           vocabulary: Sequence[str]) -> dict[str, MetricResult]:
-    """Key MIREX, tempo Acc1/Acc2 and instrument F1 of one condition's answers."""
-    truth = [c.metadata for c in clips]
+    """Key MIREX, tempo Acc1/Acc2 and instrument F1 of one condition's answers against the
+    per-clip truth (`key`, `tempo`, `instruments`)."""
     results = {"key_mirex": key_mirex(answers["key"], [t["key"] for t in truth])}
     results.update(tempo_accuracy(answers["tempo"], [float(t["tempo"]) for t in truth]))
     f1 = instrument_f1(answers["instruments"], [t["instruments"] for t in truth],

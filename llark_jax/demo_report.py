@@ -9,13 +9,16 @@ report.json: `n_eval`; `key_mirex`, `tempo_acc2`, `instruments_f1` (and `tempo_a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from llark_jax.eval.intervals import MetricResult
+from llark_jax.eval.metrics import key_mirex, tempo_accuracy
 from llark_jax.eval.parse import parse_key, parse_tempo, strip_completion
 from llark_jax.eval.report import _pyplot, plot_key_confusion, plot_tempo_scatter, write_json_atomic
 
@@ -137,3 +140,62 @@ def write_report_files(report: dict[str, Any], out_dir: Path, truth: Sequence[Ma
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(md_path)
     return json_path, md_path
+
+
+def madmom_vs_truth(metadata: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How well the annotation stage (madmom) itself recovers the synthesis key and tempo."""
+    rows = [m for m in metadata if m.get("key_madmom")]
+    key = key_mirex([m["key_madmom"] for m in rows], [m["key"] for m in rows])
+    tempo_rows = [m for m in metadata if m.get("tempo_in_beats_per_minute_madmom")]
+    tempo = tempo_accuracy([f"{m['tempo_in_beats_per_minute_madmom']} BPM" for m in tempo_rows],
+                           [float(m["tempo"]) for m in tempo_rows])
+    return {"n": len(metadata), "key_mirex": round(key.value, 3),
+            "tempo_acc1": round(tempo["tempo_acc1"].value, 3),
+            "tempo_acc2": round(tempo["tempo_acc2"].value, 3)}
+
+
+def _examples(clip_ids: Sequence[str], truth: Sequence[Mapping[str, Any]],
+              answers: Mapping[str, Mapping[str, list[str]]], count: int) -> list[dict]:
+    from llark_jax.demo_eval import PROMPTS
+
+    tasks = list(PROMPTS)
+    picked = np.linspace(0, len(clip_ids) - 1, num=min(count, len(clip_ids))).astype(int)
+    examples = []
+    for k, i in enumerate(picked):
+        task = tasks[k % len(tasks)]
+        value = truth[i][task]
+        examples.append({"clip_id": clip_ids[i], "question": PROMPTS[task],
+                         "truth": ", ".join(value) if isinstance(value, list) else value,
+                         "audio": answers["audio"][task][i],
+                         "shuffled": answers["shuffled"][task][i]})
+    return examples
+
+
+def make_report(config: ml_collections.ConfigDict, workdir: Path,
+                stage_seconds: Mapping[str, float]) -> dict[str, Any]:
+    """Scores `eval/answers.json` against the truth in `work/metadata.jsonl`, writes report.json,
+    report.md and the plots into `workdir`, and returns the report dict."""
+    from llark_jax.demo_eval import CONDITIONS, score
+
+    saved = json.loads((workdir / "eval" / "answers.json").read_text())
+    metadata = [json.loads(line) for line in
+                (workdir / "work" / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    by_id = {m["clip_id"]: m for m in metadata}
+    truth = [by_id[c] for c in saved["clip_ids"]]
+    vocabulary = sorted({i for m in metadata for i in m["instruments"]})
+    answers = saved["answers"]
+    scores = {c: score(answers[c], truth, vocabulary) for c in CONDITIONS}
+    training = json.loads((workdir / "stages" / "train.json").read_text())
+    losses = [json.loads(line)["loss"] for line in
+              (workdir / "train" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    extra = {
+        "training": {k: training[k] for k in ("steps", "seconds", "loop_seconds", "first_loss",
+                                              "last_loss", "trainable_params") if k in training}
+        | {"trainable": config.model.trainable, "lm": config.model.source},
+        "madmom_vs_truth": madmom_vs_truth(metadata),
+        "examples": _examples(saved["clip_ids"], truth, answers, config.eval.examples),
+        "details": {c: {k: v.to_dict() for k, v in s.items()} for c, s in scores.items()},
+    }
+    report = build_report(scores, len(truth), stage_seconds, extra)
+    write_report_files(report, workdir, truth, answers, losses)
+    return report

@@ -34,6 +34,7 @@ from llark_jax.train.step import init_train_state, make_train_step
 
 log = logging.getLogger("llark_jax.demo")
 TRAINED_PARAMS = "trained_params.npz"
+MEL_FRAME_RATE_HZ = 10.0
 
 
 def build_demo_model(config: ml_collections.ConfigDict) -> tuple[LLark, Any, ConversationTemplate]:
@@ -45,12 +46,19 @@ def build_demo_model(config: ml_collections.ConfigDict) -> tuple[LLark, Any, Con
     return model, tokenizer, template
 
 
+def audio_tokens_per_clip(config: ml_collections.ConfigDict) -> int:
+    """`<audio_patch>` tokens of one clip: 10 Hz mel frames / `stages.temporal_pool`, rounded up."""
+    frames = int(round(config.dataset.seconds * MEL_FRAME_RATE_HZ))
+    return -(-frames // config.stages.temporal_pool)
+
+
 def make_pipeline(config: ml_collections.ConfigDict, files: list[str], tokenizer: Any,
                   template: ConversationTemplate) -> Pipeline:
     """Packed training batches over the demo's train shards."""
     d = config.data
     packing = PackingConfig(batch_size=d.batch_size, seq_len=d.seq_len, max_segments=d.segments,
-                            max_frames=d.audio_frames, embed_dim=config.model.audio_dim)
+                            max_frames=audio_tokens_per_clip(config),
+                            embed_dim=config.model.audio_dim)
     tokenize = make_tokenize_fn(tokenizer, template, AudioTokenIds.from_tokenizer(tokenizer),
                                 max_len=d.seq_len)
     return Pipeline(PipelineConfig(files=tuple(files), packing=packing, seed=config.seed),
@@ -119,7 +127,7 @@ def train_demo(config: ml_collections.ConfigDict, model: LLark, tokenizer: Any,
     nnx.update(model, state["params"])
     save_trained(model, mask, workdir / TRAINED_PARAMS)
     pipeline.close()
-    return {"steps": steps, "seconds": time.perf_counter() - began,
+    return {"steps": steps, "loop_seconds": time.perf_counter() - began,
             "first_loss": float(np.mean(losses[:10])), "last_loss": float(np.mean(losses[-10:])),
             "trainable_params": n_trainable, "epochs_seen": pipeline.epoch,
             "non_pad_fraction": pipeline.non_pad_fraction}
