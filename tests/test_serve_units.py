@@ -4,6 +4,7 @@ micro-batching (grouping, batch size, cancellation, draining on close)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 
@@ -14,7 +15,7 @@ from serve_helpers import make_model_dir
 from llark_jax.data import conversation as conv
 from llark_jax.serve.batcher import BatcherClosed, MicroBatcher
 from llark_jax.serve.chat_request import RequestError, parse_chat_request
-from llark_jax.serve.engine import Engine, Sampling
+from llark_jax.serve.engine import Engine, Sampling, TextStream
 from llark_jax.serve.model_dir import load_model_dir
 
 LIMITS = dict(default_max_tokens=16, max_tokens_limit=64, max_clips=2)
@@ -91,16 +92,38 @@ def test_prompt_places_every_clip_and_ends_with_assistant_prefix(engine):
     assert text_only.prompt.audio is None and text_only.batch_key == (Sampling(8), None)
 
 
-def test_text_deltas_join_to_the_decoded_answer(engine):
+def test_text_stream_pieces_join_to_the_decoded_answer(engine):
     tok = engine.served.tokenizer
     rng = np.random.default_rng(1)
-    for n in (1, 5, 40):
-        ids = rng.integers(0, len(tok), n).tolist()
-        deltas = engine.text_deltas(ids)
-        assert "".join(deltas) == engine.decode(ids) and all(deltas)
-    ids = tok.encode("Tempo: 120 BPM, key: C\u266f minor \u2014 calm", add_special_tokens=False)
-    assert len(engine.text_deltas(ids)) > 3
+    accented = tok.encode("Tempo: 120 BPM, C\u266f minor \u2014 calm", add_special_tokens=False)
+    for ids in [rng.integers(0, len(tok), n).tolist() for n in (1, 5, 40)] + [accented]:
+        stream = TextStream(engine)
+        pieces = [stream.push(i) for i in ids]
+        assert "".join(pieces) + stream.finish(ids) == engine.decode(ids)
+        assert "\ufffd" not in "".join(pieces) or "\ufffd" in engine.decode(ids)
+    assert sum(bool(p) for p in map(TextStream(engine).push, accented)) > 3
     assert conv.stop_ids(tok, engine.served.template) == list(engine.stop)
+
+
+def test_stream_decoder_equals_generator_and_holds_back_stop_tokens(engine):
+    """Token-by-token decoding gives the batched Generator's answer (greedy and sampled); the
+    tokens of a stop sequence are never released."""
+    rng = np.random.default_rng(2)
+    clips = [rng.normal(size=(5, 160)).astype(np.float32)]
+    for sampling in (Sampling(12), Sampling(12, temperature=0.9, top_p=0.8, seed=5)):
+        chat = engine.build_prompt([("What is the key?", "")], clips, sampling)
+        [batched] = engine.generate([chat])
+        released: list[int] = []
+        streamed = engine.stream_decoder.decode(chat.prompt, engine.sampling_config(sampling),
+                                                released.append)
+        assert streamed == batched and released == batched.token_ids
+    free = engine.generate([chat])[0].token_ids
+    stop = tuple(free[3:5])  # pretend two generated tokens are the template's stop sequence
+    config = dataclasses.replace(engine.sampling_config(sampling), stop_sequences=(stop,))
+    released = []
+    out = engine.stream_decoder.decode(chat.prompt, config, released.append)
+    first = next(i for i in range(len(free) - 1) if tuple(free[i : i + 2]) == stop)
+    assert out.finish_reason == "stop" and out.token_ids == free[:first] == released
 
 
 def test_micro_batcher_groups_by_key_and_respects_batch_size():

@@ -15,6 +15,7 @@ exceptions become 500 with a generic message (details only in the server log).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import json
@@ -31,7 +32,7 @@ from llark_jax.infer.generate import PromptTooLong, bucket_length
 from llark_jax.serve.audio_input import AudioFeaturizer, AudioInputError, decode_base64_audio
 from llark_jax.serve.batcher import BatcherClosed, MicroBatcher, QueueFull
 from llark_jax.serve.chat_request import ChatRequest, RequestError, parse_chat_request
-from llark_jax.serve.engine import Engine, Sampling
+from llark_jax.serve.engine import Engine, Sampling, TextStream
 
 log = logging.getLogger("llark_jax.serve")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -147,15 +148,35 @@ async def _chat_completions(request: web.Request, state: ServerState) -> web.Str
     sampling = Sampling(chat.max_tokens, chat.temperature, chat.top_p, chat.seed)
     try:
         prompt = state.engine.build_prompt(chat.exchanges, clips, sampling, chat.system_prompt)
-        buckets = state.engine.generator(sampling).length_buckets
-        bucket_length(len(prompt.prompt.input_ids), buckets)
+        bucket_length(len(prompt.prompt.input_ids), state.engine.length_buckets)
     except PromptTooLong as err:
         raise RequestError(400, "context_length_exceeded", str(err), "messages") from None
     except ValueError as err:
         raise RequestError(400, "invalid_request_error", str(err)) from None
-    try:
+    common = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
+    if chat.stream:
+        return await _stream(request, state, prompt, common, chat.include_usage)
+    with _service_errors(limits):
         generation = await asyncio.wait_for(state.batcher.submit(prompt),
                                             limits.request_timeout_s)
+    message = {"role": "assistant", "content": state.engine.decode(generation.token_ids)}
+    return web.json_response({
+        **common, "object": "chat.completion", "usage": _usage(prompt, generation),
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": FINISH[generation.finish_reason]}]})
+
+
+def _usage(prompt, generation) -> dict:
+    n_prompt, n_out = len(prompt.prompt.input_ids), len(generation.token_ids)
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_out,
+            "total_tokens": n_prompt + n_out}
+
+
+@contextlib.contextmanager
+def _service_errors(limits: ServerLimits):
+    """Timeouts, shutdown and a full queue as HTTP errors."""
+    try:
+        yield
     except TimeoutError:
         message = f"no answer within {limits.request_timeout_s:g} s"
         raise RequestError(504, "timeout", message) from None
@@ -163,39 +184,63 @@ async def _chat_completions(request: web.Request, state: ServerState) -> web.Str
         raise RequestError(503, "shutting_down", str(err)) from None
     except QueueFull as err:
         raise RequestError(503, "overloaded", str(err)) from None
-    usage = {"prompt_tokens": len(prompt.prompt.input_ids),
-             "completion_tokens": len(generation.token_ids),
-             "total_tokens": len(prompt.prompt.input_ids) + len(generation.token_ids)}
-    common = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
-    finish = FINISH[generation.finish_reason]
-    if not chat.stream:
-        message = {"role": "assistant", "content": state.engine.decode(generation.token_ids)}
-        return web.json_response({**common, "object": "chat.completion", "usage": usage,
-                                  "choices": [{"index": 0, "message": message,
-                                               "finish_reason": finish, "logprobs": None}]})
-    return await _stream(request, state, common, generation.token_ids, finish,
-                         usage if chat.include_usage else None)
 
 
-async def _stream(request, state: ServerState, common: dict, token_ids, finish: str, usage):
-    """Server-sent events: role chunk, one chunk per text delta, finish chunk, usage, [DONE]."""
+async def _stream(request, state: ServerState, prompt, common: dict, include_usage: bool):
+    """Server-sent events as tokens are decoded: role chunk, text chunks, finish chunk, optional
+    usage chunk, [DONE]. Errors before the first token are ordinary HTTP errors."""
+    loop = asyncio.get_running_loop()
+    tokens: asyncio.Queue = asyncio.Queue()
+    prompt = dataclasses.replace(
+        prompt, on_token=lambda t: loop.call_soon_threadsafe(tokens.put_nowait, t))
+    task = asyncio.ensure_future(state.batcher.submit(prompt))
+    deadline = loop.time() + state.limits.request_timeout_s
+
+    async def next_token() -> int | None:
+        """The next released token, None once generation has finished."""
+        getter = asyncio.ensure_future(tokens.get())
+        done, _ = await asyncio.wait({getter, task}, timeout=max(0, deadline - loop.time()),
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        if task in done:
+            task.result()  # raises the generation's error
+            return tokens.get_nowait() if not tokens.empty() else None
+        task.cancel()
+        raise TimeoutError
+
+    with _service_errors(state.limits):
+        first = await next_token()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
 
-    async def send(delta: dict, finish_reason: str | None = None, **extra) -> None:
-        chunk = {**common, "object": "chat.completion.chunk", **extra,
+    async def send(delta: dict, finish_reason: str | None = None) -> None:
+        chunk = {**common, "object": "chat.completion.chunk",
                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason,
                               "logprobs": None}]}
         await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
     await send({"role": "assistant", "content": ""})
-    for delta in state.engine.text_deltas(token_ids):
-        await send({"content": delta})
-    await send({}, finish)
-    if usage is not None:
-        chunk = {**common, "object": "chat.completion.chunk", "choices": [], "usage": usage}
-        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    text = TextStream(state.engine)
+    token = first
+    try:
+        while token is not None:
+            if delta := text.push(token):
+                await send({"content": delta})
+            token = await next_token()
+    except TimeoutError:  # the response has started: end it with a finish reason
+        await send({}, "length")
+    else:
+        generation = task.result()
+        if rest := text.finish(generation.token_ids):
+            await send({"content": rest})
+        await send({}, FINISH[generation.finish_reason])
+        if include_usage:
+            chunk = {**common, "object": "chat.completion.chunk", "choices": [],
+                     "usage": _usage(prompt, generation)}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response

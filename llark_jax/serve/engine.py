@@ -12,20 +12,28 @@ settings); padded frames are never referenced by a patch token.
 
 Generation goes through `llark_jax.infer.generate.Generator` with `keys=[0]` per request and the
 request's seed as `SamplingConfig.seed`, so an answer does not depend on which other requests
-share its batch: it equals `Generator(model, config).generate([prompt], keys=[0])`.
+share its batch: it equals `Generator(model, config).generate([prompt], keys=[0])`. A streamed
+request (`ChatPrompt.on_token`) is decoded alone by `StreamDecoder`, which gives the same tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from llark_jax.data import conversation as conv
-from llark_jax.infer.generate import Generation, Generator, Prompt, SamplingConfig
+from llark_jax.infer.generate import (
+    DEFAULT_BUCKETS,
+    Generation,
+    Generator,
+    Prompt,
+    SamplingConfig,
+)
 from llark_jax.serve.model_dir import ServedModel
+from llark_jax.serve.stream_decode import StreamDecoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +48,18 @@ class Sampling:
 
 @dataclasses.dataclass(frozen=True)
 class ChatPrompt:
-    """A conversation ready to generate: prompt ids, audio and the batching key."""
+    """A conversation ready to generate: prompt ids, audio and the batching key. With `on_token`
+    (a streamed request) it is decoded alone, token by token (`StreamDecoder`)."""
 
     prompt: Prompt
     sampling: Sampling
+    on_token: Callable[[int], None] | None = dataclasses.field(default=None, compare=False)
 
     @property
     def batch_key(self) -> tuple:
         """Requests with equal keys may share a compiled batch."""
+        if self.on_token is not None:
+            return ("stream", id(self))
         audio = self.prompt.audio
         return (self.sampling, None if audio is None else audio.shape)
 
@@ -74,6 +86,9 @@ class Engine:
         self.eos_ids = () if eos is None else (int(eos),)
         self._generators: dict[Sampling, Generator] = {}
         self._lock = threading.Lock()
+        self.pad_id = served.tokenizer.pad_token_id or 0
+        self.length_buckets = DEFAULT_BUCKETS
+        self.stream_decoder = StreamDecoder(served.model, self.length_buckets, self.pad_id)
 
     def sampling_config(self, sampling: Sampling) -> SamplingConfig:
         """The `SamplingConfig` a request's settings map to (template stop sequence + EOS)."""
@@ -127,31 +142,44 @@ class Engine:
             if sampling not in self._generators:
                 self._generators[sampling] = Generator(
                     self.served.model, self.sampling_config(sampling),
-                    batch_size=self.batch_size, pad_id=self.served.tokenizer.pad_token_id or 0)
+                    batch_size=self.batch_size, length_buckets=self.length_buckets,
+                    pad_id=self.pad_id)
             return self._generators[sampling]
 
     def generate(self, prompts: Sequence[ChatPrompt]) -> list[Generation]:
         """Generates for prompts that share one `batch_key` (at most `batch_size` of them)."""
-        generator = self.generator(prompts[0].sampling)
+        first = prompts[0]
+        if first.on_token is not None:
+            config = self.sampling_config(first.sampling)
+            return [self.stream_decoder.decode(first.prompt, config, first.on_token)]
+        generator = self.generator(first.sampling)
         return generator.generate([p.prompt for p in prompts], keys=[0] * len(prompts))
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.served.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
-    def text_deltas(self, token_ids: Sequence[int]) -> list[str]:
-        """The answer text split per generated token (joined, they equal `decode(token_ids)`);
-        a token that ends inside a multi-byte character contributes once the character is whole.
-        """
-        deltas, sent = [], ""
-        for k in range(1, len(token_ids) + 1):
-            text = self.decode(token_ids[:k])
-            if text.endswith("\ufffd") and k < len(token_ids):
-                continue
-            if text.startswith(sent):
-                deltas.append(text[len(sent):])
-                sent = text
-        final = self.decode(token_ids)
-        if not final.startswith(sent):  # decoding is not prefix-stable here: one chunk
-            return [final] if final else []
-        deltas.append(final[len(sent):])
-        return [d for d in deltas if d]
+
+class TextStream:
+    """Turns tokens arriving one by one into text pieces whose concatenation is the decoded
+    answer; a token that ends inside a multi-byte character waits for the rest of it."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def push(self, token_id: int) -> str:
+        """The new text after `token_id` ("" while a character is incomplete)."""
+        self.ids.append(token_id)
+        text = self.engine.decode(self.ids)
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+    def finish(self, token_ids: Sequence[int]) -> str:
+        """The rest of the final answer `token_ids` not sent yet."""
+        final = self.engine.decode(token_ids)
+        if not final.startswith(self.sent):  # not prefix-stable (never seen with byte-level BPE)
+            raise ValueError("streamed text is not a prefix of the answer")
+        return final[len(self.sent):]
