@@ -1,0 +1,49 @@
+"""Training from a Hugging Face directory: LLark token extension, id checks, a short real run."""
+
+import json
+
+import pytest
+from flax import nnx
+from tokenizer_fixtures import make_base_tokenizer
+from train_helpers import tiny_config
+
+from llark_jax.checkpoints.hf import save_llama
+from llark_jax.model.llama import Llama, LlamaConfig
+from llark_jax.train.loop import train
+from llark_jax.train.pretrained import TokenIdMismatchError, llark_tokenizer
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A tiny random Llama saved as an HF directory with a real local BPE tokenizer (no pad)."""
+    path = tmp_path_factory.mktemp("tiny_hf")
+    tokenizer = make_base_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+    save_llama(Llama(cfg, rngs=nnx.Rngs(0)), path)
+    tokenizer.save_pretrained(path)
+    return path, len(tokenizer)
+
+
+def hf_config(path, n, **extra):
+    # [PAD] = n, <audio_patch> = n + 1, <audio_start> = n + 2, <audio_end> = n + 3 (spec §1.3)
+    return tiny_config(model__source="hf", model__path=str(path), model__vocab_size=str(n + 4),
+                       model__audio_patch_id=str(n + 1), model__audio_start_id=str(n + 2),
+                       model__audio_end_id=str(n + 3), **extra)
+
+
+def test_token_ids_must_match_the_config(hf_dir):
+    path, n = hf_dir
+    assert len(llark_tokenizer(hf_config(path, n).model)) == n + 4
+    wrong = tiny_config(model__source="hf", model__path=str(path))  # tiny's ids 253..255
+    with pytest.raises(TokenIdMismatchError, match="audio_start_id"):
+        llark_tokenizer(wrong.model)
+
+
+@pytest.mark.slow
+def test_train_from_hf_directory(hf_dir, tmp_path):
+    path, n = hf_dir
+    config = hf_config(path, n, train__steps="3", train__checkpoint_every="3")
+    assert train(config, tmp_path) == 0
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert len(losses) == 3 and all(4.0 < loss < 9.0 for loss in losses)  # ~ln(604) = 6.4
