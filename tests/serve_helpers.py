@@ -106,7 +106,8 @@ class ServerProcess:
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--remote-debugging-port=0", "--window-size=1100,900")
+                  "--remote-debugging-port=0", "--window-size=1100,900",
+                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 
 
 def chromium_binary() -> str:

@@ -244,6 +244,15 @@ def test_page_upload_ask_answer_screenshot(server, client, tmp_path):
         artifacts.mkdir(exist_ok=True)
         shot = page.call("Page.captureScreenshot", format="png")["data"]
         (artifacts / "serve_page.png").write_bytes(base64.b64decode(shot))
+
+        # record from Chromium's fake microphone: the page converts it to WAV and uploads it
+        page.js("document.getElementById('record').click()")
+        page.wait_for("document.getElementById('record').textContent === 'Stop'")
+        time.sleep(1.5)
+        page.js("document.getElementById('record').click()")
+        status = page.wait_for("(s => s.includes('recording.wav') && !s.includes('checking') ? s"
+                               " : '')(document.getElementById('clip-status').textContent)")
+        assert "ready" in status, status
     finally:
         browser.close()
     uploaded = client.files.create(file=clip_path.open("rb"), purpose="user_data")
