@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.param_dtype = "float32"  # master weights: float32 or bfloat16 (reference)
     config.model.dtype = "float32"  # compute dtype
     config.model.remat = False
+    config.model.scan_layers = False  # lax.scan over layers: one compiled body (big models)
     config.model.trainable = "llark_reference"  # preset of llark_jax.model.trainable
     config.model.vocab_size = 0  # hf: vocabulary after the LLark token extension (0 = file)
 

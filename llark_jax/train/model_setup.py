@@ -43,7 +43,7 @@ def llama_config(model_cfg: ml_collections.ConfigDict) -> LlamaConfig:
     overrides the file's vocabulary: the size after the LLark token extension (32004 for Llama-2).
     """
     policy = dict(dtype=dtype_of(model_cfg.dtype), param_dtype=dtype_of(model_cfg.param_dtype),
-                  remat=model_cfg.remat)
+                  remat=model_cfg.remat, scan_layers=model_cfg.scan_layers)
     if model_cfg.source == "random":
         return LlamaConfig(**model_cfg.llama.to_dict(), **policy)
     if model_cfg.vocab_size > 0:

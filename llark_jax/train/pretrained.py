@@ -30,7 +30,8 @@ def _dtypes(model_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     from llark_jax.train.model_setup import dtype_of
 
     return {"dtype": dtype_of(model_cfg.param_dtype),
-            "compute_dtype": dtype_of(model_cfg.dtype), "remat": model_cfg.remat}
+            "compute_dtype": dtype_of(model_cfg.dtype), "remat": model_cfg.remat,
+            "scan_layers": model_cfg.scan_layers}
 
 
 def load_base(model_cfg: ml_collections.ConfigDict) -> tuple[Llama, Any]:
