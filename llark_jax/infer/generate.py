@@ -105,9 +105,13 @@ def _sample_nucleus(logits_bv, keys_b2, step, temperature, top_p):
     return jax.vmap(jax.random.categorical)(step_keys, logits_bv).astype(jnp.int32)
 
 
-def _next_token(logits_bv, keys_b2, step, temperature, top_p):
-    """Greedy argmax when temperature == 0, else a nucleus sample (one compiled program for both:
-    temperature and top_p are traced scalars)."""
+def next_token(
+    logits_bv: jax.Array, keys_b2: jax.Array, step: jax.Array | int, temperature: jax.Array | float,
+    top_p: jax.Array | float,
+) -> jax.Array:
+    """Next token ids [B] int32 from logits [B, V]: greedy argmax when temperature == 0, else a
+    nucleus sample with each row's key data [B, 2] folded with `step` (one compiled program for
+    both: temperature and top_p may be traced scalars)."""
     return jax.lax.cond(
         temperature > 0,
         _sample_nucleus,
@@ -148,7 +152,7 @@ def _generate_batch(
 
     def body(carry):
         step, cache, logits_bv, out_bn, recent_bl, done_b, n_out_b, reason_b = carry
-        token_b = _next_token(logits_bv, keys_b2, step, temperature, top_p)
+        token_b = next_token(logits_bv, keys_b2, step, temperature, top_p)
         out_bn = out_bn.at[:, step].set(jnp.where(done_b, 0, token_b))
         recent_bl = jnp.concatenate([recent_bl[:, 1:], token_b[:, None]], axis=1)
         matches_bn = (

@@ -5,7 +5,7 @@
 runs here, alone: the host loop gets every token as soon as it is sampled and hands it to
 `on_token`. The computation mirrors `Generator` for a batch of one (same length bucket, cache
 length, LLark splice, per-prompt PRNG stream `fold_in(fold_in(PRNGKey(seed), 0), step)` and
-`_next_token`), so the streamed answer equals the non-streamed one.
+`next_token`), so the streamed answer equals the non-streamed one.
 
 Stop sequences: a token that could begin (or continue) the template's stop sequence is held back
 until the sequence is either completed (the held tokens are dropped: finish "stop") or broken
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llark_jax.infer.generate import Generation, Prompt, SamplingConfig, _next_token, bucket_length
+from llark_jax.infer.generate import Generation, Prompt, SamplingConfig, bucket_length, next_token
 from llark_jax.model.llama import init_cache
 
 
@@ -51,7 +51,7 @@ def _step(graphdef, state, token_b, cache):
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _sample(logits_bv, keys_b2, step, temperature: float, top_p: float):
-    return _next_token(logits_bv, keys_b2, step, temperature, top_p)
+    return next_token(logits_bv, keys_b2, step, temperature, top_p)
 
 
 class StreamDecoder:
