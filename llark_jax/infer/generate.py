@@ -145,8 +145,11 @@ def _generate_batch(
     else:
         x_btd = model.embed_inputs(input_ids_bt, audio, frame_index_bt)
     cache = init_cache(llama.config, b, t + max_new_tokens)
-    logits_btv, cache = llama.decode_embeddings(x_btd, attention_mask_bt=mask_bt, cache=cache)
-    logits_bv = logits_btv[jnp.arange(b), jnp.sum(mask_bt, axis=1) - 1]
+    last_b = jnp.sum(mask_bt, axis=1) - 1
+    logits_b1v, cache = llama.decode_embeddings(
+        x_btd, attention_mask_bt=mask_bt, cache=cache, logits_at_b=last_b
+    )
+    logits_bv = logits_b1v[:, 0]
     stop_len = stop_table_nl.shape[1]
     stop_lengths_n = jnp.sum(stop_valid_nl, axis=1)
 

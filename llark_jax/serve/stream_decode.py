@@ -37,8 +37,10 @@ def _prefill(graphdef, state, input_ids_bt, mask_bt, audio, frame_index_bt, cach
     else:
         x_btd = model.embed_inputs(input_ids_bt, audio, frame_index_bt)
     cache = init_cache(llama.config, b, cache_len)
-    logits_btv, cache = llama.decode_embeddings(x_btd, attention_mask_bt=mask_bt, cache=cache)
-    return logits_btv[jnp.arange(b), jnp.sum(mask_bt, axis=1) - 1], cache
+    logits_b1v, cache = llama.decode_embeddings(
+        x_btd, attention_mask_bt=mask_bt, cache=cache, logits_at_b=jnp.sum(mask_bt, axis=1) - 1
+    )
+    return logits_b1v[:, 0], cache
 
 
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(3,))
