@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llark_jax.checkpoints.gguf import default_gguf_path, load_gguf_llama, unpermute_rows
-from llark_jax.model.greedy import greedy_generate
+from llark_jax.infer.generate import Generator, Prompt, SamplingConfig
 
 PROMPT = "What is the capital of France? Answer in one sentence."
 
@@ -50,17 +50,22 @@ def test_smollm2_gguf_logits_and_greedy_text_match_torch(smollm2):
                                         add_generation_prompt=True, return_dict=False)
     ids = np.asarray([ids], np.int32)
     eos = tokenizer.eos_token_id
-    ours, our_logits = greedy_generate(model, jnp.asarray(ids), max_new_tokens=32, eos_id=eos,
-                                       return_logits=True)
+    [output] = Generator(model, SamplingConfig(max_new_tokens=32, eos_ids=(eos,)), batch_size=1,
+                         length_buckets=(ids.shape[1],)).generate([Prompt(ids[0])])
     with torch.no_grad():
         ref = torch_model.generate(torch.from_numpy(ids).long(), max_new_tokens=32,
                                    do_sample=False, output_logits=True,
                                    return_dict_in_generate=True, pad_token_id=eos)
     ref_tokens = ref.sequences[0, ids.shape[1]:].numpy()
     n = len(ref_tokens)
-    np.testing.assert_array_equal(np.asarray(ours)[0, :n], ref_tokens)
+    ended = ref_tokens[-1] == eos
+    assert output.finish_reason == ("eos" if ended else "length")
+    np.testing.assert_array_equal(output.token_ids, ref_tokens[: n - 1] if ended else ref_tokens)
+    # the logits that chose each token: one uncached forward over prompt + continuation
+    full_ids = np.concatenate([ids[0], ref_tokens[: n - 1]])[None]
+    our_logits = np.asarray(model(jnp.asarray(full_ids)))[0, ids.shape[1] - 1 :]
     ref_logits = torch.stack(ref.logits, dim=1)[0].numpy()
-    diff = np.abs(np.asarray(our_logits)[0, :n] - ref_logits).max()
+    diff = np.abs(our_logits - ref_logits).max()
     scale = np.abs(ref_logits).max()
     print(f"SmolLM2 GGUF: {n} tokens, max|diff| {diff:.2e}, max|logit| {scale:.1f}")
     assert diff <= 1e-4 * scale

@@ -25,7 +25,7 @@ from llama_helpers import (
 )
 
 from llark_jax.checkpoints.hf import load_llama
-from llark_jax.model.greedy import decode_step, greedy_generate, prefill
+from llark_jax.infer.generate import Generator, Prompt, SamplingConfig
 from llark_jax.model.llama import init_cache
 
 FP32_REL_TOL = 1e-4
@@ -40,6 +40,13 @@ def forward(model, ids, mask):
 @nnx.jit
 def forward_packed(model, ids, segment_ids):
     return model(ids, segment_ids=segment_ids)
+
+
+@nnx.jit
+def forward_cached(model, ids, mask, cache, logits_at=None):
+    """Cached call on token ids [B, T] (mask None = all real) -> (logits, advanced cache)."""
+    return model.decode_embeddings(model.embed_tokens(ids), attention_mask_bt=mask, cache=cache,
+                                   logits_at_b=logits_at)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +82,11 @@ def test_logits_match_torch(reference, name):
 def test_greedy_continuation_matches_torch(reference, name):
     tm, _, model = reference(name)
     ids, mask = random_batch(V, [310, 300], seed=2)
-    ours = np.asarray(greedy_generate(model, jnp.asarray(ids), jnp.asarray(mask),
-                                      max_new_tokens=32))
+    generator = Generator(model, SamplingConfig(max_new_tokens=32), batch_size=2,
+                          length_buckets=(ids.shape[1],))
+    outputs = generator.generate([Prompt(ids[row, :n]) for row, n in enumerate(mask.sum(1))])
+    ours = np.asarray([output.token_ids for output in outputs])
+    assert ours.shape == (2, 32)
     for row, n in enumerate(mask.sum(1)):
         prompt = torch.from_numpy(ids[row : row + 1, :n]).long()
         with torch.no_grad():
@@ -96,15 +106,20 @@ def test_kv_cache_decode_equals_full_forward(reference):
         full_ids[row, n : n + steps] = new_tokens[row]
     full = np.asarray(forward(model, jnp.asarray(full_ids), jnp.asarray(full_mask)))
 
-    cache = init_cache(model.config, 2, ids.shape[1] + steps)
-    logits, cache = prefill(model, jnp.asarray(ids), jnp.asarray(mask), cache)
+    empty = init_cache(model.config, 2, ids.shape[1] + steps)
+    last, _ = forward_cached(model, jnp.asarray(ids), jnp.asarray(mask), empty,
+                             jnp.asarray(mask.sum(1) - 1))
+    assert last.shape == (2, 1, model.config.padded_vocab_size)
+    logits, cache = forward_cached(model, jnp.asarray(ids), jnp.asarray(mask), empty)
     logits = np.asarray(logits)
     for row, n in enumerate(lengths):
         _assert_close(logits[row, :n], full[row, :n], np.ones((n,), bool))
+        np.testing.assert_allclose(np.asarray(last)[row, 0], logits[row, n - 1], rtol=0, atol=1e-5)
     for k in range(steps):
-        step_logits, cache = decode_step(model, jnp.asarray(new_tokens[:, k]), cache)
+        step_logits, cache = forward_cached(model, jnp.asarray(new_tokens[:, k : k + 1]), None,
+                                            cache)
         for row, n in enumerate(lengths):
-            _assert_close(np.asarray(step_logits)[row], full[row, n + k], np.ones((V,), bool))
+            _assert_close(np.asarray(step_logits)[row, 0], full[row, n + k], np.ones((V,), bool))
     assert int(cache.index) == ids.shape[1] + steps
 
 
