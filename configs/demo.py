@@ -24,22 +24,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.source = "gguf"  # gguf (SmolLM2) | random (tiny test LM)
     config.model.audio_dim = 160  # mel encoder width
-    config.model.trainable = "projector_only"  # llark_jax.model.trainable preset
+    config.model.trainable = "llark_reference"  # llark_jax.model.trainable preset
 
     config.data = ml_collections.ConfigDict()
-    config.data.system_prompt = "You are a music expert."
+    config.data.system_prompt = ""  # ChatML system turn left empty: shorter sequences
     config.data.questions = "paper"  # paper: train on the three eval prompts only; all: every pair
     config.data.batch_size = 4
-    config.data.seq_len = 256
+    config.data.seq_len = 144  # ~3 packed examples per row
     config.data.segments = 8  # audio slots per packed row
 
     config.train = ml_collections.ConfigDict()
-    config.train.steps = 300
+    config.train.steps = 120
 
     config.optim = ml_collections.ConfigDict()
-    config.optim.peak_lr = 1e-3  # projector
-    config.optim.lm_peak_lr = 1e-4  # other trained groups of the preset
-    config.optim.warmup_steps = 20
+    config.optim.peak_lr = 2e-3  # projector
+    config.optim.lm_peak_lr = 2e-4  # other trained groups of the preset
+    config.optim.warmup_steps = 10
     config.optim.warmup_ratio = 0.03
     config.optim.b1 = 0.9
     config.optim.b2 = 0.999

@@ -40,9 +40,10 @@ from llark_jax.config import load_config, split_overrides
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.py"
 STAGES = ("synth", "crop", "annotate", "instruct", "embed", "records", "train", "eval", "report")
-# Config sections each stage depends on (a change there reruns it and everything after).
-STAGE_KEYS = {"synth": ("seed", "dataset"), "crop": ("stages",), "embed": ("stages",),
-              "train": ("model", "data", "train", "optim"), "eval": ("eval",)}
+# Config entries each stage's output depends on (a change reruns it and every later stage).
+STAGE_KEYS = {"synth": ("seed", "dataset"), "instruct": ("data.questions",),
+              "embed": ("stages.temporal_pool",), "train": ("model", "data", "train", "optim"),
+              "eval": ("eval",)}
 TRUTH_FIELDS = ("tempo", "key", "time_signature", "instruments", "chords")
 log = logging.getLogger("llark_jax.demo")
 
@@ -70,11 +71,14 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _config_hash(config: ml_collections.ConfigDict, stage: str) -> str:
-    """Hash of the config sections this stage and all earlier ones depend on."""
-    keys: list[str] = []
+    """Hash of the config entries this stage and all earlier ones depend on."""
+    data = {}
     for name in STAGES[: STAGES.index(stage) + 1]:
-        keys += STAGE_KEYS.get(name, ())
-    data = {k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]) for k in keys}
+        for key in STAGE_KEYS.get(name, ()):
+            node: Any = config
+            for part in key.split("."):
+                node = node[part]
+            data[key] = node.to_dict() if hasattr(node, "to_dict") else node
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -122,6 +122,7 @@ def train_demo(config: ml_collections.ConfigDict, model: LLark, tokenizer: Any,
                                            "lr": float(metrics["lr"]),
                                            "grad_norm": float(metrics["grad_norm"]),
                                            "seconds": time.perf_counter() - began}) + "\n")
+            metrics_file.flush()
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
             bar.update()
     nnx.update(model, state["params"])
