@@ -96,6 +96,29 @@ def _pipeline(r: dict) -> list[str]:
                    "headroom vs a host's step"], rows)
 
 
+def _profile(r: dict) -> list[str]:
+    rows = [[name, f"{p['seconds']:.2f}", f"{p['share_of_step']:.0%}",
+             f"{p['gflops']:.0f}" if p["gflops"] else "-"] for name, p in r["parts"].items()]
+    head = [f"shape ({r['shape']}), {r['dtype']}, batch {r['batch']}x{r['seq_len']}; parts "
+            "jitted separately (`bench/profile_step.py`); layers + head_loss + optimizer = "
+            f"{r['parts_sum_check']:.0%} of the step.", ""]
+    return head + _table(["part", "seconds", "share of step", "GFLOP/s"], rows)
+
+
+def _levers(r: dict) -> list[str]:
+    c = r["compile_cache"]
+    rows = [["persistent compilation cache (compile of the step)",
+             f"cold {c['cold_compile_s']:.1f} s -> warm {c['warm_compile_s']:.1f} s",
+             f"{c['speedup']:.1f}x faster start"]]
+    for name, v in r["step_variants"].items():
+        if name != "default":
+            rows.append([f"step with {name.replace('_', ' ')} (vs default)",
+                         f"{v['min']:.2f} s vs {r['step_variants']['default']['min']:.2f} s",
+                         f"{v['relative_to_default']:.2f}x the default's time"])
+    return [f"shape ({r['shape']}), fp32 (`bench/levers.py`)", ""] + _table(
+        ["lever", "measured", "effect"], rows)
+
+
 def render(results: dict, info: dict) -> str:
     """The whole RESULTS.md text."""
     out = [
@@ -123,6 +146,10 @@ def render(results: dict, info: dict) -> str:
         *_peak(results),
         "",
     ]
+    if "profile" in results:
+        out += ["### Profile of the step", "", *_profile(results["profile"]), ""]
+    if "levers" in results:
+        out += ["### Levers", "", *_levers(results["levers"]), ""]
     if "generate" in results:
         out += ["## Decode (KV cache)", "", *_generate(results["generate"]), ""]
     if "plan" in results:

@@ -25,6 +25,8 @@ BENCHMARKS = {
     "train_a": ["bench/train_step.py", "--shape", "a"],
     "train_a_bf16": ["bench/train_step.py", "--shape", "a", "--dtype", "bfloat16", "--rounds", "2"],
     "train_b": ["bench/train_step.py", "--shape", "b", "--rounds", "2"],
+    "profile": ["bench/profile_step.py", "--shape", "a"],
+    "levers": ["bench/levers.py", "--shape", "a"],
     "generate": ["bench/generate.py"],
     "plan": ["bench/plan.py"],
     "pipeline": ["bench/pipeline.py"],

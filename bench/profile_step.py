@@ -1,0 +1,171 @@
+"""Where the train step's time goes: its parts timed separately, interleaved, in one process.
+
+    python bench/profile_step.py [--shape a] [--dtype float32] [--rounds 3] [--json out.json]
+
+Parts (each its own `jax.jit`, forward + backward where it trains):
+  step        the whole step (`bench/train_step.py`)
+  grad        loss + gradients of every parameter (no optimizer)
+  forward     loss only
+  optimizer   clip + AdamW update of every parameter from given gradients
+  layers      all decoder layers, forward + backward (input gradient + weight gradients)
+  head_loss   final norm + lm_head + masked cross-entropy, forward + backward
+  attention   the attention core of all layers (scores, mask, softmax, values), fwd + bwd
+Prints seconds (best of rounds), the share of `step`, analytic FLOPs and GFLOP/s of each part.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from common import emit, interleaved
+from train_step import AUDIO_DIM, AUDIO_FRAMES, build_ours, make_batch
+
+
+def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, dict]:
+    """({part: zero-argument callable}, {part: analytic FLOPs})."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    from flax import nnx
+
+    from llark_jax.model.loss import masked_lm_loss
+    from llark_jax.train.model_setup import train_flops_per_step
+    from llark_jax.train.optim import make_optimizer
+    from llark_jax.train.step import init_train_state, make_train_step
+
+    model, cfg = build_ours(shape, dtype)
+    batch = jax.device_put(make_batch(cfg.vocab_size, batch_size, seq_len))
+    optim = ml_collections.ConfigDict(dict(peak_lr=1e-4, warmup_steps=0, warmup_ratio=0.0,
+                                           b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                                           clip_norm=1.0))
+    tx, schedule = make_optimizer(optim, total_steps=1_000_000)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    state = init_train_state(params, rest, tx)
+    step = jax.jit(make_train_step(graphdef, tx, schedule))
+
+    def loss_fn(p):
+        m = nnx.merge(graphdef, p, rest)
+        logits = m(batch["input_ids"], batch["audio"], batch["positions"],
+                   segment_ids=batch["segment_ids"], audio_frame_index=batch["audio_frame_index"],
+                   audio_mask=batch["audio_mask"])
+        return masked_lm_loss(logits, batch["labels"], batch["segment_ids"])[0]
+
+    grad = jax.jit(jax.value_and_grad(loss_fn))
+    forward = jax.jit(loss_fn)
+    grads = jax.tree.map(jnp.ones_like, params)
+    optimizer = jax.jit(lambda g, s, p: optax_apply(tx, g, s, p))
+
+    b, t, d = batch_size, seq_len, cfg.hidden_size
+    x_btd = jax.random.normal(jax.random.key(0), (b, t, d), cfg.dtype)
+    positions = batch["positions"]
+    seg = batch["segment_ids"]
+    from llark_jax.model.rope import inverse_frequencies, rotary_tables
+
+    cos, sin = rotary_tables(positions, inverse_frequencies(cfg.head_dim, cfg.rope_theta,
+                                                            cfg.rope_scaling))
+    layer_defs = [nnx.split(layer, nnx.Param, ...) for layer in model.llama.layers]
+    layer_gd = layer_defs[0][0]
+
+    def layers_loss(layer_params, x):
+        for (_, _, lrest), lp in zip(layer_defs, layer_params, strict=True):
+            x = nnx.merge(layer_gd, lp, lrest)(x, cos, sin, seg)[0]
+        return jnp.sum(x.astype(jnp.float32))
+
+    layers = jax.jit(jax.grad(layers_loss, argnums=(0, 1)))
+    layer_params = [lp for _, lp, _ in layer_defs]
+
+    head_gd, head_params, head_rest = nnx.split(model.llama, nnx.Param, ...)
+
+    def head_loss(hp, x):
+        llama = nnx.merge(head_gd, hp, head_rest)
+        logits = llama._logits(llama.final_norm(x))
+        return masked_lm_loss(logits, batch["labels"], seg)[0]
+
+    head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
+
+    n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = jax.random.normal(jax.random.key(1), (cfg.num_layers, b, t, n, h), cfg.dtype)
+    kv = jax.random.normal(jax.random.key(2), (cfg.num_layers, 2, b, t, k, h), cfg.dtype)
+
+    def attention_loss(q, kv):
+        total = 0.0
+        for i in range(cfg.num_layers):
+            out = attention_core(q[i], kv[i, 0], kv[i, 1], seg, cfg)
+            total = total + jnp.sum(out.astype(jnp.float32))
+        return total
+
+    attention = jax.jit(jax.grad(attention_loss, argnums=(0, 1)))
+
+    fns = {
+        "step": lambda: step(state, batch)[1]["loss"].block_until_ready(),
+        "grad": lambda: grad(params)[0].block_until_ready(),
+        "forward": lambda: forward(params).block_until_ready(),
+        "optimizer": lambda: jax.block_until_ready(optimizer(grads, state["opt_state"], params)),
+        "layers": lambda: jax.block_until_ready(layers(layer_params, x_btd)),
+        "head_loss": lambda: jax.block_until_ready(head(head_params, x_btd)),
+        "attention": lambda: jax.block_until_ready(attention(q, kv)),
+    }
+    tokens = b * t
+    total = train_flops_per_step(cfg, audio_dim=AUDIO_DIM, batch=b, seq_len=t,
+                                 audio_frames=AUDIO_FRAMES)
+    attn_flops = 12 * cfg.num_layers * n * h * t * tokens
+    layer_matmul = cfg.num_layers * (d * h * (2 * n + 2 * k) + 3 * d * cfg.intermediate_size)
+    flops = {
+        "step": total, "grad": total, "forward": total / 3,
+        "optimizer": 0.0,
+        "layers": 6 * layer_matmul * tokens + attn_flops,
+        "head_loss": 6 * d * cfg.padded_vocab_size * tokens,
+        "attention": attn_flops,
+    }
+    return fns, flops
+
+
+def optax_apply(tx, grads, opt_state, params):
+    import optax
+
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def attention_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, cfg):
+    """The masked softmax attention of `llark_jax.model.llama.Attention` (no projections)."""
+    import jax
+    import jax.numpy as jnp
+
+    t = q_btnh.shape[1]
+    allowed = ((jnp.arange(t)[None, None, :] <= jnp.arange(t)[None, :, None])
+               & (segment_ids_bt[:, None, :] == segment_ids_bt[:, :, None]))
+    g = cfg.num_heads // cfg.num_kv_heads
+    q = q_btnh.reshape(*q_btnh.shape[:2], cfg.num_kv_heads, g, cfg.head_dim)
+    s = jnp.einsum("btkgh,bskh->bkgts", q, k_bskh,
+                   preferred_element_type=jnp.float32) * cfg.head_dim**-0.5
+    s = jnp.where(allowed[:, None, None], s, -1e30)
+    p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", p, v_bskh)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="a")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    fns, flops = parts(args.shape, args.dtype, args.batch, args.seq_len)
+    times = interleaved(fns, args.rounds)
+    step_s = times["step"]["min"]
+    table = {name: {"seconds": t["min"], "median": t["median"], "share_of_step": t["min"] / step_s,
+                    "gflops": flops[name] / t["min"] / 1e9} for name, t in times.items()}
+    emit({"benchmark": "profile_step", "shape": args.shape, "dtype": args.dtype,
+          "batch": args.batch, "seq_len": args.seq_len, "parts": table,
+          "parts_sum_check": float(np.sum([table[p]["seconds"] for p in
+                                           ("layers", "head_loss", "optimizer")]) / step_s)},
+         args.json)
+
+
+if __name__ == "__main__":
+    main()
