@@ -18,7 +18,7 @@ from jax.sharding import Mesh, PartitionSpec
 from llama_helpers import TINY, cached_checkpoint, make_torch_llama, random_batch, torch_logits
 
 from llark_jax.checkpoints.hf import load_config, load_llama, save_llama
-from llark_jax.checkpoints.tokens import extend_with_llark_tokens
+from llark_jax.checkpoints.tokens import extend_tokenizer, extend_with_llark_tokens
 from llark_jax.model.llama import param_logical_axes
 from llark_jax.model.sharding import DEFAULT_RULES, logical_rules, logical_to_spec
 
@@ -151,6 +151,15 @@ def test_llark_tokens_reuse_existing_pad():
     assert model.config.vocab_size == V + 3 and model.embed[...].shape[0] == 512
     logits = np.asarray(nnx.jit(lambda m, ids: m(ids))(model, jnp.zeros((1, 2), jnp.int32)))
     assert logits.shape == (1, 2, 512) and np.all(logits[..., V + 3 :] < -1e29)
+
+
+@pytest.mark.parametrize("with_pad", [False, True])
+def test_extend_tokenizer_alone_gives_the_model_extension_ids(with_pad):
+    model = load_llama(cached_checkpoint("mqa_linear"))
+    with_model = _word_tokenizer(V, with_pad=with_pad)
+    alone = _word_tokenizer(V, with_pad=with_pad)
+    assert extend_tokenizer(alone) == extend_with_llark_tokens(model, with_model)
+    assert alone.get_vocab() == with_model.get_vocab() and len(alone) == model.config.vocab_size
 
 
 def test_bad_checkpoints_raise_typed_errors(tmp_path):

@@ -55,6 +55,23 @@ def _set_vocab_rows(model: Llama, rows: dict[str, np.ndarray], vocab_size: int) 
     model.config = config
 
 
+def extend_tokenizer(tokenizer) -> LlarkTokenIds:
+    """Adds the LLark tokens to `tokenizer` in place, in the reference order: `[PAD]` (only if
+    it has no pad token), `<audio_patch>`, then `<audio_start>` and `<audio_end>`.
+
+    Returns their ids. `extend_with_llark_tokens` also adds the matching model rows."""
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.add_tokens([AUDIO_PATCH_TOKEN], special_tokens=True)
+    tokenizer.add_tokens([AUDIO_START_TOKEN, AUDIO_END_TOKEN], special_tokens=True)
+    return LlarkTokenIds(
+        pad=tokenizer.pad_token_id,
+        patch=tokenizer.convert_tokens_to_ids(AUDIO_PATCH_TOKEN),
+        start=tokenizer.convert_tokens_to_ids(AUDIO_START_TOKEN),
+        end=tokenizer.convert_tokens_to_ids(AUDIO_END_TOKEN),
+    )
+
+
 def extend_with_llark_tokens(model: Llama, tokenizer, *, seed: int = 0) -> LlarkTokenIds:
     """Adds the LLark tokens to `tokenizer` (a `PreTrainedTokenizerFast`) and rows to `model`.
 
@@ -72,17 +89,14 @@ def extend_with_llark_tokens(model: Llama, tokenizer, *, seed: int = 0) -> Llark
         rows[name] = (value if name == "embed" else value.T)[: cfg.vocab_size]
 
     if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
         rows = {k: _append_rows(v, v.mean(axis=0, keepdims=True)) for k, v in rows.items()}
+    ids = extend_tokenizer(tokenizer)
 
-    tokenizer.add_tokens([AUDIO_PATCH_TOKEN], special_tokens=True)
     keys = jax.random.split(jax.random.key(seed), len(names))
     for key, name in zip(keys, names, strict=True):
         d = rows[name].shape[1]
         patch_1d = cfg.initializer_range * np.asarray(jax.random.normal(key, (1, d), jnp.float32))
         rows[name] = _append_rows(rows[name], patch_1d)
-
-    tokenizer.add_tokens([AUDIO_START_TOKEN, AUDIO_END_TOKEN], special_tokens=True)
     rows = {k: _append_rows(v, np.repeat(v.mean(axis=0, keepdims=True), 2, axis=0))
             for k, v in rows.items()}
 
@@ -92,9 +106,4 @@ def extend_with_llark_tokens(model: Llama, tokenizer, *, seed: int = 0) -> Llark
             f"tokenizer grew to {len(tokenizer)} tokens but the model to {vocab_size} rows"
         )
     _set_vocab_rows(model, rows, vocab_size)
-    return LlarkTokenIds(
-        pad=tokenizer.pad_token_id,
-        patch=tokenizer.convert_tokens_to_ids(AUDIO_PATCH_TOKEN),
-        start=tokenizer.convert_tokens_to_ids(AUDIO_START_TOKEN),
-        end=tokenizer.convert_tokens_to_ids(AUDIO_END_TOKEN),
-    )
+    return ids

@@ -16,7 +16,7 @@ from llark_jax.checkpoints.tokens import (
     AUDIO_END_TOKEN,
     AUDIO_PATCH_TOKEN,
     AUDIO_START_TOKEN,
-    PAD_TOKEN,
+    extend_tokenizer,
     extend_with_llark_tokens,
 )
 from llark_jax.model.llama import Llama
@@ -72,7 +72,8 @@ def pretrained_llama(model_cfg: ml_collections.ConfigDict, seed: int) -> tuple[L
 def llark_tokenizer(model_cfg: ml_collections.ConfigDict) -> Any:
     """The extended tokenizer alone (for the data pipeline on resume, without loading weights).
 
-    Adds the tokens in the order of `extend_with_llark_tokens`; the id check guards the match.
+    `extend_tokenizer` adds the tokens exactly as `extend_with_llark_tokens` does; the id check
+    guards the match with the config.
     """
     if model_cfg.source == "hf":
         from transformers import AutoTokenizer
@@ -82,9 +83,6 @@ def llark_tokenizer(model_cfg: ml_collections.ConfigDict) -> Any:
         from llark_jax.checkpoints.gguf import load_gguf_tokenizer
 
         tokenizer = load_gguf_tokenizer(model_cfg.path or None)
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    tokenizer.add_tokens([AUDIO_PATCH_TOKEN], special_tokens=True)
-    tokenizer.add_tokens([AUDIO_START_TOKEN, AUDIO_END_TOKEN], special_tokens=True)
+    extend_tokenizer(tokenizer)
     check_token_ids(model_cfg, tokenizer)
     return tokenizer
