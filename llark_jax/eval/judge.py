@@ -161,6 +161,28 @@ def _run(jobs, model, base_url, concurrency, seed, policy, options):
     return asyncio.run(go())
 
 
+def _records(
+    items: Sequence[Any], labels: list[str], outcomes: list[dict], label_key: str, hit_key: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One record per item (id, its correct label under `label_key`, the judge's outcome, and
+    `hit_key`: whether the judge chose that label) plus the failure counts of unjudged items."""
+    records = []
+    for item, label, outcome in zip(items, labels, outcomes, strict=True):
+        record = {"item_id": item.item_id, label_key: label, **outcome}
+        if "choice" in outcome:
+            record[hit_key] = outcome["choice"] == label
+        records.append(record)
+    failures = {
+        "n_failed": sum(hit_key not in r for r in records),
+        "failures": dict(Counter(r["failed"] for r in records if "failed" in r)),
+    }
+    return records, failures
+
+
+def _messages(system: str, user: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
 def judge_musical_detail(
     items: Sequence[PairwiseItem],
     *,
@@ -184,26 +206,16 @@ def judge_musical_detail(
         )
         candidate_labels.append("A" if candidate_first else "B")
         user = f"Caption A: {a}\n\nCaption B: {b}"
-        messages = [
-            {"role": "system", "content": MUSICAL_DETAIL_PROMPT},
-            {"role": "user", "content": user},
-        ]
-        jobs.append((messages, ("A", "B")))
+        jobs.append((_messages(MUSICAL_DETAIL_PROMPT, user), ("A", "B")))
     outcomes = _run(jobs, model, base_url, concurrency, seed, policy, options)
-    records = []
-    for item, label, outcome in zip(items, candidate_labels, outcomes, strict=True):
-        record = {"item_id": item.item_id, "candidate_label": label, **outcome}
-        if "choice" in outcome:
-            record["win"] = outcome["choice"] == label
-        records.append(record)
+    records, failures = _records(items, candidate_labels, outcomes, "candidate_label", "win")
     scored = [r for r in records if "win" in r]
     by_position = {
         label: proportion_result("win", [r["win"] for r in scored if r["candidate_label"] == label])
         for label in ("A", "B")
     }
     details = {
-        "n_failed": len(records) - len(scored),
-        "failures": dict(Counter(r["failed"] for r in records if "failed" in r)),
+        **failures,
         "win_rate_candidate_shown_first": by_position["A"].value,
         "win_rate_candidate_shown_second": by_position["B"].value,
     }
@@ -266,20 +278,12 @@ def judge_audio_text_matching(
         )
         system = MATCHING_PROMPT.format(n=len(labels), labels=", ".join(labels))
         user = f"Music description: {item.description}\n\nQuestion: {item.question}\n\n{answers}"
-        jobs.append(
-            ([{"role": "system", "content": system}, {"role": "user", "content": user}], labels)
-        )
+        jobs.append((_messages(system, user), labels))
     outcomes = _run(jobs, model, base_url, concurrency, seed, policy, options)
-    records = []
-    for item, label, outcome in zip(items, true_labels, outcomes, strict=True):
-        record = {"item_id": item.item_id, "true_label": label, **outcome}
-        if "choice" in outcome:
-            record["match"] = outcome["choice"] == label
-        records.append(record)
+    records, failures = _records(items, true_labels, outcomes, "true_label", "match")
     scored = [r["match"] for r in records if "match" in r]
     details = {
-        "n_failed": len(records) - len(scored),
-        "failures": dict(Counter(r["failed"] for r in records if "failed" in r)),
+        **failures,
         "chance": 1.0 / (1 + len(items[0].distractors)) if items else float("nan"),
     }
     return proportion_result("audio_text_match_rate", scored, details), records
