@@ -153,3 +153,26 @@ def test_infer_cli_records_and_audio(checkpoint, tmp_path, capsys):
     assert main([*common, "--audio", str(tmp_path / "song.wav"), "--question", "Key?"]) == 0
     info = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert info["windows"] == 3 and info["step"] == 1
+
+
+def test_load_checkpoint_restores_only_the_model(checkpoint):
+    """The params-only restore gives the same weights as restoring the whole train state."""
+    import jax
+
+    from llark_jax.infer.cli import load_checkpoint
+    from llark_jax.train.checkpoint import TrainCheckpointer
+    from llark_jax.train.loop import TrainSetup
+
+    model, config, step = load_checkpoint(checkpoint / "work")
+    checkpointer = TrainCheckpointer(checkpoint / "work" / "checkpoints", keep=2, async_save=False)
+    setup = TrainSetup(config)
+    _, full, _ = checkpointer.restore_latest(setup.abstract_state_with_shardings())
+    abstract = setup.abstract_state_with_shardings()
+    partial = checkpointer.restore_subtrees(step, {"params": abstract["params"]})
+    checkpointer.close()
+    assert set(partial) == {"params"}
+    ours = jax.tree.leaves(nnx.state(model, nnx.Param))
+    saved = jax.tree.leaves(full["params"])
+    assert len(ours) == len(saved) == len(jax.tree.leaves(partial["params"])) > 0
+    for a, b in zip(ours, saved, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

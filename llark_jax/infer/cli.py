@@ -26,13 +26,19 @@ from llark_jax.infer.generate import SamplingConfig
 
 
 def load_checkpoint(workdir: str | Path, step: int | None = None) -> tuple[Any, Any, int]:
-    """(LLark model, config, step) from a training workdir (newest step unless `step`)."""
+    """(LLark model, config, step) from a training workdir (newest step unless `step`).
+
+    Only the model (params + other model state) is restored, on the config's mesh; the
+    optimizer state saved with it is never read."""
+    import jax
     import ml_collections
     import orbax.checkpoint as ocp
     from flax import nnx
 
     from llark_jax.train.checkpoint import TrainCheckpointer
-    from llark_jax.train.loop import TrainSetup
+    from llark_jax.train.mesh import make_mesh, rules_for
+    from llark_jax.train.model_setup import model_fn
+    from llark_jax.train.sharded_init import abstract_model, tree_shardings
 
     directory = Path(workdir) / "checkpoints"
     if not directory.is_dir():
@@ -48,13 +54,15 @@ def load_checkpoint(workdir: str | Path, step: int | None = None) -> tuple[Any, 
         manager = checkpointer.manager
         saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         config = ml_collections.ConfigDict(dict(saved["config"]))
-        setup = TrainSetup(config)
-        abstract = setup.abstract_state_with_shardings()
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        graphdef, params, rest = abstract_model(model_fn(config.model, config.seed))
+        abstract = {"params": params, "rest": rest}
+        shardings = tree_shardings(abstract, make_mesh(config.mesh.to_dict()),
+                                   rules_for(config.sharding_rules))
+        abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
         )
-        state = restored["state"]
-        model = nnx.merge(setup.graphdef, state["params"], state["rest"])
+        state = checkpointer.restore_subtrees(step, abstract)
+        model = nnx.merge(graphdef, state["params"], state["rest"])
     finally:
         checkpointer.close()
     return model, config, step

@@ -128,6 +128,21 @@ class TrainCheckpointer:
         raise NoUsableCheckpointError(f"no checkpoint in {self.directory} could be restored "
                                       f"(tried steps {steps})")
 
+    def restore_subtrees(self, step: int, abstract_subtrees: dict[str, Any]) -> dict[str, Any]:
+        """Only the given top-level entries of the saved train state at `step` (e.g.
+        `{"params": ..., "rest": ...}` for inference), restored into the abstract trees'
+        shapes/shardings; everything else (optimizer moments) is never read."""
+        args = ocp.args.PyTreeRestore(
+            item=abstract_subtrees,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subtrees),
+            partial_restore=True,
+        )
+        # A checkpointer of its own: the manager's "state" item may already be bound to the
+        # StandardCheckpointHandler (which has no partial restore).
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+            restored = checkpointer.restore(self.directory / str(step) / "state", args=args)
+        return dict(restored)
+
     def _quarantine(self, step: int) -> None:
         """Renames step dir `<step>` to `<step>.corrupt` (primary host) and reopens the manager."""
         self.manager.close()
