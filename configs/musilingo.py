@@ -41,6 +41,7 @@ def get_config(stage: str = "caption") -> ml_collections.ConfigDict:
     d.path = f"/path/to/musilingo_{stage}_tfrecords"
     d.batch_size = 32
     d.audio_frames = 250  # MERT frames per clip after pooling (divisible by temporal_pool)
+    d.encoder = "mert"  # MERT-v1-330M layer average (data_prep.encoders)
 
     t = config.train
     t.steps = 20_000 if stage == "caption" else 4_000

@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.seq_len = 32
     config.data.audio_segments = 1
     config.data.audio_frames = 4
+    config.data.encoder = "mel"  # data_prep.encoders name that made the features (infer --audio)
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 20

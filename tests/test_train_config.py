@@ -62,3 +62,13 @@ def test_mesh_shapes():
         resolve_mesh_shape({"fsdp": -1, "data": -1}, 8)
     with pytest.raises(ValueError, match="bad mesh spec"):
         parse_mesh_flag("model=8")
+
+
+def test_configs_record_their_audio_encoder():
+    from data_prep.encoders import available_encoders
+
+    encoders = {name: load_config(REPO / "configs" / f"{name}.py").data.encoder
+                for name in ("tiny", "llark_7b")}
+    encoders["musilingo"] = load_config(f"{REPO / 'configs' / 'musilingo.py'}:caption").data.encoder
+    assert encoders == {"tiny": "mel", "llark_7b": "jukebox", "musilingo": "mert"}
+    assert set(encoders.values()) <= set(available_encoders())

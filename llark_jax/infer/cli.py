@@ -9,8 +9,9 @@ model structure comes from the config saved with the checkpoint. `--tokenizer` i
 tokenizer directory holding the LLark audio tokens with the config's ids (checked); for
 `model.source` hf/gguf it defaults to the source's tokenizer extended with the LLark tokens.
 `--template` defaults to the config's `data.template`. `--audio` runs the encoder (`--encoder`,
-default mel) on the raw file, window by window (`--window-frames`, default the config's
-`data.audio_frames`); `--records` answers every question of the TFRecord shards, resumably.
+default the config's `data.encoder`, else mel) on the raw file, window by window
+(`--window-frames`, default the config's `data.audio_frames`); `--records` answers every question
+of the TFRecord shards, resumably.
 """
 
 from __future__ import annotations
@@ -121,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--records", help="directory of TFRecord shards (with --output)")
     parser.add_argument("--question", help="the question for --audio")
     parser.add_argument("--output", help="predictions JSONL for --records (resumable)")
-    parser.add_argument("--encoder", default="mel", help="audio encoder for --audio")
+    parser.add_argument(
+        "--encoder", default=None, help="audio encoder for --audio (default: config data.encoder)"
+    )
     parser.add_argument(
         "--window-frames",
         type=int,
@@ -161,7 +164,8 @@ def main(argv: list[str]) -> int:
     answerer = Answerer(model, tokenizer, template, sampling, batch_size=args.batch_size)
     if args.audio:
         window = args.window_frames or int(config.data.get("audio_frames", 250))
-        windows = encode_audio_file(args.audio, args.encoder, window)
+        encoder = args.encoder or config.data.get("encoder", "mel")
+        windows = encode_audio_file(args.audio, encoder, window)
         result = answerer.answer([request_from_windows(args.question, windows)])[0]
         print(result["answer"])
         print(json.dumps({"step": step, "windows": len(windows), **result}), file=sys.stderr)

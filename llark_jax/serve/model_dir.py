@@ -201,7 +201,7 @@ def _load_train_workdir(directory: Path, overrides: ServingOverrides) -> ServedM
     data = config.get("data", {})
     template = get_template(overrides.template or data.get("template", "fastchat_v0"), tokenizer)
     return ServedModel(model=model, tokenizer=tokenizer, template=template,
-                       encoder=overrides.encoder or "mel",
+                       encoder=overrides.encoder or data.get("encoder", "mel"),
                        feature_pool=overrides.feature_pool or 1,
                        model_name=overrides.model_name or "llark", step=step)
 
