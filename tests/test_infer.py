@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
+from llark_jax.checkpoints.tokens import extend_tokenizer
 from llark_jax.data import conversation as conv
 from llark_jax.data.records import ClipRecord, QAPair, encode_clip, frame_record
 from llark_jax.demo_lm import tiny_tokenizer
@@ -26,11 +27,8 @@ BUCKETS = (64, 128, 256)
 
 
 def llark_tokenizer():
-    tokenizer = tiny_tokenizer()
-    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
-    tokenizer.add_tokens(
-        [conv.AUDIO_PATCH_TOKEN, conv.AUDIO_START_TOKEN, conv.AUDIO_END_TOKEN], special_tokens=True
-    )
+    tokenizer = tiny_tokenizer()  # no pad token: [PAD] is added first
+    extend_tokenizer(tokenizer)
     return tokenizer
 
 

@@ -19,8 +19,8 @@ import random
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-LLARK_TOKENS = ("<audio_patch>", "<audio_start>", "<audio_end>")
-PAD_TOKEN = "[PAD]"
+from llark_jax.checkpoints.tokens import extend_tokenizer
+
 VOCAB_SIZE = 600
 
 CHATML_TEMPLATE = (
@@ -92,6 +92,5 @@ def make_base_tokenizer() -> PreTrainedTokenizerFast:
 def make_llark_tokenizer() -> PreTrainedTokenizerFast:
     """Base tokenizer + `[PAD]`, `<audio_patch>`, `<audio_start>`, `<audio_end>` (in that order)."""
     tokenizer = make_base_tokenizer()
-    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    tokenizer.add_tokens(list(LLARK_TOKENS), special_tokens=True)
+    extend_tokenizer(tokenizer)
     return tokenizer
