@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from data_prep.instruct.offline import INSTRUMENTS_PROMPT, KEY_PROMPT, TEMPO_PROMPT
 from llark_jax.data.conversation import IGNORE_INDEX, ConversationTemplate, build_example
@@ -64,7 +65,13 @@ def generate_answers(model: Any, tokenizer: Any, template: ConversationTemplate,
                 ids = prompt_ids(tokenizer, template, question, len(audio))
                 prompts.append(Prompt(ids, np.asarray(audio, np.float32)))
                 keys.append((condition, task))
-    generations = generator.generate(prompts)
+    generations = []
+    chunk = 4 * batch_size  # progress granularity; outputs do not depend on batch composition
+    with tqdm(total=len(prompts), desc="eval", unit="answer") as bar:
+        for start in range(0, len(prompts), chunk):
+            generations += generator.generate(prompts[start : start + chunk],
+                                              keys=range(start, min(start + chunk, len(prompts))))
+            bar.update(min(chunk, len(prompts) - start))
     answers: dict[str, dict[str, list[str]]] = {c: {t: [] for t in PROMPTS} for c in CONDITIONS}
     for (condition, task), generation in zip(keys, generations, strict=True):
         text = tokenizer.decode(generation.token_ids, skip_special_tokens=True).strip()

@@ -108,7 +108,7 @@ def write_report_files(report: dict[str, Any], out_dir: Path, truth: Sequence[Ma
     own = answers["audio"]
     plots = [
         plot_grounding(report, out_dir / "grounding.png"),
-        plot_key_confusion([t["key"] for t in truth],
+        plot_key_confusion([parse_key(t["key"]) for t in truth],
                            [parse_key(strip_completion(a)) for a in own["key"]],
                            out_dir / "key_confusion.png"),
         plot_tempo_scatter([float(t["tempo"]) for t in truth],
