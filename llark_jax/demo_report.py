@@ -66,11 +66,11 @@ def plot_grounding(report: Mapping[str, Any], path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     x = np.arange(len(HEADLINE))
-    for offset, condition, colour in ((-0.18, "audio", "tab:blue"),
-                                      (0.18, "shuffled", "tab:gray")):
+    for offset, condition, colour, label in ((-0.18, "audio", "tab:blue", "own audio"),
+                                             (0.18, "shuffled", "tab:gray", "shuffled audio")):
         values = np.array([report[m][condition] for m in HEADLINE])
         ci = np.array([report[m][f"{condition}_ci95"] for m in HEADLINE])
-        ax.bar(x + offset, values, 0.36, color=colour, label=f"{condition} audio",
+        ax.bar(x + offset, values, 0.36, color=colour, label=label,
                yerr=[values - ci[:, 0], ci[:, 1] - values], capsize=4)
     ax.set_xticks(x, HEADLINE)
     ax.set_ylim(0, 1)
