@@ -69,26 +69,39 @@ def greedy_match(cand_ch: np.ndarray, ref_rh: np.ndarray) -> tuple[float, float,
 class BertScorer:
     """A loaded backbone. `backbone` names it (model folder @ layer) for every reported score."""
 
-    def __init__(self, model_dir: str | Path | None = None, layer: int | None = None,
-                 batch_size: int = 32, device: str = "cpu"):
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        layer: int | None = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+    ):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         offline = model_dir is None
         self.model_dir = offline_model_dir() if offline else Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{self.model_dir}: no config.json (a Hugging Face model "
-                                    "folder is expected)")
+            raise FileNotFoundError(
+                f"{self.model_dir}: no config.json (a Hugging Face model folder is expected)"
+            )
         self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
-        prefix_space = {"add_prefix_space": True} if self.model.config.model_type in (
-            "roberta", "gpt2", "bart", "longformer") else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True,
-                                                       **prefix_space)
+        prefix_space = (
+            {"add_prefix_space": True}
+            if self.model.config.model_type in ("roberta", "gpt2", "bart", "longformer")
+            else {}
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.model_dir, local_files_only=True, **prefix_space
+        )
         self.model.eval().requires_grad_(False).to(device)
         config = self.model.config
         n_layers = config.num_hidden_layers
-        self.layer = layer if layer is not None else DEFAULT_LAYERS.get(
-            (config.model_type, n_layers), n_layers)
+        self.layer = (
+            layer
+            if layer is not None
+            else DEFAULT_LAYERS.get((config.model_type, n_layers), n_layers)
+        )
         if not 0 <= self.layer <= n_layers:
             raise ValueError(f"layer {self.layer} outside [0, {n_layers}] for {self.model_dir}")
         self.batch_size, self.device, self._torch = batch_size, device, torch
@@ -100,8 +113,13 @@ class BertScorer:
         out: list[np.ndarray] = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
-            enc = self.tokenizer(batch, padding=True, truncation=True, return_tensors="pt",
-                                 return_special_tokens_mask=True)
+            enc = self.tokenizer(
+                batch,
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
+                return_special_tokens_mask=True,
+            )
             keep_bt = (enc.pop("special_tokens_mask") == 0) & (enc["attention_mask"] == 1)
             with self._torch.no_grad():
                 states = self.model(**enc.to(self.device), output_hidden_states=True)
@@ -110,8 +128,9 @@ class BertScorer:
             out.extend(h_bth[b][keep_bt[b]].numpy() for b in range(len(batch)))
         return out
 
-    def score(self, candidates: Sequence[str],
-              references: Sequence[str | Sequence[str]]) -> np.ndarray:
+    def score(
+        self, candidates: Sequence[str], references: Sequence[str | Sequence[str]]
+    ) -> np.ndarray:
         """float64 [N, 3]: (P, R, F) per candidate, best-F reference when there are several."""
         if len(candidates) != len(references):
             raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
@@ -126,19 +145,25 @@ class BertScorer:
         return np.asarray(scores, np.float64).reshape(-1, 3)
 
 
-def bertscore(candidates: Sequence[str], references: Sequence[str | Sequence[str]],
-              scorer: BertScorer | None = None) -> dict[str, MetricResult]:
+def bertscore(
+    candidates: Sequence[str],
+    references: Sequence[str | Sequence[str]],
+    scorer: BertScorer | None = None,
+) -> dict[str, MetricResult]:
     """{"bertscore_precision", "bertscore_recall", "bertscore_f1"} (0-1) with bootstrap 95%
     intervals; details name the backbone. `scorer` defaults to the offline backbone."""
     scorer = scorer or BertScorer()
     prf_n3 = scorer.score(candidates, references)
     details = {"backbone": scorer.backbone}
-    return {name: mean_result(name, prf_n3[:, i], details)
-            for i, name in enumerate(("bertscore_precision", "bertscore_recall", "bertscore_f1"))}
+    return {
+        name: mean_result(name, prf_n3[:, i], details)
+        for i, name in enumerate(("bertscore_precision", "bertscore_recall", "bertscore_f1"))
+    }
 
 
-def paper_code_scores(predictions: Sequence[str],
-                      references: Sequence[str | Sequence[str]]) -> dict[str, Any]:
+def paper_code_scores(
+    predictions: Sequence[str], references: Sequence[str | Sequence[str]]
+) -> dict[str, Any]:
     """Per-item B-U, M-R, R-L as MusiLingo's `qa.py` computes them (0-1 floats); "meteor" is
     {"unavailable": reason} without the nltk WordNet corpus."""
     import warnings
@@ -159,17 +184,25 @@ def paper_code_scores(predictions: Sequence[str],
         "rouge_l_recall": [rouge.score(ref, cand)["rougeL"].recall for ref, cand in pairs],
     }
     try:
-        scores["meteor"] = [float(meteor_score([wordpunct_tokenize(ref)],
-                                               wordpunct_tokenize(cand))) for ref, cand in pairs]
+        scores["meteor"] = [
+            float(meteor_score([wordpunct_tokenize(ref)], wordpunct_tokenize(cand)))
+            for ref, cand in pairs
+        ]
     except LookupError:
-        scores["meteor"] = {"unavailable": "nltk WordNet corpus not found (nltk METEOR needs it; "
-                                           "point NLTK_DATA at a folder holding corpora/wordnet)"}
+        scores["meteor"] = {
+            "unavailable": "nltk WordNet corpus not found (nltk METEOR needs it; "
+            "point NLTK_DATA at a folder holding corpora/wordnet)"
+        }
     return scores
 
 
-def musilingo_metrics(predictions: Sequence[str], references: Sequence[str | Sequence[str]],
-                      scorer: BertScorer | None = None, protocol: str = "paper_code",
-                      meteor: bool = True) -> dict[str, Any]:
+def musilingo_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str | Sequence[str]],
+    scorer: BertScorer | None = None,
+    protocol: str = "paper_code",
+    meteor: bool = True,
+) -> dict[str, Any]:
     """MusiLingo's table columns x100: {"B-U", "M-R", "R-L", "BERT-S"} (None where unavailable),
     "protocol", "bertscore_backbone" and "details" (the underlying per-metric results)."""
     if len(predictions) != len(references) or not predictions:
@@ -177,27 +210,39 @@ def musilingo_metrics(predictions: Sequence[str], references: Sequence[str | Seq
     if protocol not in ("paper_code", "standard"):
         raise ValueError(f"protocol must be 'paper_code' or 'standard', got {protocol!r}")
     bert = bertscore(predictions, references, scorer)
-    row: dict[str, Any] = {"protocol": protocol,
-                           "bertscore_backbone": bert["bertscore_f1"].details["backbone"]}
+    row: dict[str, Any] = {
+        "protocol": protocol,
+        "bertscore_backbone": bert["bertscore_f1"].details["backbone"],
+    }
     if protocol == "paper_code":
         per_item = paper_code_scores(predictions, references)
-        results = {name: mean_result(name, values) for name, values in per_item.items()
-                   if isinstance(values, list)}
+        results = {
+            name: mean_result(name, values)
+            for name, values in per_item.items()
+            if isinstance(values, list)
+        }
         meteor_result = results.get("meteor")
-        row.update({"B-U": 100 * results["bleu_char"].value,
-                    "M-R": 100 * meteor_result.value if meteor_result else None,
-                    "R-L": 100 * results["rouge_l_recall"].value,
-                    "BERT-S": 100 * bert["bertscore_recall"].value,
-                    "details": {"per_item": per_item, **results, **bert}})
+        row.update(
+            {
+                "B-U": 100 * results["bleu_char"].value,
+                "M-R": 100 * meteor_result.value if meteor_result else None,
+                "R-L": 100 * results["rouge_l_recall"].value,
+                "BERT-S": 100 * bert["bertscore_recall"].value,
+                "details": {"per_item": per_item, **results, **bert},
+            }
+        )
         return row
     from llark_jax.eval.captions import caption_metrics
 
     captions = caption_metrics(predictions, references, meteor=meteor)
     meteor_result = captions.get("meteor")
-    row.update({"B-U": 100 * float(np.mean([captions[f"bleu{n}"].value for n in range(1, 5)])),
-                "M-R": 100 * meteor_result.value if isinstance(meteor_result, MetricResult)
-                else None,
-                "R-L": 100 * captions["rouge_l"].value,
-                "BERT-S": 100 * bert["bertscore_f1"].value,
-                "details": {**captions, **bert}})
+    row.update(
+        {
+            "B-U": 100 * float(np.mean([captions[f"bleu{n}"].value for n in range(1, 5)])),
+            "M-R": 100 * meteor_result.value if isinstance(meteor_result, MetricResult) else None,
+            "R-L": 100 * captions["rouge_l"].value,
+            "BERT-S": 100 * bert["bertscore_f1"].value,
+            "details": {**captions, **bert},
+        }
+    )
     return row
