@@ -114,3 +114,31 @@ def test_music_instruct_missing_and_malformed_files(tmp_path):
     (tmp_path / "music_instruct_short.json").write_text("{not json")
     with pytest.raises(DatasetFormatError, match="music_instruct_short.json"):
         _read(music_instruct.read_records, tmp_path)
+
+
+def test_jsonify_cli_reads_the_musilingo_datasets(tmp_path):
+    """`python -m data_prep jsonify --dataset musicqa` as a process; the others in-process."""
+    import subprocess
+    import sys
+
+    from data_prep.stages import jsonify
+    from data_prep.stages.runner import read_jsonl
+
+    root = write_musicqa(tmp_path / "mqa", {
+        "Finetune": [musicqa_item("000001.wav", "Describe the audio", "Rock.")],
+        "Eval": [musicqa_item("012542.wav", "Genre?", "Post-rock.")]})
+    out = tmp_path / "musicqa.jsonl"
+    subprocess.run([sys.executable, "-m", "data_prep", "jsonify", "--dataset", "musicqa",
+                    "--root", str(root), "--output", str(out)], check=True)
+    rows = read_jsonl(out)
+    assert [(r["id"], r["split"], r["metadata"]["qa"][0]["answer"]) for r in rows] == [
+        ("000001", "train", "Rock."), ("012542", "test", "Post-rock.")]
+
+    lp = write_lp_musiccaps(tmp_path / "lp", {"train-00000-of-00001-a": [lp_row("TRAAAAW128F1")]})
+    mi = write_music_instruct(tmp_path / "mi", short=[mi_item("ytA", "Tempo?", "Slow.", False)],
+                              long=None)
+    for name, dataset_root, ids in (("lp-musiccaps-msd", lp, ["TRAAAAW128F1"]),
+                                    ("music-instruct", mi, ["ytA"])):
+        assert jsonify.main(["--dataset", name, "--root", str(dataset_root),
+                             "--output", str(tmp_path / f"{name}.jsonl")]) == 0
+        assert [r["id"] for r in read_jsonl(tmp_path / f"{name}.jsonl")] == ids

@@ -24,6 +24,9 @@ ADAPTERS: dict[str, str] = {
     "giantsteps-tempo": "data_prep.datasets.evalsets:read_giantsteps_tempo",
     "gtzan": "data_prep.datasets.evalsets:read_gtzan",
     "medleydb": "data_prep.datasets.evalsets:read_medleydb",
+    "lp-musiccaps-msd": "data_prep.datasets.lp_musiccaps:read_records",
+    "musicqa": "data_prep.datasets.musicqa:read_records",
+    "music-instruct": "data_prep.datasets.music_instruct:read_records",
 }
 
 Adapter = Callable[[JsonifyContext], Iterator[ClipRecord | RowSkip]]
