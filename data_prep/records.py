@@ -7,7 +7,8 @@ Joins three inputs by clip id (the schema lives in `llark_jax.data.records`):
   left out (clips without a `split` belong to every split).
 - `--qa QA.jsonl [...]`: lines (e.g. `data_prep instruct` output) naming a clip (`clip_id` or
   `id`) and either one pair (`question`, `answer`, optional `task`) or a list of pairs under `qa`
-  or `response`.
+  or `response`, or `data_prep jsonify` records whose pairs are in `metadata.qa` (MusicQA, Music
+  Instruct, LP-MusicCaps-MSD; the same file can serve as `--annotations`).
 - `--embeddings DIR`: `<clip_id>.npy` (float32 [T, D]) and optionally `<clip_id>.json` with
   `{"encoder": NAME}`.
 
@@ -71,18 +72,37 @@ def load_annotations(path: Path, split: str, problems: list[dict]) -> dict[str, 
     return clips
 
 
+def _row_pairs(row: dict[str, Any]) -> tuple[Any, bool]:
+    """(the row's list of pair dicts, whether an empty question is allowed).
+
+    A jsonify record (`python -m data_prep jsonify`) carries its pairs in `metadata.qa`; the
+    adapters write them on purpose, including LP-MusicCaps' caption pairs with question "".
+    """
+    if "qa" in row or "response" in row:
+        return row.get("qa", row.get("response")), False
+    metadata = row.get("metadata")
+    if isinstance(metadata, dict) and "qa" in metadata:
+        return metadata["qa"], True
+    return [row], False
+
+
 def load_qa(paths: list[Path], problems: list[dict]) -> dict[str, list[QAPair]]:
-    """clip id -> QA pairs in file order; malformed pairs are reported and dropped."""
+    """clip id -> QA pairs in file order; malformed pairs are reported and dropped.
+
+    Pairs come from a row's `qa` or `response` list, a jsonify record's `metadata.qa` (where the
+    question may be empty, e.g. stage-1 captions), or the row itself (`question`, `answer`).
+    """
     pairs: dict[str, list[QAPair]] = collections.defaultdict(list)
     for path, line_no, row in ((p, n, r) for p in paths for n, r in _read_jsonl(p)):
         key = _clip_key(row) if row is not None else None
-        items = (row.get("qa", row.get("response", [row])) if key is not None else None)
+        items, empty_question_ok = _row_pairs(row) if key is not None else (None, False)
         if not isinstance(items, list):
             problems.append({"clip_id": key, "kind": "bad QA row", "where": f"{path}:{line_no}"})
             continue
         for item in items:
             if isinstance(item, dict) and all(
-                isinstance(item.get(k), str) and item[k].strip() for k in ("question", "answer")
+                isinstance(item.get(k), str) and (item[k].strip() or (
+                    k == "question" and empty_question_ok)) for k in ("question", "answer")
             ):
                 task = str(item.get("task", row.get("task", "unknown")))
                 pairs[key].append(QAPair(item["question"], item["answer"], task))

@@ -142,3 +142,43 @@ def test_jsonify_cli_reads_the_musilingo_datasets(tmp_path):
         assert jsonify.main(["--dataset", name, "--root", str(dataset_root),
                              "--output", str(tmp_path / f"{name}.jsonl")]) == 0
         assert [r["id"] for r in read_jsonl(tmp_path / f"{name}.jsonl")] == ids
+
+
+def test_jsonify_records_feed_the_writer_through_metadata_qa(tmp_path):
+    """jsonify output serves as both --annotations and --qa: pairs come from `metadata.qa`
+    (LP-MusicCaps' empty stage-1 question included); a row without pairs is reported."""
+    import numpy as np
+
+    from data_prep.records import write_records
+    from data_prep.stages import jsonify
+    from llark_jax.data.records import decode_clip, iter_records
+
+    mqa = write_musicqa(tmp_path / "mqa", {"Finetune": [
+        musicqa_item("000001.wav", "Describe the audio", "Rock."),
+        musicqa_item("000001.wav", "What tempo?", "Fast.")]})
+    lp = write_lp_musiccaps(tmp_path / "lp", {"train-00000-of-00001-a": [lp_row("TRAAAAW128F1")]})
+    records = tmp_path / "records.jsonl"
+    for name, root in (("musicqa", mqa), ("lp-musiccaps-msd", lp)):
+        out = tmp_path / f"{name}.jsonl"
+        assert jsonify.main(["--dataset", name, "--root", str(root), "--output", str(out),
+                             "--split", "train"]) == 0
+        with open(records, "a") as f:
+            f.write(out.read_text())
+    with open(records, "a") as f:  # a record whose metadata.qa is not a list
+        f.write(json.dumps({"id": "broken", "split": "train", "metadata": {"qa": "x"}}) + "\n")
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    for clip_id in ("000001", "TRAAAAW128F1", "broken"):
+        np.save(emb / f"{clip_id}.npy", np.ones((3, 4), np.float32))
+
+    index = write_records(records, [records], emb, tmp_path / "out", "train", encoder="mert")
+    assert index["records"] == 2 and index["tasks"] == {"caption_pretrain": 1, "musicqa": 2}
+    clips = {c.clip_id: c for c in map(decode_clip, iter_records(
+        str(tmp_path / "out" / index["shards"][0]["file"])))}
+    assert [(p.question, p.answer) for p in clips["000001"].qa] == [
+        ("Describe the audio", "Rock."), ("What tempo?", "Fast.")]
+    assert [(p.question, p.answer, p.task) for p in clips["TRAAAAW128F1"].qa] == [
+        ("", "A calm piano piece.", "caption_pretrain")]
+    report = json.loads((tmp_path / "out" / "train-mert-report.json").read_text())
+    assert {(p["clip_id"], p["kind"]) for p in report["not_written"]} == {
+        ("broken", "bad QA row"), ("broken", "no QA pairs")}
