@@ -16,9 +16,10 @@ Audio: MERT-v1-330M features embedded with
 25 hidden states (what the released code uses) averaged over groups of 325 frames at 75 Hz: the
 released code's temporal compression, done at embedding time (exact: the layer mean, projector and
 group mean are affine), so `temporal_pool` = 1 and a 30.5 s MSD clip gives 8 audio tokens (15.5 s
-MusicQA: 4; 10 s MusicCaps / Music Instruct: 3). For the paper's learned layer weights store
-`layers=all` ([T, 25 * 1024]) once LLark can apply `llark_jax.model.layer_mix.LayerMix` before the
-projector.
+MusicQA: 4; 10 s MusicCaps / Music Instruct: 3). `model.audio_layers` stays 0 (no learned
+layer weights: the stored features are already the layer mean). For the paper's learned layer
+weights store `layers=all` ([T, 25 * 1024]) and set `model.audio_dim=25600`,
+`model.audio_layers=25` and `data.encoder_args.layers=all` (a `LayerMix` inside the projector).
 """
 
 from pathlib import Path

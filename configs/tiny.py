@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     ))
     config.model.audio_dim = 16
     config.model.temporal_pool = 1
+    config.model.audio_layers = 0  # L > 0: audio_dim = L*D stored layers, learned mix (MusiLingo)
     config.model.audio_start_id = 253
     config.model.audio_patch_id = 254
     config.model.audio_end_id = 255

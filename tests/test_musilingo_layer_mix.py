@@ -92,3 +92,96 @@ def test_grouped_storage_equals_musilingo_order():
     stored_gf = np.stack([x_tf[g].mean(0) for g in groups])
     ours_ge = np.asarray(proj(mix.mix_flat(jnp.asarray(stored_gf))))
     np.testing.assert_allclose(ours_ge, musilingo_ge, atol=1e-5)
+
+
+def _param_paths(params) -> dict[str, np.ndarray]:
+    return {"/".join(map(str, path)): np.asarray(v.get_value())
+            for path, v in nnx.to_flat_state(params)}
+
+
+def test_audio_layers_zero_leaves_the_model_unchanged():
+    """`model.audio_layers` = 0 (and a saved config without the key) builds exactly the model
+    built before the option existed: same parameters, same values, same projected frames."""
+    from train_helpers import tiny_config
+
+    from llark_jax.model.llama import Llama
+    from llark_jax.model.llark import LLark
+    from llark_jax.train.model_setup import llama_config, model_fn
+
+    config = tiny_config()
+    assert config.model.audio_layers == 0
+    _, with_key, _ = nnx.split(model_fn(config.model, 0)(), nnx.Param, ...)
+    del config.model["audio_layers"]  # a workdir config written before the key existed
+    _, without_key, _ = nnx.split(model_fn(config.model, 0)(), nnx.Param, ...)
+    rngs = nnx.Rngs(0)  # the constructor call as it was, without audio_layers
+    plain = LLark(Llama(llama_config(config.model), rngs=rngs), config.model.audio_dim,
+                  audio_start_id=253, audio_patch_id=254, audio_end_id=255, rngs=rngs)
+    _, before, _ = nnx.split(plain, nnx.Param, ...)
+    ref = _param_paths(before)
+    assert "projector/kernel" in ref and not any("layer_mix" in k for k in ref)
+    for params in (with_key, without_key):
+        got = _param_paths(params)
+        assert sorted(got) == sorted(ref)
+        for name in ref:
+            np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+    audio = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 16)), jnp.float32)
+    model = nnx.merge(*nnx.split(model_fn(config.model, 0)()))
+    np.testing.assert_array_equal(model.project_audio(audio), plain.project_audio(audio))
+
+
+def test_audio_layers_mix_in_the_projector_and_train_under_projector_only():
+    """audio_layers = 4 over audio_dim 16 (4 stored layers of 4): projector = mix_flat -> dense
+    [4, E]; with the projector_only preset the layer logits train and the LM stays frozen."""
+    from train_helpers import run_steps, tiny_config
+
+    from llark_jax.model.llark import AudioProjector
+    from llark_jax.model.sharding import logical_rules
+
+    proj = AudioProjector(16, 8, audio_layers=4, param_dtype=jnp.float32, dtype=jnp.float32,
+                          rngs=nnx.Rngs(0))
+    proj.layer_mix.logits[...] = jnp.asarray([1.0, -2.0, 0.5, 0.0])
+    assert proj.kernel.shape == (4, 8) and proj.audio_dim == 16
+    x_tf = jnp.asarray(np.random.default_rng(4).standard_normal((3, 16)), jnp.float32)
+    expected_te = proj.layer_mix.mix_flat(x_tf) @ proj.kernel[...] + proj.bias[...]
+    np.testing.assert_allclose(proj(x_tf), expected_te, atol=1e-6)
+    with pytest.raises(ValueError, match="audio_layers=3"):
+        AudioProjector(16, 8, audio_layers=3, param_dtype=jnp.float32, dtype=jnp.float32,
+                       rngs=nnx.Rngs(0))
+
+    config = tiny_config(model__audio_layers="4", model__trainable="projector_only")
+    setup, state, losses = run_steps(config, {"fsdp": 1}, 3, devices=jax.devices()[:1])
+    with logical_rules(setup.mesh, setup.rules):  # the same (seeded) initial state again
+        before = _param_paths(setup.fresh_state()["params"])
+    after = _param_paths(state["params"])
+    assert after["projector/layer_mix/logits"].shape == (4,)
+    assert not np.allclose(after["projector/layer_mix/logits"], 0.0)  # it trained
+    assert not np.allclose(after["projector/kernel"], before["projector/kernel"])
+    frozen = [k for k in before if not k.startswith("projector/")]
+    assert frozen and all(np.array_equal(after[k], before[k]) for k in frozen)
+    assert losses[-1] < losses[0]
+
+
+def test_served_model_dir_keeps_the_layer_mix(tmp_path):
+    """`save_model_dir` records audio_dim (stored width) and audio_layers; loading rebuilds the
+    mix and restores its trained logits."""
+    from tokenizer_fixtures import make_llark_tokenizer
+
+    from llark_jax.data.conversation import AudioTokenIds
+    from llark_jax.model.llama import Llama, LlamaConfig
+    from llark_jax.model.llark import LLark
+    from llark_jax.serve.model_dir import load_model_dir, save_model_dir
+
+    tokenizer = make_llark_tokenizer()
+    ids = AudioTokenIds.from_tokenizer(tokenizer)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                      num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
+    model = LLark(Llama(cfg, rngs=nnx.Rngs(0)), 4 * 6, audio_layers=4, audio_patch_id=ids.patch,
+                  audio_start_id=ids.start, audio_end_id=ids.end, rngs=nnx.Rngs(1))
+    model.projector.layer_mix.logits[...] = jnp.asarray([0.5, -1.0, 2.0, 0.0])
+    loaded = load_model_dir(save_model_dir(tmp_path / "model", model, tokenizer, encoder="mert"))
+    assert (loaded.model.projector.audio_dim, loaded.model.projector.audio_layers) == (24, 4)
+    np.testing.assert_array_equal(loaded.model.projector.layer_mix.logits[...],
+                                  [0.5, -1.0, 2.0, 0.0])
+    audio = jnp.asarray(np.random.default_rng(5).standard_normal((1, 3, 24)), jnp.float32)
+    np.testing.assert_allclose(loaded.model.project_audio(audio), model.project_audio(audio),
+                               atol=1e-6)

@@ -1,6 +1,6 @@
 """LLark: a Llama whose `<audio_patch>` token positions receive projected audio frames.
 
-    audio [B,S,T_a,D_audio] --projector (Dense + bias)--> [B,S,T_a,E]
+    audio [B,S,T_a,D_audio] --projector ([LayerMix over L layers] Dense + bias)--> [B,S,T_a,E]
         --optional MusiLingo temporal compression: mean over groups of `pool` frames--> [B,S,T',E]
         --flatten--> frames [B,F=S*T',E]
     x = embed(input_ids); x[b,t] = frames[b, audio_frame_index[b,t]] where input_ids[b,t] == patch
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llark_jax.checkpoints.tokens import extend_with_llark_tokens
+from llark_jax.model.layer_mix import LayerMix
 from llark_jax.model.llama import Llama
 
 
@@ -35,23 +36,40 @@ def _torch_linear_bias_init(fan_in: int):
 
 
 class AudioProjector(nnx.Module):
-    """Dense D_audio -> E with bias, PyTorch `nn.Linear` default init (U(+-1/sqrt(D_audio)))."""
+    """[optional LayerMix ->] Dense D -> E with bias, PyTorch `nn.Linear` default init.
 
-    def __init__(self, audio_dim: int, hidden_size: int, *, param_dtype, dtype, rngs: nnx.Rngs):
+    `audio_dim` is the stored feature width. With `audio_layers` L > 0 the features are L encoder
+    states in MERT's layer-major layout [..., T, L*D] (`data_prep.encoders.mert`, layers="all"):
+    a `LayerMix(L)` (MusiLingo's learned softmax layer weights, param `layer_mix/logits` [L])
+    reduces them to [..., T, D] first, so the dense layer is D = audio_dim / L wide. The mix lives
+    inside the projector, so every preset that trains the projector trains it too.
+    """
+
+    def __init__(self, audio_dim: int, hidden_size: int, *, audio_layers: int = 0, param_dtype,
+                 dtype, rngs: nnx.Rngs):
+        if audio_layers < 0 or (audio_layers and audio_dim % audio_layers):
+            raise ValueError(f"audio_layers={audio_layers} must be 0 or divide audio_dim="
+                             f"{audio_dim} (stored width L * D)")
+        self.audio_dim = audio_dim
+        self.audio_layers = audio_layers
+        self.layer_mix = LayerMix(audio_layers) if audio_layers else None
+        in_dim = audio_dim // audio_layers if audio_layers else audio_dim
         kernel_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
         self.dtype = dtype
         self.kernel = nnx.Param(
-            kernel_init(rngs.params(), (audio_dim, hidden_size), param_dtype),
+            kernel_init(rngs.params(), (in_dim, hidden_size), param_dtype),
             out_sharding=("audio_features", "embed"), eager_sharding=False,
         )
         self.bias = nnx.Param(
-            _torch_linear_bias_init(audio_dim)(rngs.params(), (hidden_size,), param_dtype),
+            _torch_linear_bias_init(in_dim)(rngs.params(), (hidden_size,), param_dtype),
             out_sharding=("embed",), eager_sharding=False,
         )
 
     def __call__(self, audio_bstd: jax.Array) -> jax.Array:
-        """[..., D_audio] -> [..., E] in the compute dtype."""
+        """[..., audio_dim] -> [..., E] in the compute dtype."""
         dt = self.dtype
+        if self.layer_mix is not None:
+            audio_bstd = self.layer_mix.mix_flat(audio_bstd)
         out = jnp.einsum("...a,ae->...e", audio_bstd.astype(dt), self.kernel[...].astype(dt))
         return out + self.bias[...].astype(dt)
 
@@ -61,9 +79,10 @@ class LLark(nnx.Module):
 
     Args:
       llama: the language model (its vocabulary already holds the LLark tokens).
-      audio_dim: D_audio of the encoder features (4800 for Jukebox).
+      audio_dim: D_audio of the stored encoder features (4800 for Jukebox; L*D for L layers).
       audio_patch_id, audio_start_id, audio_end_id: token ids (`AudioTokenIds` fields).
       temporal_pool: MusiLingo compression, frames averaged per patch token (1 = none, LLark).
+      audio_layers: MusiLingo's learned layer average over L stored encoder states (0 = none).
     """
 
     def __init__(
@@ -75,6 +94,7 @@ class LLark(nnx.Module):
         audio_start_id: int,
         audio_end_id: int,
         temporal_pool: int = 1,
+        audio_layers: int = 0,
         rngs: nnx.Rngs,
     ):
         cfg = llama.config
@@ -82,7 +102,8 @@ class LLark(nnx.Module):
             raise ValueError(f"temporal_pool must be >= 1, got {temporal_pool}")
         self.llama = llama
         self.projector = AudioProjector(
-            audio_dim, cfg.hidden_size, param_dtype=cfg.param_dtype, dtype=cfg.dtype, rngs=rngs
+            audio_dim, cfg.hidden_size, audio_layers=audio_layers, param_dtype=cfg.param_dtype,
+            dtype=cfg.dtype, rngs=rngs,
         )
         self.audio_patch_id = audio_patch_id
         self.audio_start_id = audio_start_id
@@ -97,6 +118,7 @@ class LLark(nnx.Module):
         audio_dim: int,
         *,
         temporal_pool: int = 1,
+        audio_layers: int = 0,
         rngs: nnx.Rngs,
         seed: int = 0,
     ) -> LLark:
@@ -104,7 +126,8 @@ class LLark(nnx.Module):
         `llark_jax.checkpoints.tokens`) and wraps them with a fresh projector."""
         ids = extend_with_llark_tokens(llama, tokenizer, seed=seed)
         return cls(llama, audio_dim, audio_patch_id=ids.patch, audio_start_id=ids.start,
-                   audio_end_id=ids.end, temporal_pool=temporal_pool, rngs=rngs)
+                   audio_end_id=ids.end, temporal_pool=temporal_pool,
+                   audio_layers=audio_layers, rngs=rngs)
 
     def project_audio(self, audio: jax.Array, audio_mask: jax.Array | None = None) -> jax.Array:
         """audio [B,S,T_a,D] or [B,T_a,D] -> frames [B, S*T_a/pool, E].

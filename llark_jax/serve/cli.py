@@ -74,7 +74,7 @@ def build_state(args: argparse.Namespace):
     audio_limits = AudioLimits(max_audio_bytes=int(args.max_audio_mb * 2**20),
                                max_audio_seconds=args.max_audio_seconds)
     featurizer = AudioFeaturizer(served.encoder, served.feature_pool, audio_limits)
-    audio_dim = served.model.projector.kernel.shape[0]
+    audio_dim = served.model.projector.audio_dim
     if featurizer.encoder.dim != audio_dim:
         raise SystemExit(f"encoder {served.encoder!r} gives {featurizer.encoder.dim} features per "
                          f"frame; the model's projector takes {audio_dim} (use --encoder)")

@@ -7,8 +7,9 @@
                               item holds at least `{"params": ...}` (a full train state with
                               `opt_state` and `step` works too: only `params` is read)
 
-`serving.json` fields: `llama` (LlamaConfig fields; dtypes as names), `audio_dim`,
-`temporal_pool`, `audio_start_id`/`audio_patch_id`/`audio_end_id`, `template` (a name known to
+`serving.json` fields: `llama` (LlamaConfig fields; dtypes as names), `audio_dim` (stored feature
+width), `audio_layers` (L of MusiLingo's learned layer mix, 0 = none; default 0), `temporal_pool`,
+`audio_start_id`/`audio_patch_id`/`audio_end_id`, `template` (a name known to
 `llark_jax.data.conversation.get_template`), `system_prompt` (null = the template's),
 `encoder` (a `data_prep.encoders` registry name, default `mel`), `feature_pool` (encoder frames
 averaged per audio token before the projector, as the demo's stored features; default 1) and
@@ -93,7 +94,8 @@ def save_model_dir(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     spec = {
-        "llama": _config_to_json(model.llama.config), "audio_dim": model.projector.kernel.shape[0],
+        "llama": _config_to_json(model.llama.config), "audio_dim": model.projector.audio_dim,
+        "audio_layers": model.projector.audio_layers,
         "temporal_pool": model.temporal_pool, "audio_start_id": model.audio_start_id,
         "audio_patch_id": model.audio_patch_id, "audio_end_id": model.audio_end_id,
         "template": template, "system_prompt": system_prompt, "encoder": encoder,
@@ -168,7 +170,7 @@ def load_model_dir(directory: str | Path) -> ServedModel:
         Llama(_config_from_json(spec["llama"]), rngs=nnx.Rngs(0)), spec["audio_dim"],
         audio_patch_id=spec["audio_patch_id"], audio_start_id=spec["audio_start_id"],
         audio_end_id=spec["audio_end_id"], temporal_pool=spec.get("temporal_pool", 1),
-        rngs=nnx.Rngs(1),
+        audio_layers=spec.get("audio_layers", 0), rngs=nnx.Rngs(1),
     )  # fmt: skip
     step, flat = _restore_params(directory)
     _fill_params(model, flat, directory)

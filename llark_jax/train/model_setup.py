@@ -66,6 +66,13 @@ def audio_token_ids(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
             "audio_end_id": model_cfg.audio_end_id}
 
 
+def audio_options(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
+    """`temporal_pool` and `audio_layers` (MusiLingo's learned layer average; 0 = off, and the
+    default for configs written before the key existed)."""
+    return {"temporal_pool": model_cfg.temporal_pool,
+            "audio_layers": model_cfg.get("audio_layers", 0)}
+
+
 def model_fn(model_cfg: ml_collections.ConfigDict, seed: int) -> Callable[[], LLark]:
     """A zero-argument constructor of a randomly initialised LLark with the model's structure.
 
@@ -76,9 +83,8 @@ def model_fn(model_cfg: ml_collections.ConfigDict, seed: int) -> Callable[[], LL
 
     def make() -> LLark:
         rngs = nnx.Rngs(seed)
-        return LLark(Llama(cfg, rngs=rngs), model_cfg.audio_dim,
-                     temporal_pool=model_cfg.temporal_pool, rngs=rngs,
-                     **audio_token_ids(model_cfg))
+        return LLark(Llama(cfg, rngs=rngs), model_cfg.audio_dim, rngs=rngs,
+                     **audio_options(model_cfg), **audio_token_ids(model_cfg))
 
     return make
 
@@ -92,8 +98,8 @@ def build_model(
     from llark_jax.train.pretrained import pretrained_llama
 
     llama, _ = pretrained_llama(model_cfg, seed)
-    model = LLark(llama, model_cfg.audio_dim, temporal_pool=model_cfg.temporal_pool,
-                  rngs=nnx.Rngs(seed), **audio_token_ids(model_cfg))
+    model = LLark(llama, model_cfg.audio_dim, rngs=nnx.Rngs(seed), **audio_options(model_cfg),
+                  **audio_token_ids(model_cfg))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params = place(params, tree_shardings(params, mesh, rules))
     return graphdef, params, rest
