@@ -34,7 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.segments = 8  # audio slots per packed row
 
     config.train = ml_collections.ConfigDict()
-    config.train.steps = 120
+    config.train.steps = 120  # phase 1: the three prompts
+    config.train.key_steps = 60  # phase 2: the key prompt only (0 = off); see docs/demo.md
+    config.train.key_warmup_steps = 5
 
     config.optim = ml_collections.ConfigDict()
     config.optim.peak_lr = 2e-3  # projector

@@ -9,7 +9,7 @@ Stages, in order (outputs under `--workdir`, default `runs/demo`):
 | annotate | `python -m data_prep annotate` (madmom) | `work/annotations.jsonl` |
 | instruct | `python -m data_prep instruct --backend offline` | `work/qa.jsonl` |
 | embed | `python -m data_prep embed --encoder mel`, pooling, standardising | `embeddings/` |
-| records | `python -m data_prep write` (train and eval splits) | `records/` |
+| records | `python -m data_prep write` (train, eval; key-only train) | `records*/` |
 | train | LLark (SmolLM2-135M-Instruct from the GGUF + projector) in JAX | `train/` |
 | eval | the paper's three prompts, own vs shuffled audio | `eval/answers.json` |
 | report | metrics, 95% intervals, plots, examples | `report.json`, `report.md` |
@@ -175,6 +175,9 @@ class Demo:
             row["qa"] = [p for p in row["qa"] if keep is None or p["question"] in keep]
             qa_rows.append(row)
         _write_jsonl(self.path("work", "qa.jsonl"), qa_rows)
+        key_rows = [{**r, "qa": [p for p in r["qa"] if p["question"] == PROMPTS["key"]]}
+                    for r in qa_rows]
+        _write_jsonl(self.path("work", "qa_key.jsonl"), key_rows)
         return {"clips": len(qa_rows), "pairs": sum(len(r["qa"]) for r in qa_rows)}
 
     def stage_embed(self) -> dict:
@@ -189,18 +192,21 @@ class Demo:
                                 self.config.stages.temporal_pool, train_ids)
 
     def stage_records(self) -> None:
-        for split in ("train", "eval"):
+        """Train and eval shards (`records/`), and key-only train shards (`records_key/`) for the
+        second training phase."""
+        for split, qa, out in (("train", "qa.jsonl", "records"), ("eval", "qa.jsonl", "records"),
+                               ("train", "qa_key.jsonl", "records_key")):
             _run("records", ["data_prep", "write", "--annotations",
                              str(self.path("work", "metadata.jsonl")),
-                             "--qa", str(self.path("work", "qa.jsonl")),
+                             "--qa", str(self.path("work", qa)),
                              "--embeddings", str(self.path("embeddings", "prepared")),
-                             "--output-dir", str(self.path("records")), "--split", split,
+                             "--output-dir", str(self.path(out)), "--split", split,
                              "--embedding-dtype", "float32", "--dataset", "demo"])
 
     # --- JAX stages (in process) ---
 
-    def _shards(self, split: str) -> list[str]:
-        return sorted(str(p) for p in self.path("records").glob(f"{split}-*.tfrecord"))
+    def _shards(self, split: str, folder: str = "records") -> list[str]:
+        return sorted(str(p) for p in self.path(folder).glob(f"{split}-*.tfrecord"))
 
     def stage_train(self) -> dict:
         from llark_jax.demo_train import build_demo_model, train_demo
@@ -208,6 +214,13 @@ class Demo:
         model, tokenizer, template = build_demo_model(self.config)
         summary = train_demo(self.config, model, tokenizer, template, self._shards("train"),
                              self.path("train"))
+        t = self.config.train
+        if t.key_steps > 0:  # phase 2: key question only, fresh optimizer and schedule
+            phase = self.config.copy_and_resolve_references()
+            phase.train.steps, phase.optim.warmup_steps = t.key_steps, t.key_warmup_steps
+            summary["key_phase"] = train_demo(phase, model, tokenizer, template,
+                                              self._shards("train", "records_key"),
+                                              self.path("train", "key_phase"))
         self.state["model"] = (model, tokenizer, template)
         return summary
 
@@ -216,7 +229,9 @@ class Demo:
             from llark_jax.demo_train import TRAINED_PARAMS, build_demo_model, load_trained
 
             model, tokenizer, template = build_demo_model(self.config)
-            load_trained(model, self.path("train", TRAINED_PARAMS))
+            phase_two = self.path("train", "key_phase", TRAINED_PARAMS)
+            load_trained(model, phase_two if phase_two.exists() else
+                         self.path("train", TRAINED_PARAMS))
             self.state["model"] = (model, tokenizer, template)
         return self.state["model"]
 
