@@ -49,6 +49,7 @@ def get_config(stage: str = "caption") -> ml_collections.ConfigDict:
     d = config.data
     d.path = f"/path/to/musilingo_{stage}_tfrecords"
     d.batch_size = 32
+    d.template = "musilingo_caption" if caption else "musilingo"  # llark_jax.data.conversation
     d.audio_frames = 8  # group325 frames of a 30.5 s clip: ceil(2287 / 325)
     d.encoder = "mert"  # MERT-v1-330M (data_prep.encoders), embedded with these arguments:
     d.encoder_args = ml_collections.ConfigDict(dict(frame_rate="group325", layers="mean"))

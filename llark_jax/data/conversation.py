@@ -6,8 +6,17 @@ that is searched afterwards (spec §2.3-2.4):
     [BOS] system header | user prefix | audio block(s) / question | user suffix
           | assistant prefix | answer | assistant suffix (+ final suffix after the last turn)
 
-The audio block of one clip is `<audio_start>` + n x `<audio_patch>` + `<audio_end>`; it is placed
-before the question (`audio_first`) or after it, joined by `template.audio_separator`.
+The audio block of one clip is `<audio_start>` + n x `<audio_patch>` + `<audio_end>` (only the n
+patches when `template.audio_marker_tokens` is False); all blocks of a turn sit between the plain
+texts `template.audio_open` / `template.audio_close` and go before the question (`audio_first`,
+which `template.audio_first` fixes when set) or after it, joined by `template.audio_separator`.
+`template.max_answer_tokens` caps every answer (tokens beyond it are dropped before the suffix).
+
+MusiLingo's templates (its released code): `MUSILINGO` (stage 2) is
+`<s>###Human: <Audio>[audio]</Audio> {question} ###Assistant: {answer}###` with the loss on the
+answer and `###` (answers capped at 160 tokens); `MUSILINGO_CAPTION` (stage 1) is
+`<s>[audio]{caption}\n` with the loss on the caption and `\n` (captions capped at 32 tokens).
+Neither has a system prompt or audio marker tokens, and the audio always comes first.
 
 Labels use the unshifted Hugging Face convention: `labels[t] = input_ids[t]` where position t is
 supervised, `IGNORE_INDEX` (-100) elsewhere; the loss shifts by one.
@@ -81,6 +90,11 @@ class ConversationTemplate:
     add_bos: bool = False
     supervise_assistant_prefix: bool = False
     supervised_user_lead: str = ""
+    audio_open: str = ""  # plain text before the audio block(s), e.g. MusiLingo's "<Audio>"
+    audio_close: str = ""  # plain text after them, e.g. "</Audio>"
+    audio_marker_tokens: bool = True  # <audio_start>/<audio_end> around each clip's patches
+    audio_first: bool | None = None  # fixed audio position (None: the caller's audio_first)
+    max_answer_tokens: int | None = None  # cap on each answer's tokens (None: no cap)
 
 
 FASTCHAT_V0 = ConversationTemplate(
@@ -115,7 +129,40 @@ LLAMA2_INST = ConversationTemplate(
     add_bos=True,
 )
 
-_TEMPLATES = {t.name: t for t in (FASTCHAT_V0, FASTCHAT_V0_REFERENCE_MASK, LLAMA2_INST)}
+MUSILINGO = ConversationTemplate(
+    name="musilingo",
+    system_prompt="",
+    system_format="",
+    user_prefix="###Human: ",
+    user_suffix=" ",
+    assistant_prefix="###Assistant: ",
+    assistant_suffix="###",
+    audio_separator=" ",
+    add_bos=True,
+    audio_open="<Audio>",
+    audio_close="</Audio>",
+    audio_marker_tokens=False,
+    audio_first=True,
+    max_answer_tokens=160,
+)
+
+MUSILINGO_CAPTION = ConversationTemplate(
+    name="musilingo_caption",
+    system_prompt="",
+    system_format="",
+    user_prefix="",
+    user_suffix="",
+    assistant_prefix="",
+    assistant_suffix="\n",
+    audio_separator="",
+    add_bos=True,
+    audio_marker_tokens=False,
+    audio_first=True,
+    max_answer_tokens=32,
+)
+
+_TEMPLATES = {t.name: t for t in (FASTCHAT_V0, FASTCHAT_V0_REFERENCE_MASK, LLAMA2_INST,
+                                  MUSILINGO, MUSILINGO_CAPTION)}
 TOKENIZER_TEMPLATE_NAME = "tokenizer"
 
 
@@ -210,10 +257,19 @@ class _Builder:
         self.ids.extend(ids)
         self.supervised.extend([supervised] * len(ids))
 
-    def add_audio(self, token_ids: AudioTokenIds, n_frames: int) -> None:
-        self.add([token_ids.start], False)
+    def add_audio(self, token_ids: AudioTokenIds, n_frames: int, markers: bool = True) -> None:
+        if markers:
+            self.add([token_ids.start], False)
         self.patch_starts.append(len(self.ids))
-        self.add([token_ids.patch] * n_frames + [token_ids.end], False)
+        self.add([token_ids.patch] * n_frames + ([token_ids.end] if markers else []), False)
+
+    def add_audio_blocks(self, tokenizer: Any, template: ConversationTemplate,
+                         token_ids: AudioTokenIds, frames: Sequence[int]) -> None:
+        """`template.audio_open` + one block per segment + `template.audio_close`, unsupervised."""
+        self.add(_encode(tokenizer, template.audio_open), False)
+        for n in frames:
+            self.add_audio(token_ids, n, template.audio_marker_tokens)
+        self.add(_encode(tokenizer, template.audio_close), False)
 
 
 def build_example(
@@ -234,21 +290,26 @@ def build_example(
       question, answer: first exchange; the audio block(s) go into this human turn.
       n_audio_frames: frames per audio segment (int = one segment; a sequence = several segments,
         placed back to back).
-      audio_first: audio block(s) before the question (else after), see `audio_first_for`.
+      audio_first: audio block(s) before the question (else after), see `audio_first_for`;
+        ignored when `template.audio_first` fixes the position.
       turns: follow-up (question, answer) exchanges without audio.
       max_len: right-truncate the last answer to fit; raise `ExampleTooLong` when the prompt
         (everything before the last answer, all audio included) + 1 answer token does not fit.
 
     Returns dict with `input_ids` [L] int32, `labels` [L] int32 (IGNORE_INDEX = -100, unshifted),
     `n_audio_segments`, `audio_frames` (frames per segment), `audio_patch_starts` (position of the
-    first `<audio_patch>` of each segment) and `truncated` (answer tokens dropped).
+    first `<audio_patch>` of each segment), `truncated` (answer tokens dropped by `max_len`) and
+    `answer_capped` (answer tokens dropped by `template.max_answer_tokens`).
     """
     frames = [n_audio_frames] if isinstance(n_audio_frames, int) else list(n_audio_frames)
     if any(n < 0 for n in frames):
         raise ValueError(f"n_audio_frames must be >= 0, got {frames}")
     tok_ids = audio_token_ids or AudioTokenIds.from_tokenizer(tokenizer)
+    if template.audio_first is not None:
+        audio_first = template.audio_first
     exchanges = [(question, answer), *(turns or [])]
     b = _Builder()
+    capped = 0
     if template.add_bos and tokenizer.bos_token_id is not None:
         b.add([tokenizer.bos_token_id], False)
     b.add(_encode(tokenizer, template.system_format.replace("{system}", template.system_prompt)),
@@ -259,20 +320,22 @@ def build_example(
         b.add(_encode(tokenizer, template.first_user_prefix if first else template.user_prefix),
               False)
         if turn == 0 and audio_first:
-            for n in frames:
-                b.add_audio(tok_ids, n)
+            b.add_audio_blocks(tokenizer, template, tok_ids, frames)
             q = template.audio_separator + q
         if turn == 0 and not audio_first:
             b.add(_encode(tokenizer, q + template.audio_separator), False)
-            for n in frames:
-                b.add_audio(tok_ids, n)
+            b.add_audio_blocks(tokenizer, template, tok_ids, frames)
             b.add(_encode(tokenizer, template.user_suffix), False)
         else:
             b.add(_encode(tokenizer, q + template.user_suffix), False)
         b.add(_encode(tokenizer, template.assistant_prefix), template.supervise_assistant_prefix)
         prompt_len = len(b.ids)
         last = turn == len(exchanges) - 1
-        b.add(_encode(tokenizer, a), True)
+        answer_ids = _encode(tokenizer, a)
+        if template.max_answer_tokens is not None:
+            capped += max(0, len(answer_ids) - template.max_answer_tokens)
+            answer_ids = answer_ids[: template.max_answer_tokens]
+        b.add(answer_ids, True)
         suffix = template.assistant_suffix + (template.final_suffix if last else "")
         b.add(_encode(tokenizer, suffix), True)
     truncated = 0
@@ -290,6 +353,7 @@ def build_example(
         "audio_frames": frames,
         "audio_patch_starts": list(b.patch_starts),
         "truncated": truncated,
+        "answer_capped": capped,
     }
 
 
