@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 120  # phase 1: the three prompts
-    config.train.key_steps = 60  # phase 2: the key prompt only (0 = off); see docs/demo.md
+    config.train.key_steps = 0  # phase 2 on the key prompt only (off: it erases instrument
+    # grounding, measured in docs/demo.md)
     config.train.key_warmup_steps = 5
 
     config.optim = ml_collections.ConfigDict()
