@@ -9,7 +9,8 @@ model structure comes from the config saved with the checkpoint. `--tokenizer` i
 tokenizer directory holding the LLark audio tokens with the config's ids (checked); for
 `model.source` hf/gguf it defaults to the source's tokenizer extended with the LLark tokens.
 `--template` defaults to the config's `data.template`. `--audio` runs the encoder (`--encoder`,
-default the config's `data.encoder`, else mel) on the raw file, window by window
+default the config's `data.encoder`, else mel; built with the config's `data.encoder_args`, the
+constructor arguments the training features were embedded with) on the raw file, window by window
 (`--window-frames`, default the config's `data.audio_frames`); `--records` answers every question
 of the TFRecord shards, resumably.
 """
@@ -91,13 +92,28 @@ def load_tokenizer(path: str | None, config: Any, model: Any) -> Any:
     return tokenizer
 
 
-def encode_audio_file(path: str, encoder_name: str, window_frames: int) -> list:
+def config_encoder(config: Any, name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(encoder name, constructor kwargs) that reproduce the training features.
+
+    `name` (a command-line override) else `config.data.encoder` (mel when absent); the config's
+    `data.encoder_args` (e.g. MERT's `frame_rate=group325, layers=mean`) apply only to the
+    config's own encoder.
+    """
+    data = config.get("data") or {}
+    configured = data.get("encoder", "mel")
+    name = name or configured
+    args = data.get("encoder_args") if name == configured else None
+    return name, dict(args.to_dict() if hasattr(args, "to_dict") else args or {})
+
+
+def encode_audio_file(path: str, encoder_name: str, window_frames: int,
+                      encoder_args: dict[str, Any] | None = None) -> list:
     """Frames [T_i, D] of each consecutive window of the file (encoder run per window)."""
     from data_prep.audio import SAMPLE_RATE, load_audio, resample
     from data_prep.encoders import get_encoder
     from llark_jax.infer.answer import split_waveform
 
-    encoder = get_encoder(encoder_name)
+    encoder = get_encoder(encoder_name, **(encoder_args or {}))
     waveform = resample(load_audio(path), SAMPLE_RATE, encoder.sample_rate)
     window_samples = int(round(window_frames / encoder.frame_rate_hz * encoder.sample_rate))
     return encoder.encode_batch(split_waveform(waveform, window_samples))
@@ -164,8 +180,8 @@ def main(argv: list[str]) -> int:
     answerer = Answerer(model, tokenizer, template, sampling, batch_size=args.batch_size)
     if args.audio:
         window = args.window_frames or int(config.data.get("audio_frames", 250))
-        encoder = args.encoder or config.data.get("encoder", "mel")
-        windows = encode_audio_file(args.audio, encoder, window)
+        encoder, encoder_args = config_encoder(config, args.encoder)
+        windows = encode_audio_file(args.audio, encoder, window, encoder_args)
         result = answerer.answer([request_from_windows(args.question, windows)])[0]
         print(result["answer"])
         print(json.dumps({"step": step, "windows": len(windows), **result}), file=sys.stderr)

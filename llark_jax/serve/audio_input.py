@@ -64,10 +64,11 @@ def decode_base64_audio(data: str, limits: AudioLimits) -> bytes:
 class AudioFeaturizer:
     """Bytes -> features `[T, D]` float32 with the encoder named by the checkpoint (thread-safe)."""
 
-    def __init__(self, encoder_name: str, feature_pool: int, limits: AudioLimits):
+    def __init__(self, encoder_name: str, feature_pool: int, limits: AudioLimits,
+                 encoder_args: dict | None = None):
         from data_prep.encoders import get_encoder
 
-        self.encoder = get_encoder(encoder_name)
+        self.encoder = get_encoder(encoder_name, **(encoder_args or {}))
         self.feature_pool = feature_pool
         self.limits = limits
         self._tmpdir = tempfile.TemporaryDirectory(prefix="llark-serve-")

@@ -73,7 +73,8 @@ def build_state(args: argparse.Namespace):
         encoder=args.encoder, feature_pool=args.feature_pool, model_name=args.model_name))
     audio_limits = AudioLimits(max_audio_bytes=int(args.max_audio_mb * 2**20),
                                max_audio_seconds=args.max_audio_seconds)
-    featurizer = AudioFeaturizer(served.encoder, served.feature_pool, audio_limits)
+    featurizer = AudioFeaturizer(served.encoder, served.feature_pool, audio_limits,
+                                 served.encoder_args)
     audio_dim = served.model.projector.audio_dim
     if featurizer.encoder.dim != audio_dim:
         raise SystemExit(f"encoder {served.encoder!r} gives {featurizer.encoder.dim} features per "

@@ -11,7 +11,8 @@
 width), `audio_layers` (L of MusiLingo's learned layer mix, 0 = none; default 0), `temporal_pool`,
 `audio_start_id`/`audio_patch_id`/`audio_end_id`, `template` (a name known to
 `llark_jax.data.conversation.get_template`), `system_prompt` (null = the template's),
-`encoder` (a `data_prep.encoders` registry name, default `mel`), `feature_pool` (encoder frames
+`encoder` (a `data_prep.encoders` registry name, default `mel`), `encoder_args` (its constructor
+arguments, e.g. MERT's `frame_rate`/`layers`; default none), `feature_pool` (encoder frames
 averaged per audio token before the projector, as the demo's stored features; default 1) and
 `model_name` (the id `/v1/models` reports).
 
@@ -59,6 +60,7 @@ class ServedModel:
     feature_pool: int
     model_name: str
     step: int
+    encoder_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _config_to_json(config: LlamaConfig) -> dict[str, Any]:
@@ -84,6 +86,7 @@ def save_model_dir(
     template: str = "fastchat_v0",
     system_prompt: str | None = None,
     encoder: str = "mel",
+    encoder_args: dict[str, Any] | None = None,
     feature_pool: int = 1,
     model_name: str = "llark",
     step: int = 0,
@@ -99,7 +102,8 @@ def save_model_dir(
         "temporal_pool": model.temporal_pool, "audio_start_id": model.audio_start_id,
         "audio_patch_id": model.audio_patch_id, "audio_end_id": model.audio_end_id,
         "template": template, "system_prompt": system_prompt, "encoder": encoder,
-        "feature_pool": feature_pool, "model_name": model_name,
+        "encoder_args": dict(encoder_args or {}), "feature_pool": feature_pool,
+        "model_name": model_name,
     }
     tokenizer.save_pretrained(str(directory / "tokenizer"))
     _, params, rest = nnx.split(model, nnx.Param, ...)
@@ -179,6 +183,7 @@ def load_model_dir(directory: str | Path) -> ServedModel:
         template = dataclasses.replace(template, system_prompt=spec["system_prompt"])
     return ServedModel(model=model, tokenizer=tokenizer, template=template,
                        encoder=spec.get("encoder", "mel"),
+                       encoder_args=dict(spec.get("encoder_args") or {}),
                        feature_pool=int(spec.get("feature_pool", 1)),
                        model_name=spec.get("model_name", "llark"), step=step)
 
@@ -196,15 +201,15 @@ class ServingOverrides:
 
 
 def _load_train_workdir(directory: Path, overrides: ServingOverrides) -> ServedModel:
-    from llark_jax.infer.cli import load_checkpoint, load_tokenizer
+    from llark_jax.infer.cli import config_encoder, load_checkpoint, load_tokenizer
 
     model, config, step = load_checkpoint(directory)
     tokenizer = load_tokenizer(overrides.tokenizer, config, model)
     data = config.get("data", {})
     template = get_template(overrides.template or data.get("template", "fastchat_v0"), tokenizer)
-    return ServedModel(model=model, tokenizer=tokenizer, template=template,
-                       encoder=overrides.encoder or data.get("encoder", "mel"),
-                       feature_pool=overrides.feature_pool or 1,
+    encoder, encoder_args = config_encoder(config, overrides.encoder)
+    return ServedModel(model=model, tokenizer=tokenizer, template=template, encoder=encoder,
+                       encoder_args=encoder_args, feature_pool=overrides.feature_pool or 1,
                        model_name=overrides.model_name or "llark", step=step)
 
 
@@ -225,7 +230,8 @@ def load_served(directory: str | Path, overrides: ServingOverrides | None = None
     if overrides.system_prompt is not None:
         served.template = dataclasses.replace(served.template,
                                               system_prompt=overrides.system_prompt)
-    served.encoder = overrides.encoder or served.encoder
+    if overrides.encoder and overrides.encoder != served.encoder:  # its own arguments: defaults
+        served.encoder, served.encoder_args = overrides.encoder, {}
     served.feature_pool = overrides.feature_pool or served.feature_pool
     served.model_name = overrides.model_name or served.model_name
     return served
