@@ -185,3 +185,17 @@ def test_served_model_dir_keeps_the_layer_mix(tmp_path):
     audio = jnp.asarray(np.random.default_rng(5).standard_normal((1, 3, 24)), jnp.float32)
     np.testing.assert_allclose(loaded.model.project_audio(audio), model.project_audio(audio),
                                atol=1e-6)
+
+
+def test_flops_count_the_dense_layer_after_the_mix():
+    """With L stored layers the dense layer is D = audio_dim / L wide; the mix adds 6*audio_dim."""
+    from train_helpers import tiny_config
+
+    from llark_jax.train.model_setup import llama_config, train_flops_per_step
+
+    cfg = llama_config(tiny_config().model)
+    common = dict(batch=2, seq_len=32, audio_frames=3)
+    mixed = train_flops_per_step(cfg, audio_dim=16, audio_layers=4, **common)
+    plain_d = train_flops_per_step(cfg, audio_dim=4, **common)
+    assert mixed - plain_d == 6 * 16 * 2 * 3
+    assert train_flops_per_step(cfg, audio_dim=16, **common) > mixed

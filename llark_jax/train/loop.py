@@ -168,7 +168,8 @@ class TrainSetup:
         return train_flops_per_step(
             llama_config(cfg.model), audio_dim=cfg.model.audio_dim, batch=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
-            audio_frames=cfg.data.audio_segments * cfg.data.audio_frames)
+            audio_frames=cfg.data.audio_segments * cfg.data.audio_frames,
+            audio_layers=cfg.model.get("audio_layers", 0))
 
 
 BATCH_NDIMS = {"input_ids": 2, "labels": 2, "positions": 2, "segment_ids": 2, "audio": 4,

@@ -112,13 +112,15 @@ def count_params(params: Any) -> int:
 
 
 def train_flops_per_step(cfg: LlamaConfig, *, audio_dim: int, batch: int, seq_len: int,
-                         audio_frames: int) -> float:
+                         audio_frames: int, audio_layers: int = 0) -> float:
     """Analytic training FLOPs of one optimizer step (forward + backward = 3 × forward).
 
     Per token: 6·N_matmul (N_matmul = decoder-layer matmul params + lm_head; the embedding lookup
     does no FLOPs) plus causal-free attention 12·layers·heads·head_dim·seq_len (PaLM convention);
-    the projector adds 6·D_audio·hidden per audio frame. Remat recomputation is not counted (MFU
-    convention). XLA's cost analysis counts a scanned layer body once, so it is not used.
+    the projector adds 6·D·hidden per audio frame (D = D_audio, or D_audio / L after a layer mix
+    over `audio_layers` L > 0; the mix itself, 6·D_audio per frame, is counted too). Remat
+    recomputation is not counted (MFU convention). XLA's cost analysis counts a scanned layer
+    body once, so it is not used.
     """
     d, h = cfg.hidden_size, cfg.head_dim
     attn = d * h * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
@@ -126,5 +128,7 @@ def train_flops_per_step(cfg: LlamaConfig, *, audio_dim: int, batch: int, seq_le
     n_matmul = cfg.num_layers * (attn + mlp) + d * cfg.padded_vocab_size
     tokens = batch * seq_len
     attention = 12 * cfg.num_layers * cfg.num_heads * h * seq_len
-    projector = 6 * audio_dim * d * batch * audio_frames
+    dense_in = audio_dim // audio_layers if audio_layers else audio_dim
+    mix = 6 * audio_dim if audio_layers else 0
+    projector = (6 * dense_in * d + mix) * batch * audio_frames
     return float(6 * n_matmul * tokens + attention * tokens + projector)
