@@ -38,8 +38,8 @@ def _peak(results: dict) -> list[str]:
         g, m = r["matmul_peak"]["gflops"], r["matmul_peak"]["gflops_median"]
         rows.append([name] + [f"{g[k]:.0f} ({m[k]:.0f})" for k in
                               ("jax_float32", "torch_float32", "jax_bfloat16", "torch_bfloat16")])
-    return _table([f"measured in run (n={next(iter(results.values()))['matmul_peak']['n']})"
-                   if rows else "run", "XLA fp32", "torch fp32", "XLA bf16", "torch bf16"], rows)
+    return _table(["run (matmul GFLOP/s, best (median))", "XLA fp32", "torch fp32", "XLA bf16",
+                   "torch bf16"], rows)
 
 
 def _train(results: dict) -> list[str]:

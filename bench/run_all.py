@@ -24,10 +24,10 @@ RAW = REPO / "runs" / "bench"
 BENCHMARKS = {
     "train_a": ["bench/train_step.py", "--shape", "a"],
     "train_a_bf16": ["bench/train_step.py", "--shape", "a", "--dtype", "bfloat16", "--rounds", "2"],
-    "train_b": ["bench/train_step.py", "--shape", "b", "--rounds", "2"],
-    "profile": ["bench/profile_step.py", "--shape", "a"],
+    "train_b": ["bench/train_step.py", "--shape", "b", "--batch", "2", "--rounds", "2"],
+    "profile": ["bench/profile_step.py", "--shape", "a", "--rounds", "2"],
     "levers": ["bench/levers.py", "--shape", "a"],
-    "generate": ["bench/generate.py"],
+    "generate": ["bench/generate.py", "--rounds", "2"],
     "plan": ["bench/plan.py"],
     "pipeline": ["bench/pipeline.py"],
 }

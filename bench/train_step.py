@@ -5,8 +5,9 @@
 Shapes:
   a      hidden 512, 8 layers, 8 heads, MLP 1376, vocab 32004, untied lm_head
   b      SmolLM2-135M: hidden 576, 30 layers, 9 heads / 3 kv heads, MLP 1536, vocab 49152, tied
-Both with batch 4 x 512 tokens (every token real: no padding), one audio segment of 250 frames of
-4800 features (Jukebox) spliced at positions 1..252, the answer (last 200 tokens) supervised.
+Rows of 512 tokens (every token real: no padding; batch 4 by default, `make bench` runs shape b at
+batch 2 to fit its time budget), one audio segment of 250 frames of 4800 features (Jukebox)
+spliced at positions 2..251, the answer (last 200 tokens) supervised.
 
 Ours: `llark_jax.train.step.make_train_step` (AdamW + global-norm clipping, every parameter
 trainable), `jax.jit` with the state donated. Reference: `tests/llark_torch_reference.TorchLLark`
