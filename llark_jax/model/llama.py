@@ -20,6 +20,10 @@ Masks: a query attends a key iff key slot <= query slot (causal), both have the 
 the key's segment id is not 0 (padding). `segment_ids` [B, T] int32 (0 = padding) packs several
 sequences in a row; HF-style `attention_mask` (1 = token) serves as segment ids when none given.
 Default positions restart at 0 in each segment.
+Without a cache, T > 128 and T a multiple of `ATTENTION_BLOCK` (128), attention runs in causal
+query blocks: block [s, e) scores keys [0, e) only (the blocks above the diagonal are all masked),
+so n blocks compute (n+1)/2n of the scores (62% at T = 512), with the same output on every
+non-padding token.
 
 KV cache (`KVCache`, `init_cache`): k/v [L, B, S_max, kv_heads, head_dim] (post-RoPE), the segment
 id of every cache slot [B, S_max] (0 = empty or padding) and one shared write `index`. A call with a
@@ -193,6 +197,22 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(x_btd.dtype) * normed.astype(x_btd.dtype)
 
 
+ATTENTION_BLOCK = 128  # query rows per block of the cache-less causal attention
+
+
+def _masked_attention(q_btkgh, keys_bskh, values_bskh, allowed_bts) -> jax.Array:
+    """softmax(q·k/sqrt(H) where allowed, else MASK_VALUE) · v -> [B, T, K, G, H].
+
+    Scores and softmax in float32; q [B,T,K,G,H], keys/values [B,S,K,H], allowed [B,T,S] bool.
+    """
+    scale = q_btkgh.shape[-1] ** -0.5
+    scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, keys_bskh,
+                              preferred_element_type=jnp.float32) * scale
+    scores_bkgts = jnp.where(allowed_bts[:, None, None], scores_bkgts, MASK_VALUE)
+    probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(q_btkgh.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, values_bskh)
+
+
 class Attention(nnx.Module):
     """Grouped-query self-attention with rotate-half RoPE and an optional KV cache."""
 
@@ -238,11 +258,17 @@ class Attention(nnx.Module):
         )
         groups = cfg.num_heads // cfg.num_kv_heads
         q_btkgh = q_btnh.reshape(*q_btnh.shape[:2], cfg.num_kv_heads, groups, cfg.head_dim)
-        scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, keys_bskh.astype(dt),
-                                  preferred_element_type=jnp.float32) * cfg.head_dim**-0.5
-        scores_bkgts = jnp.where(allowed_bts[:, None, None], scores_bkgts, MASK_VALUE)
-        probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(dt)
-        out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, values_bskh.astype(dt))
+        keys_bskh, values_bskh = keys_bskh.astype(dt), values_bskh.astype(dt)
+        if layer_cache is None and t > ATTENTION_BLOCK and t % ATTENTION_BLOCK == 0:
+            # Causal: query block [s, e) attends keys [0, e) only; the score blocks above the
+            # diagonal (masked anyway) are never computed. Same result on every real token.
+            out_btkgh = jnp.concatenate([
+                _masked_attention(q_btkgh[:, s:e], keys_bskh[:, :e], values_bskh[:, :e],
+                                  allowed_bts[:, s:e, :e])
+                for s, e in ((s, s + ATTENTION_BLOCK) for s in range(0, t, ATTENTION_BLOCK))
+            ], axis=1)
+        else:
+            out_btkgh = _masked_attention(q_btkgh, keys_bskh, values_bskh, allowed_bts)
         out_btnh = out_btkgh.reshape(q_btnh.shape)
         out_btd = jnp.einsum("btnh,nhd->btd", out_btnh, self.o[...].astype(dt))
         return out_btd, new_layer_cache
