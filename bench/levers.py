@@ -21,18 +21,15 @@ import tempfile
 import time
 
 from common import REPO, emit, interleaved
-from train_step import build_ours, make_batch
+from train_step import build_ours, make_batch, our_step_and_state
 
 
 def _step_parts(shape: str, remat: bool):
     import jax
-    import ml_collections
     from flax import nnx
 
     from llark_jax.model.llama import Llama
     from llark_jax.model.llark import LLark
-    from llark_jax.train.optim import make_optimizer
-    from llark_jax.train.step import init_train_state, make_train_step
 
     model, cfg = build_ours(shape, "float32")
     if remat:
@@ -41,14 +38,9 @@ def _step_parts(shape: str, remat: bool):
         model = LLark(Llama(cfg, rngs=nnx.Rngs(0)), model.projector.kernel.shape[0],
                       audio_start_id=v - 3, audio_patch_id=v - 2, audio_end_id=v - 1,
                       rngs=nnx.Rngs(1))
-    optim = ml_collections.ConfigDict(dict(peak_lr=1e-4, warmup_steps=0, warmup_ratio=0.0,
-                                           b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                                           clip_norm=1.0))
-    tx, schedule = make_optimizer(optim, total_steps=1_000_000)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = init_train_state(params, rest, tx)
+    train_step, state = our_step_and_state(model)
     batch = jax.device_put(make_batch(cfg.vocab_size, 4, 512))
-    return make_train_step(graphdef, tx, schedule), state, batch
+    return train_step, state, batch
 
 
 def compile_child(shape: str, cache_dir: str) -> None:

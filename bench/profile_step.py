@@ -19,27 +19,22 @@ import argparse
 
 import numpy as np
 from common import emit, interleaved
-from train_step import AUDIO_DIM, AUDIO_FRAMES, build_ours, make_batch
+from train_step import AUDIO_DIM, AUDIO_FRAMES, bench_optimizer, build_ours, make_batch
 
 
 def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, dict]:
     """({part: zero-argument callable}, {part: analytic FLOPs})."""
     import jax
     import jax.numpy as jnp
-    import ml_collections
     from flax import nnx
 
     from llark_jax.model.loss import masked_lm_loss
     from llark_jax.train.model_setup import train_flops_per_step
-    from llark_jax.train.optim import make_optimizer
     from llark_jax.train.step import init_train_state, make_train_step
 
     model, cfg = build_ours(shape, dtype)
     batch = jax.device_put(make_batch(cfg.vocab_size, batch_size, seq_len))
-    optim = ml_collections.ConfigDict(dict(peak_lr=1e-4, warmup_steps=0, warmup_ratio=0.0,
-                                           b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                                           clip_norm=1.0))
-    tx, schedule = make_optimizer(optim, total_steps=1_000_000)
+    tx, schedule = bench_optimizer()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     state = init_train_state(params, rest, tx)
     step = jax.jit(make_train_step(graphdef, tx, schedule))

@@ -76,22 +76,36 @@ def build_ours(shape: str, dtype: str):
     return model, cfg
 
 
-def ours_step(model, batch: dict[str, np.ndarray]):
-    """A zero-argument callable running one donated jitted step (blocks on the loss)."""
-    import jax
+
+def bench_optimizer():
+    """(optax AdamW, schedule) every benchmark step uses: lr 1e-4, no warmup, clip 1.0."""
     import ml_collections
-    from flax import nnx
 
     from llark_jax.train.optim import make_optimizer
-    from llark_jax.train.step import init_train_state, make_train_step
 
     optim = ml_collections.ConfigDict(dict(peak_lr=1e-4, warmup_steps=0, warmup_ratio=0.0,
                                            b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                                            clip_norm=1.0))
-    tx, schedule = make_optimizer(optim, total_steps=1_000_000)
+    return make_optimizer(optim, total_steps=1_000_000)
+
+
+def our_step_and_state(model):
+    """(unjitted train step, initial state) of `model` with `bench_optimizer`."""
+    from flax import nnx
+
+    from llark_jax.train.step import init_train_state, make_train_step
+
+    tx, schedule = bench_optimizer()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    holder = {"state": init_train_state(params, rest, tx)}
-    step = jax.jit(make_train_step(graphdef, tx, schedule), donate_argnums=(0,))
+    return make_train_step(graphdef, tx, schedule), init_train_state(params, rest, tx)
+
+def ours_step(model, batch: dict[str, np.ndarray]):
+    """A zero-argument callable running one donated jitted step (blocks on the loss)."""
+    import jax
+
+    train_step, state = our_step_and_state(model)
+    holder = {"state": state}
+    step = jax.jit(train_step, donate_argnums=(0,))
     device_batch = jax.device_put(batch)
 
     def run() -> float:

@@ -110,7 +110,7 @@ def test_annotate_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     done_at_kill = len(list(cache.rglob("*.json")))
-    assert 1 <= done_at_kill < 3 and not output.exists()
+    assert done_at_kill in (1, 2) and not output.exists()
 
     assert annotate_stage.main(["--audio-dir", str(audio_dir), "--output", str(output)]) == 0
     assert read_jsonl(output) == read_jsonl(reference)
