@@ -44,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.steps = 20
     config.train.micro_steps = 1  # gradient accumulation: micro-batches per optimizer step
     config.train.loss_normalization = "micro_batch_mean"  # or global_tokens
+    # LM head + loss only at the first K positions per row that predict a supervised token
+    # (0 = all positions); a row with more stops the run with an error.
+    config.train.head_positions = 0
     config.train.checkpoint_every = 5
     config.train.keep_checkpoints = 2
     config.train.async_checkpoint = True

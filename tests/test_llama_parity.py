@@ -46,7 +46,7 @@ def forward_packed(model, ids, segment_ids):
 def forward_cached(model, ids, mask, cache, logits_at=None):
     """Cached call on token ids [B, T] (mask None = all real) -> (logits, advanced cache)."""
     return model.decode_embeddings(model.embed_tokens(ids), attention_mask_bt=mask, cache=cache,
-                                   logits_at_b=logits_at)
+                                   logits_at=logits_at)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from llark_helpers import tiny_llark
 from tokenizer_fixtures import make_llark_tokenizer
 
 from llark_jax.model import trainable
-from llark_jax.model.loss import IGNORE_INDEX, masked_lm_loss
+from llark_jax.model.loss import IGNORE_INDEX, masked_lm_loss, masked_lm_loss_at, scored_positions
 
 
 def _numpy_nll(logits, labels, segs):
@@ -98,3 +98,25 @@ def test_presets_select_the_documented_groups(tie):
         trainable.gradient_mask(model, "everything")
     with pytest.raises(ValueError, match="token_ids"):
         trainable.gradient_mask(state, "llark_reference")
+
+
+def test_scored_positions_give_the_full_loss_and_count_what_they_leave_out(batch):
+    logits, labels, segs = batch
+    full, m = masked_lm_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(segs))
+    per_row = _numpy_supervised_per_row(labels, segs)
+    for k in (max(per_row), 11, 40):  # exactly enough, every position (T-1), more than T
+        at_bk, targets_bk, valid_bk, unscored = scored_positions(
+            jnp.asarray(labels), jnp.asarray(segs), k)
+        assert at_bk.shape == (4, min(k, 11)) and int(unscored) == 0
+        logits_bkv = jnp.take_along_axis(jnp.asarray(logits), at_bk[..., None], axis=1)
+        loss, m_at = masked_lm_loss_at(logits_bkv, targets_bk, valid_bk)
+        np.testing.assert_allclose(float(loss), float(full), rtol=1e-6)
+        assert int(m_at["n_tokens"]) == int(m["n_tokens"])
+    k = max(per_row) - 2
+    *_, unscored = scored_positions(jnp.asarray(labels), jnp.asarray(segs), k)
+    assert int(unscored) == sum(max(n - k, 0) for n in per_row) > 0
+
+
+def _numpy_supervised_per_row(labels, segs):
+    valid = ((labels[:, 1:] != IGNORE_INDEX) & (segs[:, 1:] == segs[:, :-1]) & (segs[:, 1:] != 0))
+    return valid.sum(axis=1).tolist()

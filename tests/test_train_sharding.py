@@ -1,10 +1,16 @@
 """Sharded training equals single-device training; parameters are sharded as the rules say."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 from train_helpers import run_steps, tiny_config
+
+from llark_jax.model.loss import supervised_targets
+from llark_jax.model.sharding import logical_rules
+from llark_jax.train.loop import TrainSetup, make_batches, to_global_batch
+from llark_jax.train.step import check_all_scored
 
 STEPS = 5
 
@@ -53,3 +59,25 @@ def test_accumulation_with_data_parallel_rules_matches_full_batch(single_device_
     np.testing.assert_allclose(losses, single_device_losses, rtol=2e-5)
     gate = state["params"]["llama"]["layers"][0]["mlp"]["gate"][...]
     assert gate.sharding.shard_shape(gate.shape) == gate.shape  # replicated
+
+
+def test_lm_head_at_scored_positions_only_equals_the_full_head(single_device_losses):
+    """`train.head_positions` K (the most supervised tokens of any row) on a sharded mesh gives
+    the single-device full-head losses; a K too small is reported by `check_all_scored`."""
+    batches = make_batches(tiny_config())
+    per_row = [supervised_targets(jnp.asarray(b["labels"]), jnp.asarray(b["segment_ids"]))[1]
+               .sum(axis=1).max() for b in (next(batches) for _ in range(STEPS))]
+    k = int(max(per_row))
+    assert k < tiny_config().data.seq_len - 1  # the head really skips positions
+    config = tiny_config(train__head_positions=str(k))
+    _, _, losses = run_steps(config, {"fsdp": 4, "tensor": 2}, STEPS)
+    np.testing.assert_allclose(losses, single_device_losses, rtol=2e-5)
+
+    short = tiny_config(train__head_positions="1")
+    setup = TrainSetup(short, {"fsdp": 1}, jax.devices()[:1])
+    with logical_rules(setup.mesh, setup.rules):
+        _, metrics = setup.train_step(setup.fresh_state(),
+                                      to_global_batch(next(make_batches(short)), setup.mesh))
+    assert int(metrics["unscored_tokens"]) > 0
+    with pytest.raises(ValueError, match="train.head_positions"):
+        check_all_scored(jax.device_get(metrics), 1, step=1)

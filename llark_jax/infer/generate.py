@@ -147,7 +147,7 @@ def _generate_batch(
     cache = init_cache(llama.config, b, t + max_new_tokens)
     last_b = jnp.sum(mask_bt, axis=1) - 1
     logits_b1v, cache = llama.decode_embeddings(
-        x_btd, attention_mask_bt=mask_bt, cache=cache, logits_at_b=last_b
+        x_btd, attention_mask_bt=mask_bt, cache=cache, logits_at=last_b
     )
     logits_bv = logits_b1v[:, 0]
     stop_len = stop_table_nl.shape[1]

@@ -363,13 +363,14 @@ class Llama(nnx.Module):
         segment_ids_bt: jax.Array | None = None,
         attention_mask_bt: jax.Array | None = None,
         cache: KVCache | None = None,
-        logits_at_b: jax.Array | None = None,
+        logits_at: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """The transformer on input embeddings [B, T, D] -> (logits [B, T, V] f32, new cache).
 
-        With `logits_at_b` (int [B], a slot per row, e.g. each prompt's last real token) the
-        logits are computed only there: [B, 1, V] instead of [B, T, V] (a prefill needs only the
-        next-token distribution; at 7B, T=2048, B=8 the full logits are ~2 GB of float32).
+        With `logits_at` (int [B] or [B, K]: positions per row) the final norm and the LM head
+        run only there, giving [B, 1, V] or [B, K, V] instead of [B, T, V]: a prefill needs only
+        each prompt's last position (at 7B, T=2048, B=8 the full logits are ~2 GB of float32),
+        training only the positions that predict a supervised token.
         """
         cfg = self.config
         b, t = x_btd.shape[:2]
@@ -402,8 +403,9 @@ class Llama(nnx.Module):
                 x_btd = _run_layer_remat(layer, x_btd, cos_bth, sin_bth, segment_ids_bt)
             else:
                 x_btd = _run_layer(layer, x_btd, cos_bth, sin_bth, segment_ids_bt)
-        if logits_at_b is not None:
-            x_btd = x_btd[jnp.arange(b), logits_at_b][:, None]  # [B, 1, D]
+        if logits_at is not None:
+            at_bk = logits_at[:, None] if logits_at.ndim == 1 else logits_at
+            x_btd = jnp.take_along_axis(x_btd, at_bk[..., None], axis=1)  # [B, K, D]
         x_btd = self.final_norm(x_btd)
         logits_btv = self._logits(x_btd)
         if cache is None:

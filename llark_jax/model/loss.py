@@ -14,6 +14,10 @@ Normalisations (`normalization=`):
   losses over the accumulation steps gives exactly the token-weighted mean of the full global
   batch, independent of how it is split. Without `global_token_count` it falls back to this
   micro-batch's count.
+
+`scored_positions` + `masked_lm_loss_at` compute the same loss from logits taken only at the
+positions that predict a supervised token (at most K per row): the LM head and the softmax then
+cost K/T of the full ones (in LLark rows most tokens are audio, question or template).
 """
 
 from __future__ import annotations
@@ -60,12 +64,47 @@ def masked_lm_loss(
     batch, int32), `loss_sum` (summed nats, float32) and `n_correct` (argmax hits, int32).
     """
     targets_bt, valid_bt = supervised_targets(labels_bt, segment_ids_bt)
-    logits_btv = logits_btv[:, :-1].astype(jnp.float32)
-    log_z_bt = jax.nn.logsumexp(logits_btv, axis=-1)
-    target_logit_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
-    nll_bt = jnp.where(valid_bt, log_z_bt - target_logit_bt, 0.0)
-    loss_sum = nll_bt.sum()
-    n_tokens = valid_bt.sum().astype(jnp.int32)
+    return masked_lm_loss_at(logits_btv[:, :-1], targets_bt, valid_bt,
+                             normalization=normalization, global_token_count=global_token_count)
+
+
+def scored_positions(
+    labels_bt: jax.Array, segment_ids_bt: jax.Array | None, k: int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The first `k` positions of each row whose logits predict a supervised token.
+
+    Returns (positions_bk int32, targets_bk int32, valid_bk bool, unscored int32) with
+    K = min(k, T-1): unused slots hold unsupervised positions (valid False); `unscored` counts
+    the supervised predictions beyond `k` in a row, which the loss leaves out (size `k` so that
+    it is 0, and check it).
+    """
+    targets_bt, valid_bt = supervised_targets(labels_bt, segment_ids_bt)
+    order_bt = jnp.argsort(jnp.where(valid_bt, 0, 1), axis=1, stable=True).astype(jnp.int32)
+    positions_bk = order_bt[:, : min(k, valid_bt.shape[1])]
+    valid_bk = jnp.take_along_axis(valid_bt, positions_bk, axis=1)
+    targets_bk = jnp.take_along_axis(targets_bt, positions_bk, axis=1)
+    unscored = (valid_bt.sum() - valid_bk.sum()).astype(jnp.int32)
+    return positions_bk, targets_bk, valid_bk, unscored
+
+
+def masked_lm_loss_at(
+    logits_bkv: jax.Array,
+    targets_bk: jax.Array,
+    valid_bk: jax.Array,
+    *,
+    normalization: Normalization = "micro_batch_mean",
+    global_token_count: jax.Array | int | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Cross-entropy of already-aligned logits [B,K,V] and targets [B,K] where `valid_bk`.
+
+    Same normalisations and metrics as `masked_lm_loss` (which calls it with K = T-1).
+    """
+    logits_bkv = logits_bkv.astype(jnp.float32)
+    log_z_bk = jax.nn.logsumexp(logits_bkv, axis=-1)
+    target_logit_bk = jnp.take_along_axis(logits_bkv, targets_bk[..., None], axis=-1)[..., 0]
+    nll_bk = jnp.where(valid_bk, log_z_bk - target_logit_bk, 0.0)
+    loss_sum = nll_bk.sum()
+    n_tokens = valid_bk.sum().astype(jnp.int32)
     if normalization == "micro_batch_mean":
         denom = n_tokens
     elif normalization == "global_tokens":
@@ -73,6 +112,6 @@ def masked_lm_loss(
     else:
         raise ValueError(f"unknown loss normalization {normalization!r}")
     loss = loss_sum / jnp.maximum(jnp.asarray(denom, jnp.float32), 1.0)
-    hits_bt = (jnp.argmax(logits_btv, axis=-1) == targets_bt) & valid_bt
-    metrics = {"n_tokens": n_tokens, "loss_sum": loss_sum, "n_correct": hits_bt.sum()}
+    hits_bk = (jnp.argmax(logits_bkv, axis=-1) == targets_bk) & valid_bk
+    metrics = {"n_tokens": n_tokens, "loss_sum": loss_sum, "n_correct": hits_bk.sum()}
     return loss, metrics

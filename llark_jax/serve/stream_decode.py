@@ -38,7 +38,7 @@ def _prefill(graphdef, state, input_ids_bt, mask_bt, audio, frame_index_bt, cach
         x_btd = model.embed_inputs(input_ids_bt, audio, frame_index_bt)
     cache = init_cache(llama.config, b, cache_len)
     logits_b1v, cache = llama.decode_embeddings(
-        x_btd, attention_mask_bt=mask_bt, cache=cache, logits_at_b=jnp.sum(mask_bt, axis=1) - 1
+        x_btd, attention_mask_bt=mask_bt, cache=cache, logits_at=jnp.sum(mask_bt, axis=1) - 1
     )
     return logits_b1v[:, 0], cache
 

@@ -42,7 +42,12 @@ from llark_jax.train.model_setup import (
 )
 from llark_jax.train.optim import make_optimizer, trainable_labels
 from llark_jax.train.sharded_init import abstract_model, tree_shardings
-from llark_jax.train.step import init_train_state, jit_train_step, make_train_step
+from llark_jax.train.step import (
+    check_all_scored,
+    init_train_state,
+    jit_train_step,
+    make_train_step,
+)
 from llark_jax.train.synthetic import SyntheticBatches, SyntheticSpec
 
 log = logging.getLogger("llark_jax.train")
@@ -127,7 +132,8 @@ class TrainSetup:
         self.state_shardings = tree_shardings(self.abstract_state, self.mesh, self.rules)
         step_fn = make_train_step(
             graphdef, self.tx, self.schedule, micro_steps=config.train.micro_steps,
-            normalization=config.train.loss_normalization, grad_mask=self.grad_mask)
+            normalization=config.train.loss_normalization, grad_mask=self.grad_mask,
+            head_positions=config.train.head_positions)
         batch_shardings = {k: batch_sharding(self.mesh, nd) for k, nd in BATCH_NDIMS.items()}
         self.train_step = jit_train_step(step_fn, self.state_shardings, batch_shardings,
                                          replicated(self.mesh))
@@ -169,7 +175,8 @@ class TrainSetup:
             llama_config(cfg.model), audio_dim=cfg.model.audio_dim, batch=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
             audio_frames=cfg.data.audio_segments * cfg.data.audio_frames,
-            audio_layers=cfg.model.get("audio_layers", 0))
+            audio_layers=cfg.model.get("audio_layers", 0),
+            head_positions=cfg.train.head_positions)
 
 
 BATCH_NDIMS = {"input_ids": 2, "labels": 2, "positions": 2, "segment_ids": 2, "audio": 4,
@@ -234,6 +241,7 @@ def _run(config, setup: TrainSetup, workdir: Path, total: int) -> int:
                 raise TrainingDiverged(
                     f"loss is {float(metrics['loss'])} at step {step + 1}; stopping. The newest "
                     f"checkpoint (step {kept[-1] if kept else 'none'}) is the last good one.")
+            check_all_scored(metrics, config.train.head_positions, step + 1)
             writer.write(step + 1, {k: metrics[k] for k in ("loss", "lr", "grad_norm")},
                          step_time=elapsed, tokens=tokens_per_step)
             done = step + 1

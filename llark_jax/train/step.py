@@ -26,7 +26,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from llark_jax.model.loss import masked_lm_loss, supervised_targets
+from llark_jax.model.loss import (
+    masked_lm_loss,
+    masked_lm_loss_at,
+    scored_positions,
+    supervised_targets,
+)
 from llark_jax.model.trainable import apply_mask
 
 TrainState = dict[str, Any]
@@ -57,26 +62,39 @@ def make_train_step(
     micro_steps: int = 1,
     normalization: str = "micro_batch_mean",
     grad_mask: Any | None = None,
+    head_positions: int = 0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns `train_step(state, batch) -> (state, metrics)`, a pure function to jit.
 
     The batch holds the arrays of `llark_jax.train.synthetic` (leading dim = global batch).
+    `head_positions` K > 0 runs the LM head and the loss only at the first K positions per row
+    that predict a supervised token (`llark_jax.model.loss.scored_positions`), the same loss
+    when no row has more; 0 = every position.
     metrics: `loss` (normalised as above), `grad_norm` (global norm after masking, before
-    clipping), `lr` (rate of this update), `supervised_tokens`.
+    clipping), `lr` (rate of this update), `supervised_tokens`, and with K > 0 `unscored_tokens`
+    (supervised predictions beyond K in a row, left out: the caller checks it is 0).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"loss normalization {normalization!r} not in {NORMALIZATIONS}")
 
     def objective(params: Any, rest: Any, micro: Batch, total_tokens: jax.Array | None):
         model = nnx.merge(graphdef, params, rest)
-        logits_btv = model(
-            micro["input_ids"], micro["audio"], micro["positions"],
-            segment_ids=micro["segment_ids"], audio_frame_index=micro["audio_frame_index"],
-            audio_mask=micro["audio_mask"],
-        )
+        inputs = (micro["input_ids"], micro["audio"], micro["positions"])
+        extras = {"segment_ids": micro["segment_ids"],
+                  "audio_frame_index": micro["audio_frame_index"],
+                  "audio_mask": micro["audio_mask"]}
+        if head_positions:
+            positions_bk, targets_bk, valid_bk, unscored = scored_positions(
+                micro["labels"], micro["segment_ids"], head_positions)
+            logits_bkv = model(*inputs, **extras, logits_at=positions_bk)
+            loss, aux = masked_lm_loss_at(logits_bkv, targets_bk, valid_bk,
+                                          normalization=normalization,
+                                          global_token_count=total_tokens)
+            return loss, (aux["n_tokens"], unscored)
+        logits_btv = model(*inputs, **extras)
         loss, aux = masked_lm_loss(logits_btv, micro["labels"], micro["segment_ids"],
                                    normalization=normalization, global_token_count=total_tokens)
-        return loss, aux["n_tokens"]
+        return loss, (aux["n_tokens"], jnp.zeros((), jnp.int32))
 
     grad_fn = jax.value_and_grad(objective, has_aux=True)
 
@@ -88,17 +106,19 @@ def make_train_step(
             total_tokens = jnp.maximum(count_supervised(batch), 1).astype(jnp.float32)
 
         def accumulate(carry, micro):
-            grads_acc, loss_acc, tokens_acc = carry
-            (loss, n_tokens), grads = grad_fn(params, rest, micro, total_tokens)
+            grads_acc, loss_acc, counts_acc = carry
+            (loss, counts), grads = grad_fn(params, rest, micro, total_tokens)
             grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
-            return (grads_acc, loss_acc + loss, tokens_acc + n_tokens), None
+            counts_acc = jax.tree.map(jnp.add, counts_acc, counts)
+            return (grads_acc, loss_acc + loss, counts_acc), None
 
         if micro_steps == 1:  # no float32 accumulator: saves 4 bytes/param of memory
-            (loss, tokens), grads = grad_fn(params, rest, batch, total_tokens)
+            (loss, (tokens, unscored)), grads = grad_fn(params, rest, batch, total_tokens)
         else:
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-            (grads, loss, tokens), _ = jax.lax.scan(accumulate, init, micro_batches)
+            no_counts = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+            init = (zeros, jnp.zeros((), jnp.float32), no_counts)
+            (grads, loss, (tokens, unscored)), _ = jax.lax.scan(accumulate, init, micro_batches)
         if normalization == "micro_batch_mean":
             grads = jax.tree.map(lambda g: g / micro_steps, grads)
             loss = loss / micro_steps
@@ -112,9 +132,20 @@ def make_train_step(
                      "step": state["step"] + 1}
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
                    "supervised_tokens": tokens}
+        if head_positions:
+            metrics["unscored_tokens"] = unscored
         return new_state, metrics
 
     return train_step
+
+
+def check_all_scored(metrics: dict[str, Any], head_positions: int, step: int) -> None:
+    """Raises ValueError when a step with `head_positions` K left supervised tokens unscored."""
+    unscored = int(metrics.get("unscored_tokens", 0))
+    if unscored:
+        raise ValueError(f"step {step}: {unscored} supervised tokens lie beyond the first "
+                         f"{head_positions} scored positions of their row; raise "
+                         "train.head_positions (0 = every position)")
 
 
 def count_supervised(batch: Batch) -> jax.Array:
