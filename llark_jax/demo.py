@@ -9,7 +9,7 @@ Stages, in order (outputs under `--workdir`, default `runs/demo`):
 | annotate | `python -m data_prep annotate` (madmom) | `work/annotations.jsonl` |
 | instruct | `python -m data_prep instruct --backend offline` | `work/qa.jsonl` |
 | embed | `python -m data_prep embed --encoder mel`, pooling, standardising | `embeddings/` |
-| records | `python -m data_prep write` (train, eval; key-only train) | `records*/` |
+| records | `python -m data_prep write` (train, eval) | `records/` |
 | train | LLark (SmolLM2-135M-Instruct from the GGUF + projector) in JAX | `train/` |
 | eval | the paper's three prompts, own vs shuffled audio | `eval/answers.json` |
 | report | metrics, 95% intervals, plots, examples | `report.json`, `report.md` |
@@ -155,7 +155,8 @@ class Demo:
 
     def stage_instruct(self) -> dict:
         """Clip metadata = madmom annotation + synthesis truth (truth wins; madmom's key and
-        chords kept as `*_madmom`), then offline QA, then the training question set."""
+        chords kept as `*_madmom`), then offline QA, then the training question set, each paper
+        prompt under its own task name ("key", "tempo", "instruments") for `data.task_weights`."""
         rows = []
         for row in _read_jsonl(self.path("work", "annotations.jsonl")):
             truth = row.pop("metadata")
@@ -169,15 +170,14 @@ class Demo:
                           "--seed", str(self.config.seed)])
         from llark_jax.demo_eval import PROMPTS
 
-        keep = set(PROMPTS.values()) if self.config.data.questions == "paper" else None
+        task_of = {prompt: task for task, prompt in PROMPTS.items()}
+        paper_only = self.config.data.questions == "paper"
         qa_rows = []
-        for row in _read_jsonl(all_qa):
-            row["qa"] = [p for p in row["qa"] if keep is None or p["question"] in keep]
+        for row in _read_jsonl(all_qa):  # each paper prompt gets its own task (task_weights)
+            row["qa"] = [{**p, "task": task_of.get(p["question"], p["task"])} for p in row["qa"]
+                         if not paper_only or p["question"] in task_of]
             qa_rows.append(row)
         _write_jsonl(self.path("work", "qa.jsonl"), qa_rows)
-        key_rows = [{**r, "qa": [p for p in r["qa"] if p["question"] == PROMPTS["key"]]}
-                    for r in qa_rows]
-        _write_jsonl(self.path("work", "qa_key.jsonl"), key_rows)
         return {"clips": len(qa_rows), "pairs": sum(len(r["qa"]) for r in qa_rows)}
 
     def stage_embed(self) -> dict:
@@ -192,21 +192,19 @@ class Demo:
                                 self.config.stages.temporal_pool, train_ids)
 
     def stage_records(self) -> None:
-        """Train and eval shards (`records/`), and key-only train shards (`records_key/`) for the
-        second training phase."""
-        for split, qa, out in (("train", "qa.jsonl", "records"), ("eval", "qa.jsonl", "records"),
-                               ("train", "qa_key.jsonl", "records_key")):
+        """Train and eval shards (`records/`) with their index (task counts per split)."""
+        for split in ("train", "eval"):
             _run("records", ["data_prep", "write", "--annotations",
                              str(self.path("work", "metadata.jsonl")),
-                             "--qa", str(self.path("work", qa)),
+                             "--qa", str(self.path("work", "qa.jsonl")),
                              "--embeddings", str(self.path("embeddings", "prepared")),
-                             "--output-dir", str(self.path(out)), "--split", split,
+                             "--output-dir", str(self.path("records")), "--split", split,
                              "--embedding-dtype", "float32", "--dataset", "demo"])
 
     # --- JAX stages (in process) ---
 
-    def _shards(self, split: str, folder: str = "records") -> list[str]:
-        return sorted(str(p) for p in self.path(folder).glob(f"{split}-*.tfrecord"))
+    def _shards(self, split: str) -> list[str]:
+        return sorted(str(p) for p in self.path("records").glob(f"{split}-*.tfrecord"))
 
     def stage_train(self) -> dict:
         from llark_jax.demo_train import build_demo_model, train_demo
@@ -214,13 +212,6 @@ class Demo:
         model, tokenizer, template = build_demo_model(self.config)
         summary = train_demo(self.config, model, tokenizer, template, self._shards("train"),
                              self.path("train"))
-        t = self.config.train
-        if t.key_steps > 0:  # phase 2: key question only, fresh optimizer and schedule
-            phase = self.config.copy_and_resolve_references()
-            phase.train.steps, phase.optim.warmup_steps = t.key_steps, t.key_warmup_steps
-            summary["key_phase"] = train_demo(phase, model, tokenizer, template,
-                                              self._shards("train", "records_key"),
-                                              self.path("train", "key_phase"))
         self.state["model"] = (model, tokenizer, template)
         return summary
 
@@ -229,9 +220,7 @@ class Demo:
             from llark_jax.demo_train import TRAINED_PARAMS, build_demo_model, load_trained
 
             model, tokenizer, template = build_demo_model(self.config)
-            phase_two = self.path("train", "key_phase", TRAINED_PARAMS)
-            load_trained(model, phase_two if phase_two.exists() else
-                         self.path("train", TRAINED_PARAMS))
+            load_trained(model, self.path("train", TRAINED_PARAMS))
             self.state["model"] = (model, tokenizer, template)
         return self.state["model"]
 

@@ -186,14 +186,12 @@ def make_report(config: ml_collections.ConfigDict, workdir: Path,
     answers = saved["answers"]
     scores = {c: score(answers[c], truth, vocabulary) for c in CONDITIONS}
     training = json.loads((workdir / "stages" / "train.json").read_text())
-    losses = [json.loads(line)["loss"]
-              for path in (workdir / "train" / "metrics.jsonl",
-                           workdir / "train" / "key_phase" / "metrics.jsonl") if path.exists()
-              for line in path.read_text().splitlines() if line.strip()]
+    losses = [json.loads(line)["loss"] for line in
+              (workdir / "train" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     extra = {
         "training": {k: training[k] for k in (
             "steps", "seconds", "loop_seconds", "first_loss", "last_loss", "trainable_params",
-            "key_phase") if k in training}
+            "non_pad_fraction") if k in training}
         | {"trainable": config.model.trainable, "lm": config.model.source},
         "madmom_vs_truth": madmom_vs_truth(metadata),
         "examples": _examples(saved["clip_ids"], truth, answers, config.eval.examples),

@@ -30,7 +30,7 @@ from llark_jax.demo_lm import load_demo_lm
 from llark_jax.model.llark import LLark
 from llark_jax.model.trainable import count_trainable, gradient_mask
 from llark_jax.train.optim import make_schedule, trainable_labels
-from llark_jax.train.step import init_train_state, make_train_step
+from llark_jax.train.step import check_all_scored, init_train_state, make_train_step
 
 log = logging.getLogger("llark_jax.demo")
 TRAINED_PARAMS = "trained_params.npz"
@@ -61,7 +61,9 @@ def make_pipeline(config: ml_collections.ConfigDict, files: list[str], tokenizer
                             embed_dim=config.model.audio_dim)
     tokenize = make_tokenize_fn(tokenizer, template, AudioTokenIds.from_tokenizer(tokenizer),
                                 max_len=d.seq_len)
-    return Pipeline(PipelineConfig(files=tuple(files), packing=packing, seed=config.seed),
+    weights = d.task_weights.to_dict() if d.task_weights else None
+    return Pipeline(PipelineConfig(files=tuple(files), packing=packing, seed=config.seed,
+                                   task_weights=weights),
                     tokenize, process_index=0, process_count=1)
 
 
@@ -101,7 +103,8 @@ def train_demo(config: ml_collections.ConfigDict, model: LLark, tokenizer: Any,
                          (model.audio_start_id, model.audio_end_id))
     steps = config.train.steps
     tx, schedule = demo_optimizer(config.optim, steps, mask)
-    step_fn = jax.jit(make_train_step(graphdef, tx, schedule, grad_mask=mask),
+    step_fn = jax.jit(make_train_step(graphdef, tx, schedule, grad_mask=mask,
+                                      head_positions=config.train.head_positions),
                       donate_argnums=(0,))
     state = init_train_state(params, rest, tx)
     pipeline = make_pipeline(config, files, tokenizer, template)
@@ -114,6 +117,7 @@ def train_demo(config: ml_collections.ConfigDict, model: LLark, tokenizer: Any,
         for step in range(steps):
             batch = {k: jnp.asarray(v) for k, v in next(pipeline).items()}
             state, metrics = step_fn(state, batch)
+            check_all_scored(metrics, config.train.head_positions, step + 1)
             loss = float(metrics["loss"])
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step + 1}")
