@@ -8,6 +8,11 @@ decode greedily in float32 from the same prompts for exactly `--new-tokens` toke
 both do the same work; tokens/s = batch x new tokens / wall time of the whole call (prefill of the
 prompt included, the same for both). The run also reports the fraction of rows whose tokens are
 identical in both frameworks (a check that the weights and the decoding agree).
+
+Machine limit: a decode step reads every weight once, so at batch b no implementation exceeds
+b x (memory read bandwidth / weight bytes) tokens/s. The read bandwidth is measured in the same
+run (best of a numpy and an XLA reduction over 512 MB); each row reports that bound and ours as a
+fraction of it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import argparse
 import numpy as np
 from common import cpu_count, emit, interleaved, setup_torch
 from train_step import SHAPES
+
+BANDWIDTH_BYTES = 512 * 2**20
 
 
 def build(shape: str):
@@ -37,6 +44,26 @@ def build(shape: str):
     hf.set_attn_implementation("sdpa")
     hf.eval()
     return llama, hf
+
+
+def read_bandwidth(rounds: int = 5) -> float:
+    """Bytes/s of the best streaming read: a numpy sum and a jitted XLA sum over 512 MB."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    host = np.ones(BANDWIDTH_BYTES // 4, np.float32)
+    device = jnp.asarray(host)
+    xla_sum = jax.jit(jnp.sum)
+    xla_sum(device).block_until_ready()
+    best = float("inf")
+    for _ in range(rounds):
+        for run in (lambda: host.sum(), lambda: xla_sum(device).block_until_ready()):
+            began = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - began)
+    return BANDWIDTH_BYTES / best
 
 
 def measure(shape: str, batches: list[int], prompt_len: int, new_tokens: int, rounds: int) -> dict:
@@ -76,8 +103,18 @@ def measure(shape: str, batches: list[int], prompt_len: int, new_tokens: int, ro
             "speedup_median": times["hf"]["median"] / times["ours"]["median"],
             "identical_rows": float(same),
         })
+    import jax
+    from flax import nnx
+
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(llama, nnx.Param)))
+    bandwidth = read_bandwidth()
+    for row in rows:
+        row["bound_tokens_per_s"] = row["batch"] * bandwidth / weight_bytes
+        row["ours_fraction_of_bound"] = row["ours_tokens_per_s"] / row["bound_tokens_per_s"]
+        row["max_speedup"] = row["bound_tokens_per_s"] / row["hf_tokens_per_s"]
     return {"shape": shape, "dims": SHAPES[shape], "prompt_len": prompt_len,
-            "new_tokens": new_tokens, "cores": cpu_count(), "rows": rows}
+            "new_tokens": new_tokens, "cores": cpu_count(), "weight_bytes": weight_bytes,
+            "read_bandwidth_gb_s": bandwidth / 1e9, "rows": rows}
 
 
 def main() -> None:

@@ -7,6 +7,10 @@
 - remat: step time with `LlamaConfig.remat` on vs off (off is the default for models that fit).
 - donation: step time with the train state donated vs copied.
 - blocked attention: step time with `llama.ATTENTION_BLOCK` causal query blocks vs one block.
+- scored head: step time with the LM head at the 200 answer positions per row
+  (`train.head_positions`, the default here) vs at all 512.
+- host syncs: 3 steps fetching the loss to the host after each (the trainer's loop) vs 3 steps
+  dispatched back to back with one fetch at the end.
 (dtype policy: `bench/train_step.py --dtype bfloat16`, a row of RESULTS.md.)
 """
 
@@ -21,10 +25,12 @@ import tempfile
 import time
 
 from common import REPO, emit, interleaved
-from train_step import build_ours, make_batch, our_step_and_state
+from train_step import ANSWER_TOKENS, build_ours, make_batch, our_step_and_state
+
+SYNC_STEPS = 3
 
 
-def _step_parts(shape: str, remat: bool):
+def _step_parts(shape: str, remat: bool, head_positions: int = ANSWER_TOKENS):
     import jax
     from flax import nnx
 
@@ -38,7 +44,7 @@ def _step_parts(shape: str, remat: bool):
         model = LLark(Llama(cfg, rngs=nnx.Rngs(0)), model.projector.kernel.shape[0],
                       audio_start_id=v - 3, audio_patch_id=v - 2, audio_end_id=v - 1,
                       rngs=nnx.Rngs(1))
-    train_step, state = our_step_and_state(model)
+    train_step, state = our_step_and_state(model, head_positions)
     batch = jax.device_put(make_batch(cfg.vocab_size, 4, 512))
     return train_step, state, batch
 
@@ -73,13 +79,15 @@ def step_variants(shape: str, rounds: int) -> dict:
 
     from llark_jax.model import llama as llama_module
 
-    variants = [("default", False, True, None), ("remat", True, True, None),
-                ("no_donation", False, False, None)]
+    variants = [("default", False, True, None, ANSWER_TOKENS),
+                ("remat", True, True, None, ANSWER_TOKENS),
+                ("no_donation", False, False, None, ANSWER_TOKENS),
+                ("full_head", False, True, None, 0)]
     if hasattr(llama_module, "ATTENTION_BLOCK"):
-        variants.append(("unblocked_attention", False, True, 1 << 30))
+        variants.append(("unblocked_attention", False, True, 1 << 30, ANSWER_TOKENS))
     fns = {}
-    for name, remat, donate, block in variants:
-        step_fn, state, batch = _step_parts(shape, remat)
+    for name, remat, donate, block, head_positions in variants:
+        step_fn, state, batch = _step_parts(shape, remat, head_positions)
         saved = getattr(llama_module, "ATTENTION_BLOCK", None)
         if block is not None:
             llama_module.ATTENTION_BLOCK = block  # read at trace time
@@ -101,6 +109,27 @@ def step_variants(shape: str, rounds: int) -> dict:
     return {name: {**t, "relative_to_default": t["min"] / base} for name, t in times.items()}
 
 
+def host_syncs(shape: str) -> dict:
+    """Seconds for SYNC_STEPS steps with a host fetch of the loss after each vs one at the end."""
+    import jax
+
+    step_fn, state, batch = _step_parts(shape, remat=False)
+    step = jax.jit(step_fn, donate_argnums=(0,)).lower(state, batch).compile()
+    holder = {"state": state}
+
+    def loop(sync_each: bool) -> None:
+        losses = []
+        for _ in range(SYNC_STEPS):
+            holder["state"], metrics = step(holder["state"], batch)
+            losses.append(float(metrics["loss"]) if sync_each else metrics["loss"])
+        jax.device_get(losses)
+
+    times = interleaved({"sync_each_step": lambda: loop(True),
+                         "sync_at_end": lambda: loop(False)}, rounds=1)
+    return {**times, "steps": SYNC_STEPS,
+            "ratio": times["sync_each_step"]["min"] / times["sync_at_end"]["min"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,7 +142,8 @@ def main() -> None:
         compile_child(args.shape, args.compile_child)
         return
     emit({"benchmark": "levers", "shape": args.shape, "compile_cache": compile_cache(args.shape),
-          "step_variants": step_variants(args.shape, args.rounds)}, args.json)
+          "step_variants": step_variants(args.shape, args.rounds),
+          "host_syncs": host_syncs(args.shape)}, args.json)
 
 
 if __name__ == "__main__":

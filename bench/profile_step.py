@@ -8,8 +8,10 @@ Parts (each its own `jax.jit`, forward + backward where it trains):
   forward     loss only
   optimizer   clip + AdamW update of every parameter from given gradients
   layers      all decoder layers, forward + backward (input gradient + weight gradients)
-  head_loss   final norm + lm_head + masked cross-entropy, forward + backward
+  head_loss   final norm + lm_head + masked cross-entropy at the scored positions, fwd + bwd
   attention   the attention core of all layers (scores, mask, softmax, values), fwd + bwd
+The step, grad, forward and head_loss parts compute the LM head at the 200 positions per row
+that predict an answer token, as `bench/train_step.py` does (`train.head_positions`).
 Prints seconds (best of rounds), the share of `step`, analytic FLOPs and GFLOP/s of each part.
 """
 
@@ -19,7 +21,15 @@ import argparse
 
 import numpy as np
 from common import emit, interleaved
-from train_step import AUDIO_DIM, AUDIO_FRAMES, bench_optimizer, build_ours, make_batch
+from train_step import (
+    ANSWER_TOKENS,
+    AUDIO_DIM,
+    AUDIO_FRAMES,
+    bench_optimizer,
+    build_ours,
+    make_batch,
+    our_step_and_state,
+)
 
 
 def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, dict]:
@@ -28,23 +38,24 @@ def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, 
     import jax.numpy as jnp
     from flax import nnx
 
-    from llark_jax.model.loss import masked_lm_loss
+    from llark_jax.model.loss import masked_lm_loss_at, scored_positions
     from llark_jax.train.model_setup import train_flops_per_step
-    from llark_jax.train.step import init_train_state, make_train_step
 
     model, cfg = build_ours(shape, dtype)
     batch = jax.device_put(make_batch(cfg.vocab_size, batch_size, seq_len))
-    tx, schedule = bench_optimizer()
+    tx, _ = bench_optimizer()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = init_train_state(params, rest, tx)
-    step = jax.jit(make_train_step(graphdef, tx, schedule))
+    train_step, state = our_step_and_state(model)
+    step = jax.jit(train_step)
+    at_bk, targets_bk, valid_bk, _ = scored_positions(batch["labels"], batch["segment_ids"],
+                                                      ANSWER_TOKENS)
 
     def loss_fn(p):
         m = nnx.merge(graphdef, p, rest)
         logits = m(batch["input_ids"], batch["audio"], batch["positions"],
                    segment_ids=batch["segment_ids"], audio_frame_index=batch["audio_frame_index"],
-                   audio_mask=batch["audio_mask"])
-        return masked_lm_loss(logits, batch["labels"], batch["segment_ids"])[0]
+                   audio_mask=batch["audio_mask"], logits_at=at_bk)
+        return masked_lm_loss_at(logits, targets_bk, valid_bk)[0]
 
     grad = jax.jit(jax.value_and_grad(loss_fn))
     forward = jax.jit(loss_fn)
@@ -74,8 +85,8 @@ def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, 
 
     def head_loss(hp, x):
         llama = nnx.merge(head_gd, hp, head_rest)
-        logits = llama._logits(llama.final_norm(x))
-        return masked_lm_loss(logits, batch["labels"], seg)[0]
+        x_bkd = jnp.take_along_axis(x, at_bk[..., None], axis=1)
+        return masked_lm_loss_at(llama._logits(llama.final_norm(x_bkd)), targets_bk, valid_bk)[0]
 
     head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
 
@@ -103,14 +114,14 @@ def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, 
     }
     tokens = b * t
     total = train_flops_per_step(cfg, audio_dim=AUDIO_DIM, batch=b, seq_len=t,
-                                 audio_frames=AUDIO_FRAMES)
+                                 audio_frames=AUDIO_FRAMES, head_positions=ANSWER_TOKENS)
     attn_flops = 12 * cfg.num_layers * n * h * t * tokens
     layer_matmul = cfg.num_layers * (d * h * (2 * n + 2 * k) + 3 * d * cfg.intermediate_size)
     flops = {
         "step": total, "grad": total, "forward": total / 3,
         "optimizer": 0.0,
         "layers": 6 * layer_matmul * tokens + attn_flops,
-        "head_loss": 6 * d * cfg.padded_vocab_size * tokens,
+        "head_loss": 6 * d * cfg.padded_vocab_size * b * at_bk.shape[1],
         "attention": attn_flops,
     }
     return fns, flops

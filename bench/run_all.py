@@ -27,7 +27,7 @@ BENCHMARKS = {
     "train_b": ["bench/train_step.py", "--shape", "b", "--batch", "2", "--rounds", "2"],
     "profile": ["bench/profile_step.py", "--shape", "a", "--rounds", "2"],
     "levers": ["bench/levers.py", "--shape", "a"],
-    "generate": ["bench/generate.py", "--rounds", "2"],
+    "generate": ["bench/generate.py", "--rounds", "2", "--new-tokens", "32"],
     "plan": ["bench/plan.py"],
     "pipeline": ["bench/pipeline.py"],
 }
