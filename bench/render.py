@@ -84,7 +84,10 @@ def _generate(r: dict) -> list[str]:
             "once per decode step)"
             + (f": {r['read_bandwidth_gb_s']:.1f} GB/s measured in the run, "
                f"{r['weight_bytes'] / 1e6:.0f} MB of weights" if "weight_bytes" in r else "")
-            + ".", ""]
+            + "."
+            + (f" XLA's floor for one token's weight matrix-vector products alone (one jitted "
+               f"program): {r['matvec_floor_ms']:.1f} ms = {r['matvec_floor_tokens_per_s']:.1f} "
+               "tok/s at batch 1." if "matvec_floor_ms" in r else ""), ""]
     return head + _table(["batch", "ours tok/s", "HF generate tok/s", "speedup best (median)",
                           "identical outputs", "bound tok/s", "ours of bound"], rows)
 
