@@ -50,27 +50,19 @@ def build(shape: str):
 
 def read_bandwidth(rounds: int = 5) -> float:
     """Bytes/s of the best streaming read: a numpy sum and a jitted XLA sum over 512 MB."""
-    import time
-
     import jax
     import jax.numpy as jnp
 
     host = np.ones(BANDWIDTH_BYTES // 4, np.float32)
     device = jnp.asarray(host)
     xla_sum = jax.jit(jnp.sum)
-    xla_sum(device).block_until_ready()
-    best = float("inf")
-    for _ in range(rounds):
-        for run in (lambda: host.sum(), lambda: xla_sum(device).block_until_ready()):
-            began = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - began)
-    return BANDWIDTH_BYTES / best
+    times = interleaved({"numpy": host.sum,
+                         "xla": lambda: xla_sum(device).block_until_ready()}, rounds)
+    return BANDWIDTH_BYTES / min(t["min"] for t in times.values())
 
 
 def matvec_floor_s(llama, rounds: int = 10) -> float:
     """Seconds of one token's weight matrix-vector products alone, in one jitted program."""
-    import time
 
     import jax
     import jax.numpy as jnp
@@ -92,13 +84,8 @@ def matvec_floor_s(llama, rounds: int = 10) -> float:
         return total
 
     weights = [w for _, w in flat]
-    products(weights).block_until_ready()
-    best = float("inf")
-    for _ in range(rounds):
-        began = time.perf_counter()
-        products(weights).block_until_ready()
-        best = min(best, time.perf_counter() - began)
-    return best
+    times = interleaved({"products": lambda: products(weights).block_until_ready()}, rounds)
+    return times["products"]["min"]
 
 
 def measure(shape: str, batches: list[int], prompt_len: int, new_tokens: int, rounds: int) -> dict:
