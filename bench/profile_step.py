@@ -39,7 +39,7 @@ def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, 
     from flax import nnx
 
     from llark_jax.model.loss import masked_lm_loss_at, scored_positions
-    from llark_jax.train.model_setup import train_flops_per_step
+    from llark_jax.train.flops import train_flops_per_step
 
     model, cfg = build_ours(shape, dtype)
     batch = jax.device_put(make_batch(cfg.vocab_size, batch_size, seq_len))

@@ -19,7 +19,7 @@ ours. `--dtype bfloat16`: ours computes in bf16 with fp32 master weights; torch 
 `torch.autocast(bfloat16)`.
 
 Prints tokens/s of both, the ratio, the GFLOP/s each executes (analytic 6·N·tokens + attention +
-projector, `llark_jax.train.model_setup.train_flops_per_step`, the LM head counted at the
+projector, `llark_jax.train.flops.train_flops_per_step`, the LM head counted at the
 positions each computes) and that as a fraction of the matmul limit of the step's dtype, measured
 in this process (`bench/matmul_peak.py`).
 """
@@ -150,7 +150,7 @@ def torch_step(model, batch: dict[str, np.ndarray], dtype: str):
 
 def measure(shape: str, dtype: str, rounds: int, batch_size: int, seq_len: int,
             peak_n: int, full_head: bool) -> dict:
-    from llark_jax.train.model_setup import train_flops_per_step
+    from llark_jax.train.flops import train_flops_per_step
 
     model, cfg = build_ours(shape, dtype)
     batch = make_batch(cfg.vocab_size, batch_size, seq_len)

@@ -17,15 +17,14 @@ supervised tokens of the step instead.
 Plan memory first: `python -m llark_jax plan --config configs/llark_7b.py --mesh fsdp=8`.
 """
 
-from pathlib import Path
 
 import ml_collections
 
-from llark_jax.config import load_config_file
+from llark_jax.config_base import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = load_config_file(Path(__file__).with_name("tiny.py"))  # the full schema
+    config = base_config()  # the one schema (llark_jax.config_base)
     config.seed = 42  # the HF Trainer default seed the reference ran with
 
     m = config.model

@@ -8,16 +8,22 @@ Stages, in order (outputs under `--workdir`, default `runs/demo`):
 | crop | `python -m data_prep crop` | `clips/` |
 | annotate | `python -m data_prep annotate` (madmom) | `work/annotations.jsonl` |
 | instruct | `python -m data_prep instruct --backend offline` | `work/qa.jsonl` |
-| embed | `python -m data_prep embed --encoder mel`, pooling, standardising | `embeddings/` |
+| embed | `python -m data_prep embed --encoder mel` (10 Hz frames) | `embeddings/mel/` |
 | records | `python -m data_prep write` (train, eval) | `records/` |
-| train | LLark (SmolLM2-135M-Instruct from the GGUF + projector) in JAX | `train/` |
-| eval | the paper's three prompts, own vs shuffled audio | `eval/answers.json` |
+| train | the trainer of `python -m llark_jax train`: SmolLM2 + projector | `train/`, `model/` |
+| eval | the paper's three prompts, own vs shuffled audio, on `model/` | `eval/answers.json` |
 | report | metrics, 95% intervals, plots, examples | `report.json`, `report.md` |
 
 The data_prep stages run as subprocesses (their progress bars show; `llark_jax` never imports
-torch). Every finished stage writes `stages/<name>.json` (seconds + a hash of the config it ran
-with); a rerun skips finished stages as long as the config is unchanged (a changed config reruns
-from the first stage whose settings changed, see `STAGE_KEYS`).
+torch). Training is the production trainer on `configs/demo.py` (an ordinary training config:
+pooling and standardisation of the features, task weights, separate projector/LM learning rates
+are trainer settings), with Orbax checkpoints (a killed demo resumes its training) and
+`train/metrics.jsonl`; it ends with `model/`, a model directory every tool loads (`infer`,
+`serve`, `eval`, `export`).
+
+Every finished stage writes `stages/<name>.json` (seconds + a hash of the config it ran with);
+a rerun skips finished stages as long as the config is unchanged (a changed config reruns from
+the first stage whose settings changed, see `STAGE_KEYS`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,15 +42,17 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from llark_jax.config import load_config, split_overrides
+from llark_jax.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.py"
 STAGES = ("synth", "crop", "annotate", "instruct", "embed", "records", "train", "eval", "report")
 # Config entries each stage's output depends on (a change reruns it and every later stage).
-STAGE_KEYS = {"synth": ("seed", "dataset"), "instruct": ("data.questions",),
-              "embed": ("stages.temporal_pool",), "train": ("model", "data", "train", "optim"),
+STAGE_KEYS = {"synth": ("seed", "dataset"), "train": ("model", "data", "train", "optim"),
               "eval": ("eval",)}
+MEL_FRAME_RATE_HZ = 10.0
 TRUTH_FIELDS = ("tempo", "key", "time_signature", "instruments", "chords")
 log = logging.getLogger("llark_jax.demo")
 
@@ -60,16 +69,6 @@ def _run(stage: str, args: list[str]) -> None:
         raise StageFailed(f"stage {stage}: `{' '.join(command[1:])}` exited with {status}")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
-
-
 def _config_hash(config: ml_collections.ConfigDict, stage: str) -> str:
     """Hash of the config entries this stage and all earlier ones depend on."""
     data = {}
@@ -83,7 +82,7 @@ def _config_hash(config: ml_collections.ConfigDict, stage: str) -> str:
 
 
 class Demo:
-    """Runs the stages in `workdir` with `config`; `state` carries in-process objects (model)."""
+    """Runs the stages in `workdir` with `config`; `state` carries the report."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         self.config = config
@@ -118,9 +117,7 @@ class Demo:
             info = getattr(self, f"stage_{stage}")() or {}
             seconds = time.perf_counter() - began
             self.stage_seconds[stage] = seconds
-            tmp = marker.with_name(marker.name + ".tmp")
-            tmp.write_text(json.dumps({**info, "seconds": seconds, "config_hash": digest}))
-            os.replace(tmp, marker)
+            write_json_atomic(marker, {**info, "seconds": seconds, "config_hash": digest})
             print(f"[{index + 1}/{len(STAGES)}] {stage}: {seconds:.1f} s", flush=True)
             if stage == stop_after:
                 break
@@ -136,8 +133,8 @@ class Demo:
         tracks = [{"id": t["clip_id"], "dataset": "demo", "split": t["split"],
                    "audio_path": str(self.path("data", "audio", f"{t['clip_id']}.wav")),
                    "metadata": {k: t[k] for k in TRUTH_FIELDS}}
-                  for t in _read_jsonl(self.path("data", "clips.jsonl"))]
-        _write_jsonl(self.path("work", "tracks.jsonl"), tracks)
+                  for t in read_jsonl(self.path("data", "clips.jsonl"))]
+        write_jsonl_atomic(self.path("work", "tracks.jsonl"), tracks)
         return {"clips": len(tracks), "eval": sum(t["split"] == "eval" for t in tracks)}
 
     def stage_crop(self) -> None:
@@ -158,11 +155,11 @@ class Demo:
         chords kept as `*_madmom`), then offline QA, then the training question set, each paper
         prompt under its own task name ("key", "tempo", "instruments") for `data.task_weights`."""
         rows = []
-        for row in _read_jsonl(self.path("work", "annotations.jsonl")):
+        for row in read_jsonl(self.path("work", "annotations.jsonl")):
             truth = row.pop("metadata")
             row["key_madmom"], row["chords_madmom"] = row.pop("key", None), row.pop("chords", [])
             rows.append({"clip_id": row.pop("id"), **row, **truth})
-        _write_jsonl(self.path("work", "metadata.jsonl"), rows)
+        write_jsonl_atomic(self.path("work", "metadata.jsonl"), rows)
         all_qa = self.path("work", "qa_all.jsonl")
         _run("instruct", ["data_prep", "instruct", "--metadata",
                           str(self.path("work", "metadata.jsonl")), "--task", "mir",
@@ -171,25 +168,19 @@ class Demo:
         from llark_jax.demo_eval import PROMPTS
 
         task_of = {prompt: task for task, prompt in PROMPTS.items()}
-        paper_only = self.config.data.questions == "paper"
+        paper_only = self.config.dataset.questions == "paper"
         qa_rows = []
-        for row in _read_jsonl(all_qa):  # each paper prompt gets its own task (task_weights)
+        for row in read_jsonl(all_qa):  # each paper prompt gets its own task (task_weights)
             row["qa"] = [{**p, "task": task_of.get(p["question"], p["task"])} for p in row["qa"]
                          if not paper_only or p["question"] in task_of]
             qa_rows.append(row)
-        _write_jsonl(self.path("work", "qa.jsonl"), qa_rows)
+        write_jsonl_atomic(self.path("work", "qa.jsonl"), qa_rows)
         return {"clips": len(qa_rows), "pairs": sum(len(r["qa"]) for r in qa_rows)}
 
-    def stage_embed(self) -> dict:
-        from llark_jax.demo_features import prepare_features
-
-        raw = self.path("embeddings", "mel")
+    def stage_embed(self) -> None:
         _run("embed", ["data_prep", "embed", "--encoder", "mel", "--audio-dir",
-                       str(self.path("clips")), "--output-dir", str(raw)])
-        train_ids = {r["clip_id"] for r in _read_jsonl(self.path("work", "metadata.jsonl"))
-                     if r["split"] == "train"}
-        return prepare_features(raw, self.path("embeddings", "prepared"),
-                                self.config.stages.temporal_pool, train_ids)
+                       str(self.path("clips")), "--output-dir",
+                       str(self.path("embeddings", "mel"))])
 
     def stage_records(self) -> None:
         """Train and eval shards (`records/`) with their index (task counts per split)."""
@@ -197,7 +188,7 @@ class Demo:
             _run("records", ["data_prep", "write", "--annotations",
                              str(self.path("work", "metadata.jsonl")),
                              "--qa", str(self.path("work", "qa.jsonl")),
-                             "--embeddings", str(self.path("embeddings", "prepared")),
+                             "--embeddings", str(self.path("embeddings", "mel")),
                              "--output-dir", str(self.path("records")), "--split", split,
                              "--embedding-dtype", "float32", "--dataset", "demo"])
 
@@ -206,39 +197,56 @@ class Demo:
     def _shards(self, split: str) -> list[str]:
         return sorted(str(p) for p in self.path("records").glob(f"{split}-*.tfrecord"))
 
+    def train_config(self) -> ml_collections.ConfigDict:
+        """The training config: the demo config with its records, clip length and model dir."""
+        config = ml_collections.ConfigDict(self.config.to_dict())
+        frames = int(round(config.dataset.seconds * MEL_FRAME_RATE_HZ))
+        config.data.path = str(self.path("records", "train-*.tfrecord"))
+        config.data.audio_frames = -(-frames // config.data.feature_pool)
+        config.train.model_dir = str(self.path("model"))
+        return config
+
     def stage_train(self) -> dict:
-        from llark_jax.demo_train import build_demo_model, train_demo
+        """`llark_jax.train.train` in `train/` (a rerun with the same config resumes from its
+        checkpoint; a changed config starts over), then `model/`."""
+        from llark_jax.train.loop import SUMMARY, train
 
-        model, tokenizer, template = build_demo_model(self.config)
-        summary = train_demo(self.config, model, tokenizer, template, self._shards("train"),
-                             self.path("train"))
-        self.state["model"] = (model, tokenizer, template)
-        return summary
-
-    def _model(self) -> tuple[Any, Any, Any]:
-        if "model" not in self.state:
-            from llark_jax.demo_train import TRAINED_PARAMS, build_demo_model, load_trained
-
-            model, tokenizer, template = build_demo_model(self.config)
-            load_trained(model, self.path("train", TRAINED_PARAMS))
-            self.state["model"] = (model, tokenizer, template)
-        return self.state["model"]
+        workdir = self.path("train")
+        stamp = workdir / "demo_config_hash"
+        digest = _config_hash(self.config, "train")
+        if workdir.exists() and (not stamp.exists() or stamp.read_text() != digest):
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest)
+        status = train(self.train_config(), workdir)
+        if status != 0:
+            raise StageFailed(f"stage train: the trainer exited with status {status} "
+                              f"(log above; metrics in {workdir / 'metrics.jsonl'})")
+        summary = json.loads((workdir / SUMMARY).read_text())
+        losses = [json.loads(line)["loss"] for line in
+                  (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        return {"steps": summary["steps"], "loop_seconds": summary["loop_seconds"],
+                "first_loss": float(np.mean(losses[:10])),
+                "last_loss": float(np.mean(losses[-10:])),
+                "trainable_params": summary["trainable_params"],
+                "epochs_seen": summary.get("epochs_seen"),
+                "non_pad_fraction": summary.get("non_pad_fraction")}
 
     def stage_eval(self) -> dict:
+        from llark_jax.checkpoints.model_dir import load_model
         from llark_jax.demo_eval import derangement, generate_answers, read_clips
 
-        model, tokenizer, template = self._model()
+        loaded = load_model(self.path("model"))
         clips = read_clips(self._shards("eval"))
+        audio = [loaded.features.apply(clip.embedding) for clip in clips]
         partner = derangement(len(clips), self.config.seed)
         e = self.config.eval
-        answers = generate_answers(model, tokenizer, template, clips, partner,
-                                   batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)
+        answers = generate_answers(loaded.model, loaded.tokenizer, loaded.template, audio,
+                                   partner, batch_size=e.batch_size,
+                                   max_new_tokens=e.max_new_tokens)
         out = {"clip_ids": [c.clip_id for c in clips],
                "partner_ids": [clips[j].clip_id for j in partner], "answers": answers}
-        self.path("eval").mkdir(exist_ok=True)
-        tmp = self.path("eval", "answers.json.tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        os.replace(tmp, self.path("eval", "answers.json"))
+        write_json_atomic(self.path("eval", "answers.json"), out, indent=1)
         return {"n_eval": len(clips)}
 
     def stage_report(self) -> None:
@@ -256,8 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-clips", type=int, help="clips to synthesise (config.dataset.n_clips)")
     parser.add_argument("--seconds", type=float, help="clip length (config.dataset.seconds)")
     parser.add_argument("--steps", type=int, help="training steps (config.train.steps)")
-    parser.add_argument("--lm", choices=("gguf", "random"),
-                        help="gguf: SmolLM2-135M-Instruct; random: tiny test LM")
     parser.add_argument("--stop-after", choices=STAGES, default="report",
                         help="stop after this stage (a later run continues from there)")
     return parser
@@ -265,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 FLAG_TO_CONFIG: dict[str, tuple[str, Callable[[Any], str]]] = {
     "n_clips": ("dataset.n_clips", str), "seconds": ("dataset.seconds", str),
-    "steps": ("train.steps", str), "lm": ("model.source", str),
+    "steps": ("train.steps", str),
 }
 
 
@@ -276,6 +282,8 @@ def main(argv: list[str]) -> int:
              if getattr(args, name) is not None]
     config = load_config(args.config, flags + overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("absl", "orbax", "jax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     began = time.perf_counter()
     try:
         report = Demo(config, args.workdir).run(args.stop_after)
@@ -289,4 +297,20 @@ def main(argv: list[str]) -> int:
 
     print("\n" + summary_table(report))
     print(f"\nreport: {args.workdir / 'report.md'} ({time.perf_counter() - began:.0f} s this run)")
+    print(next_steps(args.workdir))
     return 0
+
+
+def next_steps(workdir: Path) -> str:
+    """The commands that use the demo's model directory."""
+    model = workdir / "model"
+    clip = next(iter(sorted((workdir / "clips").glob("*.wav"))), workdir / "clips" / "CLIP.wav")
+    return (f"\nthe trained model: {model}\n"
+            f"  ask:    python -m llark_jax infer --checkpoint {model} --audio {clip} "
+            "--question 'What is the key of this song?'\n"
+            f"  folder: python -m llark_jax infer --checkpoint {model} --audio-dir "
+            f"{workdir / 'clips'} --question 'What is the tempo of this song?' "
+            "--output answers.jsonl\n"
+            f"  chat:   python -m llark_jax serve --checkpoint {model}   (OpenAI-compatible API "
+            "and a web page at http://127.0.0.1:8000)\n"
+            f"  torch:  python -m llark_jax export --checkpoint {model} --output {workdir}/hf")

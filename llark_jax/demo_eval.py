@@ -51,19 +51,20 @@ def prompt_ids(tokenizer: Any, template: ConversationTemplate, question: str,
 
 
 def generate_answers(model: Any, tokenizer: Any, template: ConversationTemplate,
-                     clips: Sequence[ClipRecord], partner: np.ndarray, *, batch_size: int,
+                     audio: Sequence[np.ndarray], partner: np.ndarray, *, batch_size: int,
                      max_new_tokens: int) -> dict[str, dict[str, list[str]]]:
-    """answers[condition][task] = one decoded answer per clip (greedy, stops at EOS)."""
+    """answers[condition][task] = one decoded answer per clip (greedy, stops at EOS); `audio`
+    holds each clip's audio-token features [T, D] (the model's feature pipeline applied)."""
     generator = Generator(model, SamplingConfig(max_new_tokens=max_new_tokens,
                                                 eos_ids=(tokenizer.eos_token_id,)),
                           batch_size=batch_size, pad_id=tokenizer.eos_token_id)
     prompts, keys = [], []
     for condition in CONDITIONS:
         for task, question in PROMPTS.items():
-            for i, clip in enumerate(clips):
-                audio = clips[partner[i]].embedding if condition == "shuffled" else clip.embedding
-                ids = prompt_ids(tokenizer, template, question, len(audio))
-                prompts.append(Prompt(ids, np.asarray(audio, np.float32)))
+            for i in range(len(audio)):
+                frames = audio[partner[i]] if condition == "shuffled" else audio[i]
+                ids = prompt_ids(tokenizer, template, question, len(frames))
+                prompts.append(Prompt(ids, np.asarray(frames, np.float32)))
                 keys.append((condition, task))
     generations = []
     chunk = 4 * batch_size  # progress granularity; outputs do not depend on batch composition

@@ -2,8 +2,8 @@
 and headless Chromium driven over the DevTools protocol (`Chromium`, `DevTools`).
 
 The model is a 2-layer float32 Llama over the test BPE tokenizer (`tokenizer_fixtures`) with a
-projector from the 160-wide `mel` features, saved with `save_model_dir` (the trainer's Orbax
-layout + tokenizer + serving.json). The server is `python -m llark_jax serve` in a subprocess on
+projector from the 160-wide `mel` features, saved with `new_model_dir` (manifest + tokenizer + the
+trainer's Orbax layout). The server is `python -m llark_jax serve` in a subprocess on
 127.0.0.1 with a free port; `stop()` sends SIGTERM and returns the exit status. Chromium is
 Debian's `chromium` package, installed with apt-get when missing (`chromium_binary`).
 """
@@ -28,10 +28,11 @@ import websocket
 from flax import nnx
 from tokenizer_fixtures import make_llark_tokenizer
 
+from llark_jax.checkpoints.model_dir import new_model_dir
 from llark_jax.data.conversation import AudioTokenIds
+from llark_jax.data.features import FeatureSpec
 from llark_jax.model.llama import Llama, LlamaConfig
 from llark_jax.model.llark import LLark
-from llark_jax.serve.model_dir import save_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "llark-tiny"
@@ -39,8 +40,13 @@ MEL_DIM = 160
 SR = 44100
 
 
-def make_model_dir(directory: Path, seed: int = 0) -> Path:
-    """A servable tiny LLark (peaked random logits, so greedy answers have no near-ties)."""
+SYSTEM_PROMPT = "You are a music expert."
+FEATURE_POOL = 5  # mel frames (10 Hz) averaged per audio token
+
+
+def tiny_model(seed: int = 0) -> tuple[LLark, object]:
+    """(tiny LLark with peaked random logits, so greedy answers have no near-ties; tokenizer);
+    the same seed gives the same weights."""
     tokenizer = make_llark_tokenizer()
     ids = AudioTokenIds.from_tokenizer(tokenizer)
     config = LlamaConfig(
@@ -49,9 +55,16 @@ def make_model_dir(directory: Path, seed: int = 0) -> Path:
     )  # fmt: skip
     model = LLark(Llama(config, rngs=nnx.Rngs(seed)), MEL_DIM, audio_patch_id=ids.patch,
                   audio_start_id=ids.start, audio_end_id=ids.end, rngs=nnx.Rngs(seed + 1))
-    return save_model_dir(directory, model, tokenizer, template="fastchat_v0",
-                          system_prompt="You are a music expert.", encoder="mel",
-                          feature_pool=5, model_name=MODEL_NAME)
+    return model, tokenizer
+
+
+def make_model_dir(directory: Path, seed: int = 0) -> Path:
+    """A servable model directory of `tiny_model(seed)`: mel features pooled by 5, FastChat v0
+    with `SYSTEM_PROMPT`, named `MODEL_NAME`."""
+    model, tokenizer = tiny_model(seed)
+    return new_model_dir(directory, model, tokenizer,
+                         FeatureSpec(encoder="mel", pool=FEATURE_POOL), model_name=MODEL_NAME,
+                         template="fastchat_v0", system_prompt=SYSTEM_PROMPT)
 
 
 def clip(seconds: float = 1.5, midi: int = 57, rate: int = SR) -> np.ndarray:

@@ -1,6 +1,7 @@
 """A miniature `make demo` end to end: 8 synthetic 3 s clips, every stage for real, a tiny random
-LM, 3 training steps. Checks the report schema, that every stage ran and left its outputs, and
-that a rerun reuses every finished stage."""
+Llama saved as a Hugging Face directory (the real format), 3 steps of the production trainer.
+Checks the report schema, that every stage ran and left its outputs, that the model directory it
+ends with answers through `infer --audio-dir`, and that a rerun reuses every finished stage."""
 
 from __future__ import annotations
 
@@ -11,24 +12,42 @@ from pathlib import Path
 
 import pytest
 
-from llark_jax.demo import STAGES
+from flax import nnx
+from tokenizer_fixtures import make_base_tokenizer
 
-MINI = ["--lm", "random", "--n-clips", "8", "--seconds", "3", "--steps", "3",
+from llark_jax.checkpoints.hf import save_llama
+from llark_jax.demo import STAGES
+from llark_jax.model.llama import Llama, LlamaConfig
+
+MINI = ["--n-clips", "8", "--seconds", "3", "--steps", "3",
         "--config.dataset.eval_fraction=0.5", "--config.optim.warmup_steps=1",
         "--config.eval.max_new_tokens=6", "--config.train.head_positions=128",
         "--config.data.seq_len=256", "--config.data.batch_size=2"]
 METRICS = ("key_mirex", "tempo_acc2", "instruments_f1")
 
 
-def _demo(workdir: Path) -> subprocess.CompletedProcess:
+def tiny_hf_lm(path: Path) -> Path:
+    """A 2-layer random Llama + the test BPE tokenizer (ChatML template) as an HF directory."""
+    tokenizer = make_base_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                         tie_word_embeddings=True, max_position_embeddings=1024)
+    save_llama(Llama(config, rngs=nnx.Rngs(0)), path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _demo(workdir: Path, lm: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llark_jax", "demo", "--workdir", str(workdir),
-                           *MINI], capture_output=True, text=True, timeout=800)
+                           *MINI, "--config.model.source=hf", f"--config.model.path={lm}"],
+                          capture_output=True, text=True, timeout=800)
 
 
 @pytest.mark.slow
 def test_mini_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    first = _demo(workdir)
+    lm = tiny_hf_lm(tmp_path / "lm")
+    first = _demo(workdir, lm)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
     report = json.loads((workdir / "report.json").read_text())
@@ -49,7 +68,7 @@ def test_mini_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
     assert len(list((workdir / "clips").glob("*.wav"))) == 8
     annotations = (workdir / "work" / "annotations.jsonl").read_text().splitlines()
     assert len(annotations) == 8 and "downbeats_madmom" in json.loads(annotations[0])
-    assert len(list((workdir / "embeddings" / "prepared").glob("*.npy"))) == 8
+    assert len(list((workdir / "embeddings" / "mel").glob("*.npy"))) == 8
     assert list((workdir / "records").glob("train-*.tfrecord"))
     assert list((workdir / "records").glob("eval-*.tfrecord"))
     assert len((workdir / "train" / "metrics.jsonl").read_text().splitlines()) == 3
@@ -62,7 +81,21 @@ def test_mini_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
     assert (workdir / "grounding.png").stat().st_size > 0
     assert "key_mirex" in first.stdout  # the printed summary table
 
-    second = _demo(workdir)
+    # the model directory the demo ends with answers a folder of clips through `infer`
+    model = workdir / "model"
+    assert (model / "llark.json").is_file() and (model / "tokenizer").is_dir()
+    assert "python -m llark_jax serve --checkpoint" in first.stdout
+    answers = tmp_path / "answers.jsonl"
+    infer = subprocess.run([sys.executable, "-m", "llark_jax", "infer", "--checkpoint",
+                            str(model), "--audio-dir", str(workdir / "clips"), "--question",
+                            "What is the key of this song?", "--max-new-tokens", "4",
+                            "--output", str(answers)], capture_output=True, text=True,
+                           timeout=600)
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert len(rows) == 8 and all(r["windows"] == 1 for r in rows)
+
+    second = _demo(workdir, lm)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("reused") == len(STAGES) - 1  # everything but the report
     assert json.loads((workdir / "report.json").read_text())["key_mirex"] == report["key_mirex"]

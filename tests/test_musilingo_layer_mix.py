@@ -104,9 +104,9 @@ def test_audio_layers_zero_leaves_the_model_unchanged():
     built before the option existed: same parameters, same values, same projected frames."""
     from train_helpers import tiny_config
 
+    from llark_jax.checkpoints.build import llama_config, model_fn
     from llark_jax.model.llama import Llama
     from llark_jax.model.llark import LLark
-    from llark_jax.train.model_setup import llama_config, model_fn
 
     config = tiny_config()
     assert config.model.audio_layers == 0
@@ -162,14 +162,15 @@ def test_audio_layers_mix_in_the_projector_and_train_under_projector_only():
 
 
 def test_served_model_dir_keeps_the_layer_mix(tmp_path):
-    """`save_model_dir` records audio_dim (stored width) and audio_layers; loading rebuilds the
-    mix and restores its trained logits."""
+    """`new_model_dir` records audio_dim (stored width) and audio_layers in the manifest's
+    config; `load_model` rebuilds the mix and restores its trained logits."""
     from tokenizer_fixtures import make_llark_tokenizer
 
+    from llark_jax.checkpoints.model_dir import load_model, new_model_dir
     from llark_jax.data.conversation import AudioTokenIds
+    from llark_jax.data.features import FeatureSpec
     from llark_jax.model.llama import Llama, LlamaConfig
     from llark_jax.model.llark import LLark
-    from llark_jax.serve.model_dir import load_model_dir, save_model_dir
 
     tokenizer = make_llark_tokenizer()
     ids = AudioTokenIds.from_tokenizer(tokenizer)
@@ -178,7 +179,10 @@ def test_served_model_dir_keeps_the_layer_mix(tmp_path):
     model = LLark(Llama(cfg, rngs=nnx.Rngs(0)), 4 * 6, audio_layers=4, audio_patch_id=ids.patch,
                   audio_start_id=ids.start, audio_end_id=ids.end, rngs=nnx.Rngs(1))
     model.projector.layer_mix.logits[...] = jnp.asarray([0.5, -1.0, 2.0, 0.0])
-    loaded = load_model_dir(save_model_dir(tmp_path / "model", model, tokenizer, encoder="mert"))
+    directory = new_model_dir(tmp_path / "model", model, tokenizer, FeatureSpec(encoder="mert"))
+    loaded = load_model(directory)
+    assert (loaded.config.model.audio_dim, loaded.config.model.audio_layers) == (24, 4)
+    assert loaded.features.encoder == "mert"
     assert (loaded.model.projector.audio_dim, loaded.model.projector.audio_layers) == (24, 4)
     np.testing.assert_array_equal(loaded.model.projector.layer_mix.logits[...],
                                   [0.5, -1.0, 2.0, 0.0])
@@ -191,7 +195,8 @@ def test_flops_count_the_dense_layer_after_the_mix():
     """With L stored layers the dense layer is D = audio_dim / L wide; the mix adds 6*audio_dim."""
     from train_helpers import tiny_config
 
-    from llark_jax.train.model_setup import llama_config, train_flops_per_step
+    from llark_jax.checkpoints.build import llama_config
+    from llark_jax.train.flops import train_flops_per_step
 
     cfg = llama_config(tiny_config().model)
     common = dict(batch=2, seq_len=32, audio_frames=3)

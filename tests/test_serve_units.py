@@ -10,13 +10,13 @@ import time
 
 import numpy as np
 import pytest
-from serve_helpers import make_model_dir
+from serve_helpers import FEATURE_POOL, MODEL_NAME, SYSTEM_PROMPT, make_model_dir, tiny_model
 
+from llark_jax.checkpoints.model_dir import load_model
 from llark_jax.data import conversation as conv
 from llark_jax.serve.batcher import BatcherClosed, MicroBatcher
 from llark_jax.serve.chat_request import RequestError, parse_chat_request
 from llark_jax.serve.engine import Engine, Sampling, TextStream
-from llark_jax.serve.model_dir import load_model_dir
 
 LIMITS = dict(default_max_tokens=16, max_tokens_limit=64, max_clips=2)
 
@@ -70,7 +70,7 @@ def test_parse_rejects_with_400_naming_the_field(body, param):
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    served = load_model_dir(make_model_dir(tmp_path_factory.mktemp("units") / "model"))
+    served = load_model(make_model_dir(tmp_path_factory.mktemp("units") / "model"))
     return Engine(served, batch_size=2, clip_tokens=6)
 
 
@@ -185,48 +185,101 @@ def test_micro_batcher_drops_cancelled_work_and_drains_on_close():
     assert seen == ["first", "kept"]
 
 
-@pytest.mark.slow
-def test_model_dir_round_trip_and_training_workdir(tmp_path):
-    """`save_model_dir` -> `load_served` keeps every parameter; a training workdir (the trainer's
-    TrainSetup state + config) loads through the infer loader with the flags' settings."""
+def _params(model) -> list[np.ndarray]:
     import jax
     from flax import nnx
 
+    return [np.asarray(a) for a in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+@pytest.mark.slow
+def test_model_dir_round_trip_and_training_workdir(tmp_path):
+    """`new_model_dir` -> `load_model` keeps every parameter and the serving settings (template,
+    system prompt, feature pipeline, name); `save_model_dir` of a loaded model loads the same;
+    serve's flags override the name and system prompt; bad paths are `ModelDirError`s naming
+    the missing part. A training workdir (written by `train`) loads through the same loader,
+    with a tokenizer passed when it was trained without one."""
+    import json
+
+    import jax
+    from tokenizer_fixtures import make_base_tokenizer
+
     from configs.tiny import get_config
-    from llark_jax.config import config_to_json
-    from llark_jax.serve.model_dir import ModelDirError, ServingOverrides, load_served
+    from llark_jax.checkpoints.model_dir import ModelDirError, save_model_dir
+    from llark_jax.checkpoints.tokens import extend_tokenizer
+    from llark_jax.serve.cli import build_state, parse_args
     from llark_jax.train.checkpoint import TrainCheckpointer
-    from llark_jax.train.loop import TrainSetup
+    from llark_jax.train.loop import TrainSetup, train
 
+    model, tokenizer = tiny_model(seed=3)
     model_dir = make_model_dir(tmp_path / "model", seed=3)
-    served = load_served(model_dir, ServingOverrides(model_name="renamed", feature_pool=2))
-    again = load_model_dir(model_dir)
-    for a, b in zip(jax.tree.leaves(nnx.state(served.model, nnx.Param)),
-                    jax.tree.leaves(nnx.state(again.model, nnx.Param)), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert (served.model_name, served.feature_pool, again.feature_pool) == ("renamed", 2, 5)
-    with pytest.raises(ModelDirError, match="--tokenizer/--template"):
-        load_served(model_dir, ServingOverrides(template="llama2_inst"))
-    with pytest.raises(ModelDirError, match="neither"):
-        load_served(tmp_path)
+    served = load_model(model_dir)
+    assert len(_params(served.model)) == len(_params(model)) > 0
+    for a, b in zip(_params(served.model), _params(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (served.model_name, served.step, served.template.name) == (MODEL_NAME, 0,
+                                                                       "fastchat_v0")
+    assert served.template.system_prompt == SYSTEM_PROMPT
+    assert (served.features.encoder, served.features.pool) == ("mel", FEATURE_POOL)
+    assert not served.features.standardized
+    manifest = json.loads((model_dir / "llark.json").read_text())
+    assert manifest["features"]["pool"] == FEATURE_POOL and manifest["model_name"] == MODEL_NAME
+    again = load_model(save_model_dir(served, tmp_path / "copy"))
+    for a, b in zip(_params(again.model), _params(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (again.model_name, again.features, again.template) == (
+        served.model_name, served.features, served.template)
 
-    tokenizer = served.tokenizer
+    state = build_state(parse_args(["--checkpoint", str(model_dir), "--model-name", "renamed",
+                                    "--system-prompt", "Be brief."]))
+    try:
+        assert state.engine.served.model_name == "renamed"
+        assert state.engine.served.template.system_prompt == "Be brief."
+        assert state.featurizer.spec == served.features
+    finally:
+        state.batcher.close(10)
+        state.featurizer.close()
+
+    with pytest.raises(ModelDirError, match="no llark.json"):
+        load_model(tmp_path)
+    with pytest.raises(ModelDirError, match="no such directory"):
+        load_model(tmp_path / "absent")
+    with pytest.raises(ModelDirError, match="no checkpoint at step 7"):
+        load_model(model_dir, step=7)
+    shifted = make_base_tokenizer()
+    shifted.add_tokens(["<extra>"])  # every LLark token one id later than the model's
+    extend_tokenizer(shifted)
+    with pytest.raises(ModelDirError, match="audio token ids"):
+        load_model(model_dir, tokenizer=shifted)
+
     ids = conv.AudioTokenIds.from_tokenizer(tokenizer)
     config = get_config()
     config.model.llama.vocab_size = len(tokenizer)
     config.model.audio_dim = 160
     config.model.audio_start_id, config.model.audio_patch_id = ids.start, ids.patch
     config.model.audio_end_id = ids.end
-    setup = TrainSetup(config)
-    state = setup.fresh_state()
-    checkpointer = TrainCheckpointer(tmp_path / "work" / "checkpoints", keep=1, async_save=False)
-    checkpointer.save(4, state, {"position": 0}, config_to_json(config))
+    config.train.steps = config.train.checkpoint_every = 2
+    config.optim.warmup_steps = 1
+    config.train.async_checkpoint = False
+    config.metrics.tensorboard = False
+    assert train(config, tmp_path / "work") == 0
+    with pytest.raises(ModelDirError, match="no tokenizer/"):
+        load_model(tmp_path / "work")  # trained on synthetic batches: no tokenizer saved
+    workdir = load_model(tmp_path / "work", tokenizer=served.tokenizer)
+    assert workdir.step == 2 and workdir.template.name == "fastchat_v0"
+    assert workdir.features.pool == 1 and workdir.features.encoder == "mel"
+    # the params-only restore equals restoring the whole train state (optimizer included)
+    checkpointer = TrainCheckpointer(tmp_path / "work" / "checkpoints", keep=2,
+                                     async_save=False)
+    setup = TrainSetup(workdir.config)
+    step, full, _ = checkpointer.restore_latest(setup.abstract_state_with_shardings())
     checkpointer.close()
-    workdir = load_served(tmp_path / "work", ServingOverrides(
-        tokenizer=str(model_dir / "tokenizer"), template="fastchat_v0", feature_pool=5))
-    assert workdir.step == 4 and workdir.template.name == "fastchat_v0"
-    embed = np.asarray(workdir.model.llama.embed[...])
-    np.testing.assert_array_equal(embed, np.asarray(state["params"]["llama"]["embed"][...]))
+    assert step == 2
+    ours = _params(workdir.model)
+    saved = [np.asarray(a) for a in jax.tree.leaves(full["params"])]
+    assert len(ours) == len(saved) > 0
+    for a, b in zip(ours, saved, strict=True):
+        np.testing.assert_array_equal(a, b)
     chat = Engine(workdir, batch_size=1, clip_tokens=4).build_prompt(
         [("Key?", "")], [np.ones((3, 160), np.float32)], Sampling(4))
     assert list(chat.prompt.input_ids).count(ids.patch) == 3

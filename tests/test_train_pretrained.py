@@ -10,7 +10,7 @@ from train_helpers import tiny_config
 from llark_jax.checkpoints.hf import save_llama
 from llark_jax.model.llama import Llama, LlamaConfig
 from llark_jax.train.loop import train
-from llark_jax.train.pretrained import TokenIdMismatchError, llark_tokenizer
+from llark_jax.checkpoints.build import TokenIdMismatchError, resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,22 @@ def hf_config(path, n, **extra):
 
 def test_token_ids_must_match_the_config(hf_dir):
     path, n = hf_dir
-    assert len(llark_tokenizer(hf_config(path, n).model)) == n + 4
+    resolved, tokenizer = resolve_config(hf_config(path, n))
+    assert len(tokenizer) == n + 4 and resolved.model.vocab_size == n + 4
+    assert resolved.model.llama.hidden_size == 32  # the checkpoint's dims are written in
     wrong = tiny_config(model__source="hf", model__path=str(path))  # tiny's ids 253..255
     with pytest.raises(TokenIdMismatchError, match="audio_start_id"):
-        llark_tokenizer(wrong.model)
+        resolve_config(wrong)
+
+
+def test_unset_token_ids_come_from_the_tokenizer(hf_dir):
+    path, n = hf_dir
+    config = tiny_config(model__source="hf", model__path=str(path), model__audio_patch_id="-1",
+                         model__audio_start_id="-1", model__audio_end_id="-1")
+    resolved, _ = resolve_config(config)
+    m = resolved.model
+    assert (m.audio_patch_id, m.audio_start_id, m.audio_end_id, m.vocab_size) == (
+        n + 1, n + 2, n + 3, n + 4)
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ def test_sharded_losses_equal_single_device(mesh, gate_spec, single_device_losse
     q = state["params"]["llama"]["layers"][1]["attn"]["q"][...]  # [embed, heads 4, head_dim]
     assert q.sharding.shard_shape(q.shape) == (32 // fsdp, 4 // tensor, 8)
     # Adam's first moment of a trained weight is sharded like the weight itself.
-    mu = jax.tree.leaves(state["opt_state"].inner_states["trained"].inner_state[1][0].mu)
+    mu = jax.tree.leaves(state["opt_state"][1].inner_states["trained"].inner_state[0].mu)
     assert any(getattr(leaf, "sharding", None) == gate.sharding and leaf.shape == gate.shape
                for leaf in mu)
 

@@ -39,6 +39,7 @@ from llark_jax.data.packing import Example, Packer, PackingConfig
 from llark_jax.data.records import ClipRecord, RecordError, decode_clip, read_payload, scan_offsets
 
 TokenizeFn = Callable[[str, str, int, bool], dict[str, Any]]
+FeatureFn = Callable[[np.ndarray], np.ndarray]  # stored frames [T, D] -> audio tokens [T', D]
 STATE_VERSION = 1
 
 
@@ -109,6 +110,21 @@ class _Source:
         return dict(counts)
 
 
+def clip_embeddings(patterns: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(clip id, stored embedding [T, D]) of every readable record of the shards, in file order
+    (unreadable records are skipped; the training pipeline counts them)."""
+    source = _Source(patterns)
+    try:
+        for record in range(len(source.locations)):
+            try:
+                clip = source.read(record)
+            except RecordError:
+                continue
+            yield clip.clip_id, clip.embedding
+    finally:
+        source.close()
+
+
 def _open(path: str) -> Any:
     """Local files with `open`; `gs://` and other remote paths through `tf.io.gfile` (lazy TF)."""
     if "://" not in path:
@@ -134,12 +150,13 @@ class Pipeline:
     """Infinite iterator of packed batches for one host; see the module docstring."""
 
     def __init__(self, config: PipelineConfig, tokenize_fn: TokenizeFn, *,
-                 process_index: int | None = None, process_count: int | None = None):
+                 process_index: int | None = None, process_count: int | None = None,
+                 feature_fn: FeatureFn | None = None):
         if process_index is None or process_count is None:
             import jax
 
             process_index, process_count = jax.process_index(), jax.process_count()
-        self.config, self.tokenize_fn = config, tokenize_fn
+        self.config, self.tokenize_fn, self.feature_fn = config, tokenize_fn, feature_fn
         self.process_index, self.process_count = process_index, process_count
         self.source = _Source(config.files)
         if len(self.source.locations) < process_count:
@@ -214,14 +231,15 @@ class Pipeline:
             return None
         audio_first = audio_first_for(self.config.seed,
                                       f"{clip.clip_id}/{qa_index}/{epoch}/{copy}")
+        audio_td = clip.embedding if self.feature_fn is None else self.feature_fn(clip.embedding)
         try:
-            tokens = self.tokenize_fn(pair.question, pair.answer, len(clip.embedding), audio_first)
+            tokens = self.tokenize_fn(pair.question, pair.answer, len(audio_td), audio_first)
         except ExampleTooLong:
             self.counters["too_long"] += 1
             return None
         meta = {"clip_id": clip.clip_id, "qa_index": qa_index, "copy": copy, "epoch": epoch,
                 "task": pair.task, "audio_first": audio_first}
-        example = Example(tokens["input_ids"], tokens["labels"], [clip.embedding],
+        example = Example(tokens["input_ids"], tokens["labels"], [audio_td],
                           list(tokens["audio_patch_starts"]), tuple(ref), meta)
         if not self.packer.config.fits(example):
             self.counters["too_long" if len(example) > self.packer.config.seq_len

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +130,13 @@ class Answerer:
         ]
 
 
-def record_questions(record_dir: str | Path, problems: list[str]) -> Iterator[dict[str, Any]]:
+def record_questions(record_dir: str | Path, problems: list[str],
+                     feature_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+                     ) -> Iterator[dict[str, Any]]:
     """Every (clip, question) of the TFRecord shards in `record_dir` (sorted), as dicts with
-    `key`, `clip_id`, `question`, `reference`, `task`, `frames` [T, D]. Undecodable records and
-    corrupt shard tails are appended to `problems` and skipped."""
+    `key`, `clip_id`, `question`, `reference`, `task`, `frames` [T, D] (the stored embedding
+    through `feature_fn`, the model's feature pipeline). Undecodable records and corrupt shard
+    tails are appended to `problems` and skipped."""
     files = sorted(p for p in Path(record_dir).iterdir() if ".tfrecord" in p.name)
     if not files:
         raise FileNotFoundError(f"no *.tfrecord* shards in {record_dir}")
@@ -146,6 +149,8 @@ def record_questions(record_dir: str | Path, problems: list[str]) -> Iterator[di
                     problems.append(str(error))
                     continue
                 frames = np.asarray(clip.embedding, np.float32)
+                if feature_fn is not None:
+                    frames = feature_fn(frames)
                 for i, qa in enumerate(clip.qa):
                     yield {
                         "key": f"{clip.clip_id}#{i}", "clip_id": clip.clip_id,
@@ -169,7 +174,7 @@ def read_done_keys(path: Path) -> set[str]:
     return done
 
 
-def _drop_torn_tail(path: Path) -> None:
+def drop_torn_tail(path: Path) -> None:
     """Truncates a final line without newline (a write interrupted by a kill)."""
     if path.exists() and path.stat().st_size:
         data = path.read_bytes()
@@ -178,7 +183,8 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def answer_records(
-    answerer: Answerer, record_dir: str | Path, output: str | Path, *, chunk: int = 64
+    answerer: Answerer, record_dir: str | Path, output: str | Path, *, chunk: int = 64,
+    feature_fn: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Answers every question of the shards into `output` JSONL (one row per (clip, question):
     key, clip_id, question, answer, reference, task, finish_reason). Resumable: keys already in
@@ -187,7 +193,7 @@ def answer_records(
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    _drop_torn_tail(output)
+    drop_torn_tail(output)
     done, problems = read_done_keys(output), []
     summary = {"answered": 0, "already_done": 0}
     pending: list[dict[str, Any]] = []
@@ -205,7 +211,7 @@ def answer_records(
             bar.update(len(pending))
             pending.clear()
 
-        for item in record_questions(record_dir, problems):
+        for item in record_questions(record_dir, problems, feature_fn):
             if item["key"] in done:
                 summary["already_done"] += 1
                 continue

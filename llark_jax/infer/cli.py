@@ -1,152 +1,141 @@
-"""`python -m llark_jax infer`: answer questions about audio with a trained LLark checkpoint.
+"""`python -m llark_jax infer`: answer questions about audio with a trained LLark model.
 
-    python -m llark_jax infer --checkpoint W --tokenizer TOK --audio song.mp3 \\
+    python -m llark_jax infer --checkpoint runs/demo/model --audio song.mp3 \\
         --question "What is the key of this song?"
-    python -m llark_jax infer --checkpoint W --tokenizer TOK --records DIR --output preds.jsonl
+    python -m llark_jax infer --checkpoint M --audio-dir songs/ --question "..." --output a.jsonl
+    python -m llark_jax infer --checkpoint M --records DIR --output preds.jsonl
 
-`--checkpoint` is a training workdir (`W/checkpoints/<step>`, written by `llark_jax.train`); the
-model structure comes from the config saved with the checkpoint. `--tokenizer` is a Hugging Face
-tokenizer directory holding the LLark audio tokens with the config's ids (checked); for
-`model.source` hf/gguf it defaults to the source's tokenizer extended with the LLark tokens.
-`--template` defaults to the config's `data.template`. `--audio` runs the encoder (`--encoder`,
-default the config's `data.encoder`, else mel; built with the config's `data.encoder_args`, the
-constructor arguments the training features were embedded with) on the raw file, window by window
-(`--window-frames`, default the config's `data.audio_frames`); `--records` answers every question
-of the TFRecord shards, resumably.
+`--checkpoint` is a training workdir or a model directory (`llark_jax.checkpoints.model_dir`):
+its manifest gives the tokenizer, template, system prompt and the feature pipeline the model was
+trained with (encoder and arguments, pooling, standardisation), so the features computed from a
+file equal those the training records held for it. Audio longer than one training clip is cut
+into windows of `data.audio_frames` audio tokens, one audio block each.
+
+`--audio` takes one or more files, `--audio-dir` every audio file of a folder; the model is loaded
+once and the files are answered in batches. With `--output` each answer is one JSONL row
+`{"audio", "question", "answer", "finish_reason", "windows"}` appended as it is made, so a rerun
+skips what is done (and a killed run resumes); without it the answers are printed. Files that
+cannot be read are listed in the summary and skipped. `--records` answers every question of the
+TFRecord shards, resumably, for `python -m llark_jax eval`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from llark_jax.infer.generate import SamplingConfig
 
 
-def load_checkpoint(workdir: str | Path, step: int | None = None) -> tuple[Any, Any, int]:
-    """(LLark model, config, step) from a training workdir (newest step unless `step`).
-
-    Only the model (params + other model state) is restored, on the config's mesh; the
-    optimizer state saved with it is never read."""
-    import jax
-    import ml_collections
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from llark_jax.train.checkpoint import TrainCheckpointer
-    from llark_jax.train.mesh import make_mesh, rules_for
-    from llark_jax.train.model_setup import model_fn
-    from llark_jax.train.sharded_init import abstract_model, tree_shardings
-
-    directory = Path(workdir) / "checkpoints"
-    if not directory.is_dir():
-        raise FileNotFoundError(f"--checkpoint: no checkpoints directory under {workdir}")
-    checkpointer = TrainCheckpointer(directory, keep=1_000_000, async_save=False)
-    try:
-        steps = checkpointer.steps()
-        if not steps or (step is not None and step not in steps):
-            raise FileNotFoundError(
-                f"--checkpoint: step {step or 'any'} not in {directory} {steps}"
-            )
-        step = steps[-1] if step is None else step
-        manager = checkpointer.manager
-        saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        config = ml_collections.ConfigDict(dict(saved["config"]))
-        graphdef, params, rest = abstract_model(model_fn(config.model, config.seed))
-        abstract = {"params": params, "rest": rest}
-        shardings = tree_shardings(abstract, make_mesh(config.mesh.to_dict()),
-                                   rules_for(config.sharding_rules))
-        abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-        )
-        state = checkpointer.restore_subtrees(step, abstract)
-        model = nnx.merge(graphdef, state["params"], state["rest"])
-    finally:
-        checkpointer.close()
-    return model, config, step
+class InferError(ValueError):
+    """A user mistake (missing file, bad flag combination): printed as one `error:` line."""
 
 
-def load_tokenizer(path: str | None, config: Any, model: Any) -> Any:
-    """`path`'s tokenizer, else the checkpoint's extended tokenizer (hf/gguf sources, rebuilt by
-    `llark_jax.train.pretrained.llark_tokenizer`); audio token ids checked against the model."""
-    from llark_jax.data.conversation import AudioTokenIds
+def audio_files(paths: Sequence[str], directory: str | None) -> list[Path]:
+    """The files of `--audio` (each must exist) or every audio file under `--audio-dir`."""
+    from data_prep.audio import AUDIO_EXTENSIONS, list_audio_files
 
-    if path:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    elif config.model.source in ("hf", "gguf"):
-        from llark_jax.train.pretrained import llark_tokenizer
-
-        tokenizer = llark_tokenizer(config.model)
-    else:
-        raise ValueError(f"--tokenizer is required for model.source {config.model.source!r}")
-    ids = AudioTokenIds.from_tokenizer(tokenizer)
-    expected = AudioTokenIds(model.audio_start_id, model.audio_patch_id, model.audio_end_id)
-    if ids != expected:
-        raise ValueError(f"tokenizer {path} has audio token ids {ids}, the model uses {expected}")
-    return tokenizer
+    if directory is not None:
+        if not Path(directory).is_dir():
+            raise InferError(f"--audio-dir {directory}: no such directory")
+        files = [p for p in list_audio_files(directory) if p.is_file()]
+        if not files:
+            raise InferError(f"--audio-dir {directory}: no audio files "
+                             f"({', '.join(sorted(AUDIO_EXTENSIONS))})")
+        return files
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise InferError(f"--audio {missing[0]}: no such file")
+    return [Path(p) for p in paths]
 
 
-def config_encoder(config: Any, name: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(encoder name, constructor kwargs) that reproduce the training features.
-
-    `name` (a command-line override) else `config.data.encoder` (mel when absent); the config's
-    `data.encoder_args` (e.g. MERT's `frame_rate=group325, layers=mean`) apply only to the
-    config's own encoder.
-    """
-    data = config.get("data") or {}
-    configured = data.get("encoder", "mel")
-    name = name or configured
-    args = data.get("encoder_args") if name == configured else None
-    return name, dict(args.to_dict() if hasattr(args, "to_dict") else args or {})
-
-
-def encode_audio_file(path: str, encoder_name: str, window_frames: int,
-                      encoder_args: dict[str, Any] | None = None) -> list:
-    """Frames [T_i, D] of each consecutive window of the file (encoder run per window)."""
+def window_features(path: Path, loaded: Any) -> list:
+    """Audio-token features [T_i, D] of each consecutive training-length window of the file:
+    the model's encoder (with its arguments) then its feature pipeline (pool, standardise)."""
     from data_prep.audio import SAMPLE_RATE, load_audio, resample
     from data_prep.encoders import get_encoder
     from llark_jax.infer.answer import split_waveform
 
-    encoder = get_encoder(encoder_name, **(encoder_args or {}))
-    waveform = resample(load_audio(path), SAMPLE_RATE, encoder.sample_rate)
+    spec = loaded.features
+    encoder = get_encoder(spec.encoder, **spec.encoder_args)
+    waveform = resample(load_audio(str(path)), SAMPLE_RATE, encoder.sample_rate)
+    window_frames = int(loaded.config.data.audio_frames) * spec.pool
     window_samples = int(round(window_frames / encoder.frame_rate_hz * encoder.sample_rate))
-    return encoder.encode_batch(split_waveform(waveform, window_samples))
+    return [spec.apply(frames) for frames in
+            encoder.encode_batch(split_waveform(waveform, window_samples))]
+
+
+def _done(output: Path | None) -> set[tuple[str, str]]:
+    from llark_jax.infer.answer import drop_torn_tail
+
+    if output is None or not output.exists():
+        return set()
+    drop_torn_tail(output)
+    rows = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    return {(r["audio"], r["question"]) for r in rows}
+
+
+def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: str,
+                 output: Path | None, *, chunk: int) -> dict[str, Any]:
+    """Answers `question` about every file (chunks of `chunk` requests); see module docstring."""
+    import os
+
+    from tqdm import tqdm
+
+    from data_prep.audio import AudioError
+    from llark_jax.infer.answer import request_from_windows
+
+    done = _done(output)
+    todo = [f for f in files if (str(f), question) not in done]
+    skipped: list[dict[str, str]] = []
+    out = open(output, "a", encoding="utf-8") if output is not None else sys.stdout
+    answered = 0
+    try:
+        with tqdm(total=len(todo), desc="infer", unit="file", disable=output is None) as bar:
+            for start in range(0, len(todo), chunk):
+                batch, requests = [], []
+                for path in todo[start : start + chunk]:
+                    try:
+                        windows = window_features(path, loaded)
+                    except (AudioError, ValueError, RuntimeError) as err:
+                        skipped.append({"audio": str(path), "reason": str(err)})
+                        continue
+                    batch.append((path, len(windows)))
+                    requests.append(request_from_windows(question, windows))
+                for (path, windows), result in zip(batch, answerer.answer(requests),
+                                                   strict=True):
+                    row = {"audio": str(path), "question": question, **result,
+                           "windows": windows}
+                    out.write(json.dumps(row) + "\n")
+                    answered += 1
+                out.flush()
+                if output is not None:
+                    os.fsync(out.fileno())
+                bar.update(min(chunk, len(todo) - start))
+    finally:
+        if output is not None:
+            out.close()
+    return {"answered": answered, "already_done": len(files) - len(todo), "skipped": skipped}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m llark_jax infer",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--checkpoint", required=True, help="training workdir")
+    parser = argparse.ArgumentParser(prog="python -m llark_jax infer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True,
+                        help="training workdir or model directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
-    parser.add_argument("--tokenizer", default=None, help="HF tokenizer dir with the LLark tokens")
-    parser.add_argument(
-        "--template",
-        default=None,
-        help="conversation template (default: the config's data.template, else fastchat_v0)",
-    )
+    parser.add_argument("--tokenizer", default=None,
+                        help="HF tokenizer dir (only for a workdir trained without one)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--audio", help="audio file to ask about (with --question)")
+    source.add_argument("--audio", nargs="+", help="audio file(s) to ask about (with --question)")
+    source.add_argument("--audio-dir", help="ask about every audio file under this folder")
     source.add_argument("--records", help="directory of TFRecord shards (with --output)")
-    parser.add_argument("--question", help="the question for --audio")
-    parser.add_argument("--output", help="predictions JSONL for --records (resumable)")
-    parser.add_argument(
-        "--encoder", default=None, help="audio encoder for --audio (default: config data.encoder)"
-    )
-    parser.add_argument(
-        "--window-frames",
-        type=int,
-        default=0,
-        help="frames per audio window (default: config data.audio_frames)",
-    )
+    parser.add_argument("--question", help="the question for --audio / --audio-dir")
+    parser.add_argument("--output", type=Path, help="answers JSONL (appended; resumable)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper)")
@@ -155,37 +144,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.audio and not args.question:
-        print("error: --audio needs --question", file=sys.stderr)
-        return 2
-    if args.records and not args.output:
-        print("error: --records needs --output", file=sys.stderr)
-        return 2
-    from llark_jax.data.conversation import get_template
-    from llark_jax.infer.answer import Answerer, answer_records, request_from_windows
+def run(args: argparse.Namespace) -> int:
+    from llark_jax.checkpoints.model_dir import load_model
+    from llark_jax.infer.answer import Answerer, answer_records
 
-    model, config, step = load_checkpoint(args.checkpoint, args.step)
-    tokenizer = load_tokenizer(args.tokenizer, config, model)
-    sampling = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
-    template = get_template(args.template or config.data.get("template", "fastchat_v0"), tokenizer)
-    if config.data.get("system_prompt"):  # the system prompt the model was trained with
-        template = dataclasses.replace(template, system_prompt=config.data.system_prompt)
-    answerer = Answerer(model, tokenizer, template, sampling, batch_size=args.batch_size)
-    if args.audio:
-        window = args.window_frames or int(config.data.get("audio_frames", 250))
-        encoder, encoder_args = config_encoder(config, args.encoder)
-        windows = encode_audio_file(args.audio, encoder, window, encoder_args)
-        result = answerer.answer([request_from_windows(args.question, windows)])[0]
-        print(result["answer"])
-        print(json.dumps({"step": step, "windows": len(windows), **result}), file=sys.stderr)
-        return 0
-    summary = answer_records(answerer, args.records, args.output)
-    print(json.dumps({"step": step, **summary}, indent=2))
+    if (args.audio or args.audio_dir) and not args.question:
+        raise InferError("--audio/--audio-dir need --question")
+    if args.records and not args.output:
+        raise InferError("--records needs --output")
+    files = None if args.records else audio_files(args.audio or [], args.audio_dir)
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    loaded = load_model(args.checkpoint, step=args.step, tokenizer=tokenizer)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, seed=args.seed)
+    answerer = Answerer(loaded.model, loaded.tokenizer, loaded.template, sampling,
+                        batch_size=args.batch_size)
+    if args.records:
+        summary = answer_records(answerer, args.records, args.output,
+                                 feature_fn=loaded.features.apply)
+    else:
+        summary = answer_files(answerer, loaded, files, args.question, args.output,
+                               chunk=4 * args.batch_size)
+    print(json.dumps({"step": loaded.step, **summary}, indent=2), file=sys.stderr)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    from llark_jax.checkpoints.model_dir import ModelDirError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (InferError, ModelDirError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

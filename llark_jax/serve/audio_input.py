@@ -10,9 +10,10 @@ mp3, aiff), whose typed `AudioError`s become HTTP errors:
     NaN/inf, all-zero, bad channel count/rate     -> 422 invalid_audio
     longer than `max_audio_seconds`               -> 422 audio_too_long
 
-Features come from the checkpoint's encoder (`data_prep.encoders.get_encoder`, imported lazily so
-`llark_jax` imports without it) and are mean-pooled by `feature_pool` frames per audio token (the
-demo's stored features, `llark_jax.demo_features.mean_pool_frames`).
+Features come from the model's feature pipeline (`llark_jax.data.features.FeatureSpec`, saved
+with the model): its encoder with the training arguments (`data_prep.encoders.get_encoder`,
+imported lazily so `llark_jax` imports without it), then the same pooling and standardisation
+the training records went through.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import threading
 
 import numpy as np
 
-from llark_jax.demo_features import mean_pool_frames
+from llark_jax.data.features import FeatureSpec
 
 
 class AudioInputError(Exception):
@@ -62,14 +63,14 @@ def decode_base64_audio(data: str, limits: AudioLimits) -> bytes:
 
 
 class AudioFeaturizer:
-    """Bytes -> features `[T, D]` float32 with the encoder named by the checkpoint (thread-safe)."""
+    """Bytes -> audio-token features `[T, D]` float32 through the model's feature pipeline
+    (thread-safe)."""
 
-    def __init__(self, encoder_name: str, feature_pool: int, limits: AudioLimits,
-                 encoder_args: dict | None = None):
+    def __init__(self, features: FeatureSpec, limits: AudioLimits):
         from data_prep.encoders import get_encoder
 
-        self.encoder = get_encoder(encoder_name, **(encoder_args or {}))
-        self.feature_pool = feature_pool
+        self.encoder = get_encoder(features.encoder, **features.encoder_args)
+        self.spec = features
         self.limits = limits
         self._tmpdir = tempfile.TemporaryDirectory(prefix="llark-serve-")
         self._lock = threading.Lock()
@@ -79,7 +80,7 @@ class AudioFeaturizer:
     def max_tokens_per_clip(self) -> int:
         """Audio tokens of the longest allowed clip."""
         frames = int(self.limits.max_audio_seconds * self.encoder.frame_rate_hz)
-        return -(-frames // self.feature_pool)
+        return self.spec.tokens_for(frames)
 
     def waveform(self, data: bytes) -> np.ndarray:
         """Validated mono float32 waveform at the encoder's rate (raises `AudioInputError`)."""
@@ -116,7 +117,7 @@ class AudioFeaturizer:
         if frames_td.shape[0] == 0:
             raise AudioInputError(422, "invalid_audio", "audio is shorter than one encoder frame "
                                   f"({1 / self.encoder.frame_rate_hz:g} s)")
-        return mean_pool_frames(frames_td, self.feature_pool)
+        return self.spec.apply(frames_td)
 
     def close(self) -> None:
         self._tmpdir.cleanup()

@@ -1,7 +1,8 @@
 """`python -m llark_jax serve --checkpoint CKPT [--host 127.0.0.1 --port 8000]`.
 
-Loads the model directory once (`llark_jax.serve.model_dir`), then serves the OpenAI-compatible
-API and the chat page (`llark_jax.serve.app`) until SIGINT/SIGTERM. `--port 0` picks a free port.
+Loads the model once (a model directory or a training workdir, `llark_jax.checkpoints.model_dir`),
+then serves the OpenAI-compatible API and the chat page (`llark_jax.serve.app`) until SIGINT or
+SIGTERM. `--port 0` picks a free port.
 The line `serving http://HOST:PORT` is printed (and flushed) once the socket is bound.
 On a signal the server stops accepting connections, lets queued and running batches finish
 (up to `--request-timeout` seconds) and exits with status 0.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -27,13 +29,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="model directory or training workdir (docs/serving.md)")
-    p.add_argument("--tokenizer", default=None, help="HF tokenizer dir (training workdirs)")
-    p.add_argument("--template", default=None,
-                   help="conversation template (training workdirs; default config data.template)")
-    p.add_argument("--system-prompt", default=None, help="replaces the template's system prompt")
-    p.add_argument("--encoder", default=None, help="audio encoder name (default: checkpoint's/mel)")
-    p.add_argument("--feature-pool", type=int, default=None,
-                   help="encoder frames averaged per audio token (default: checkpoint's/1)")
+    p.add_argument("--tokenizer", default=None,
+                   help="HF tokenizer dir (only for a workdir trained without one)")
+    p.add_argument("--system-prompt", default=None, help="replaces the trained system prompt")
     p.add_argument("--model-name", default=None, help="model id clients must send")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 = any free port")
@@ -57,28 +55,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def build_state(args: argparse.Namespace):
     """Loads the model and wires engine, featurizer and batcher (imports JAX)."""
+    from llark_jax.checkpoints.model_dir import load_model
     from llark_jax.serve.app import ServerLimits, ServerState
     from llark_jax.serve.audio_input import AudioFeaturizer
     from llark_jax.serve.batcher import MicroBatcher
     from llark_jax.serve.engine import Engine
-    from llark_jax.serve.model_dir import ServingOverrides, load_served
 
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise SystemExit(f"--api-key-env {args.api_key_env}: the variable is unset or empty")
-    served = load_served(args.checkpoint, ServingOverrides(
-        tokenizer=args.tokenizer, template=args.template, system_prompt=args.system_prompt,
-        encoder=args.encoder, feature_pool=args.feature_pool, model_name=args.model_name))
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    served = load_model(args.checkpoint, tokenizer=tokenizer)
+    if args.system_prompt is not None:
+        served.template = dataclasses.replace(served.template, system_prompt=args.system_prompt)
+    served.model_name = args.model_name or served.model_name
     audio_limits = AudioLimits(max_audio_bytes=int(args.max_audio_mb * 2**20),
                                max_audio_seconds=args.max_audio_seconds)
-    featurizer = AudioFeaturizer(served.encoder, served.feature_pool, audio_limits,
-                                 served.encoder_args)
+    featurizer = AudioFeaturizer(served.features, audio_limits)
     audio_dim = served.model.projector.audio_dim
     if featurizer.encoder.dim != audio_dim:
-        raise SystemExit(f"encoder {served.encoder!r} gives {featurizer.encoder.dim} features per "
-                         f"frame; the model's projector takes {audio_dim} (use --encoder)")
+        raise SystemExit(f"encoder {served.features.encoder!r} gives {featurizer.encoder.dim} "
+                         f"features per frame; the model's projector takes {audio_dim}")
     engine = Engine(served, batch_size=args.batch_size,
                     clip_tokens=featurizer.max_tokens_per_clip)
     batcher = MicroBatcher(engine.generate, lambda prompt: prompt.batch_key,
@@ -117,10 +120,16 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from llark_jax.checkpoints.model_dir import ModelDirError
+
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     for noisy in ("absl", "orbax", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except ModelDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0

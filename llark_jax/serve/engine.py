@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from llark_jax.checkpoints.model_dir import LoadedModel
 from llark_jax.data import conversation as conv
 from llark_jax.infer.generate import (
     DEFAULT_BUCKETS,
@@ -32,7 +33,6 @@ from llark_jax.infer.generate import (
     Prompt,
     SamplingConfig,
 )
-from llark_jax.serve.model_dir import ServedModel
 from llark_jax.serve.stream_decode import StreamDecoder
 
 
@@ -65,15 +65,15 @@ class ChatPrompt:
 
 
 class Engine:
-    """Builds prompts for one `ServedModel` and generates answers in batches.
+    """Builds prompts for one loaded model and generates answers in batches.
 
     Args:
-      served: the loaded model directory.
+      served: the loaded workdir or model directory (`llark_jax.checkpoints.model_dir`).
       batch_size: rows per compiled batch.
       clip_tokens: audio tokens of the longest allowed clip (features are padded to it).
     """
 
-    def __init__(self, served: ServedModel, *, batch_size: int, clip_tokens: int):
+    def __init__(self, served: LoadedModel, *, batch_size: int, clip_tokens: int):
         self.served = served
         self.batch_size = batch_size
         pool = served.model.temporal_pool

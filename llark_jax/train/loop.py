@@ -22,10 +22,27 @@ import jax
 import ml_collections
 import numpy as np
 
-from llark_jax.config import config_to_json, load_config, split_overrides
+from llark_jax.checkpoints.build import (
+    abstract_model,
+    build_model,
+    llama_config,
+    model_fn,
+    resolve_config,
+    tree_shardings,
+)
+from llark_jax.checkpoints.model_dir import (
+    MANIFEST,
+    read_manifest,
+    save_model_dir,
+    template_for,
+    write_manifest,
+)
+from llark_jax.config import ConfigError, config_to_json, load_config, split_overrides
+from llark_jax.data.features import FeatureSpec, spec_from_config
 from llark_jax.model.sharding import logical_rules
-from llark_jax.model.trainable import gradient_mask
+from llark_jax.model.trainable import count_trainable, gradient_mask
 from llark_jax.train.checkpoint import TrainCheckpointer
+from llark_jax.train.flops import train_flops_per_step
 from llark_jax.train.mesh import (
     batch_sharding,
     make_mesh,
@@ -34,14 +51,7 @@ from llark_jax.train.mesh import (
     rules_for,
 )
 from llark_jax.train.metrics import MetricsWriter
-from llark_jax.train.model_setup import (
-    build_model,
-    llama_config,
-    model_fn,
-    train_flops_per_step,
-)
 from llark_jax.train.optim import make_optimizer, trainable_labels
-from llark_jax.train.sharded_init import abstract_model, tree_shardings
 from llark_jax.train.step import (
     check_all_scored,
     init_train_state,
@@ -53,13 +63,43 @@ from llark_jax.train.synthetic import SyntheticBatches, SyntheticSpec
 log = logging.getLogger("llark_jax.train")
 EXIT_PREEMPTED = 143
 EXIT_NAN = 1
+SUMMARY = "train_summary.json"
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def make_batches(config: ml_collections.ConfigDict):
+class RecordsMismatchError(ValueError):
+    """The records do not fit the config (frames per clip, feature width); names both numbers."""
+
+
+def _shard_patterns(config: ml_collections.ConfigDict) -> list[str]:
+    return [p for p in config.data.path.split(",") if p]
+
+
+def feature_spec(config: ml_collections.ConfigDict, workdir: Path) -> FeatureSpec:
+    """The run's feature pipeline: the workdir manifest's (a resumed run keeps its statistics)
+    when it has the same settings, else `config.data`'s with statistics over the training
+    shards (`data.standardize`)."""
+    d = config.data
+    if (workdir / MANIFEST).is_file():
+        _, saved, _ = read_manifest(workdir)
+        if (saved.encoder, saved.pool, saved.standardized) == (d.encoder, d.feature_pool,
+                                                                d.standardize):
+            return saved
+    if not d.standardize:
+        return spec_from_config(d)
+    if d.source != "tfrecord":
+        raise ConfigError("data.standardize needs data.source=tfrecord (statistics of records)")
+    from llark_jax.data.pipeline import clip_embeddings
+
+    log.info("feature statistics over the training shards (data.standardize)")
+    return spec_from_config(d, clips=(e for _, e in clip_embeddings(_shard_patterns(config))))
+
+
+def make_batches(config: ml_collections.ConfigDict, tokenizer: Any = None,
+                 features: FeatureSpec | None = None):
     """The input iterator named by `config.data.source` (must expose get_state/set_state)."""
     if config.data.source == "synthetic":
         m = config.model
@@ -73,27 +113,60 @@ def make_batches(config: ml_collections.ConfigDict):
         return SyntheticBatches(spec, seed=config.seed, process_index=jax.process_index(),
                                 process_count=jax.process_count())
     if config.data.source == "tfrecord":
-        return tfrecord_batches(config)
-    raise ValueError(f"unknown data source {config.data.source!r} (synthetic or tfrecord)")
+        if tokenizer is None:
+            raise ConfigError("data.source=tfrecord needs a tokenizer: set model.tokenizer or use "
+                              "an hf/gguf model source")
+        return tfrecord_batches(config, tokenizer, features or spec_from_config(config.data))
+    raise ConfigError(f"unknown data source {config.data.source!r} (synthetic or tfrecord)")
 
 
-def tfrecord_batches(config: ml_collections.ConfigDict):
-    """`llark_jax.data.pipeline.Pipeline` over `data.path` (comma-separated globs) for this host."""
-    from llark_jax.data.conversation import AudioTokenIds, get_template
+def tfrecord_batches(config: ml_collections.ConfigDict, tokenizer: Any, features: FeatureSpec):
+    """`llark_jax.data.pipeline.Pipeline` over `data.path` (comma-separated globs) for this
+    host, with the run's feature pipeline, template, system prompt and task weights."""
+    from llark_jax.data.conversation import AudioTokenIds
     from llark_jax.data.packing import PackingConfig
     from llark_jax.data.pipeline import Pipeline, PipelineConfig, make_tokenize_fn
-    from llark_jax.train.pretrained import llark_tokenizer
 
     d = config.data
-    tokenizer = llark_tokenizer(config.model)
     packing = PackingConfig(batch_size=d.batch_size // jax.process_count(), seq_len=d.seq_len,
                             max_segments=d.audio_segments, max_frames=d.audio_frames,
                             embed_dim=config.model.audio_dim)
-    pipeline_config = PipelineConfig(files=tuple(p for p in d.path.split(",") if p),
-                                     packing=packing, seed=config.seed)
-    tokenize = make_tokenize_fn(tokenizer, get_template(d.template, tokenizer),
+    weights = d.task_weights.to_dict() or None
+    pipeline_config = PipelineConfig(files=tuple(_shard_patterns(config)), packing=packing,
+                                     seed=config.seed, task_weights=weights)
+    tokenize = make_tokenize_fn(tokenizer, template_for(d, tokenizer),
                                 AudioTokenIds.from_tokenizer(tokenizer), d.seq_len)
-    return Pipeline(pipeline_config, tokenize)
+    pipeline = Pipeline(pipeline_config, tokenize, feature_fn=features.apply)
+    check_records_fit(pipeline, config, features)
+    return pipeline
+
+
+def check_records_fit(pipeline: Any, config: ml_collections.ConfigDict,
+                      features: FeatureSpec) -> None:
+    """Stops with one clear line when the first readable record's frames or width do not fit
+    `data.audio_frames` / `model.audio_dim` (instead of skipping every example)."""
+    from llark_jax.data.records import RecordError
+
+    for record in range(min(len(pipeline.source.locations), 8)):
+        try:
+            clip = pipeline.source.read(record)
+        except RecordError:
+            continue
+        frames, width = clip.embedding.shape
+        tokens = features.tokens_for(frames)
+        if width != config.model.audio_dim:
+            raise RecordsMismatchError(
+                f"records hold {width}-dim features (clip {clip.clip_id}, encoder "
+                f"{clip.metadata.get('encoder', '?') if isinstance(clip.metadata, dict) else '?'})"
+                f" but model.audio_dim = {config.model.audio_dim}")
+        if tokens > config.data.audio_frames:
+            pooled = f" = {tokens} tokens at data.feature_pool={features.pool}" \
+                if features.pool > 1 else ""
+            raise RecordsMismatchError(
+                f"records hold {frames} frames per clip{pooled} (clip {clip.clip_id}) but "
+                f"data.audio_frames = {config.data.audio_frames}: set "
+                f"--config.data.audio_frames={tokens} or embed shorter clips")
+        return
 
 
 def gradient_mask_for(config: ml_collections.ConfigDict, params: Any) -> Any:
@@ -158,15 +231,19 @@ class TrainSetup:
         return init(params, rest)
 
     def _params_from_run(self, run_dir: Path) -> tuple[Any, Any]:
-        if not (run_dir / "checkpoints").is_dir():
-            raise FileNotFoundError(f"train.init_from: no checkpoints under {run_dir}")
+        """Params and rest of `run_dir`'s newest checkpoint (its optimizer state is not read,
+        so the stages may train different parameter sets)."""
         source = TrainCheckpointer(run_dir / "checkpoints", keep=1_000_000, async_save=False)
-        restored = source.restore_latest(self.abstract_state_with_shardings())
-        source.close()
-        if restored is None:
-            raise FileNotFoundError(f"train.init_from: no checkpoint in {run_dir}/checkpoints")
-        step, state, _ = restored
-        log.info("initialised params from %s step %d", run_dir, step)
+        try:
+            steps = source.steps() if (run_dir / "checkpoints").is_dir() else []
+            if not steps:
+                raise ConfigError(f"train.init_from: no checkpoint under {run_dir}/checkpoints")
+            target = self.abstract_state_with_shardings()
+            state = source.restore_subtrees(steps[-1], {"params": target["params"],
+                                                        "rest": target["rest"]})
+        finally:
+            source.close()
+        log.info("initialised params from %s step %d", run_dir, steps[-1])
         return state["params"], state["rest"]
 
     def flops_per_step(self) -> float:
@@ -199,19 +276,42 @@ class _StopFlag:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> int:
-    """Trains (or resumes) in `workdir`; returns the process exit status."""
+    """Trains (or resumes) in `workdir`; returns the process exit status.
+
+    First the config is resolved against the model source (`resolve_config`: dims, vocabulary,
+    audio token ids) and the feature pipeline fixed (`feature_spec`); both are written to the
+    workdir's manifest with the tokenizer, so the workdir is a loadable model from the first
+    checkpoint on (`llark_jax.checkpoints.model_dir`).
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    config, tokenizer = resolve_config(config)
+    features = feature_spec(config, workdir)
+    batches = make_batches(config, tokenizer, features)
+    if jax.process_index() == 0:
+        write_manifest(workdir, config, features, tokenizer)
     setup = TrainSetup(config)
-    total = config.train.steps
     with logical_rules(setup.mesh, setup.rules):
-        return _run(config, setup, workdir, total)
+        status = _run(config, setup, workdir, batches)
+    if status == 0 and config.train.model_dir:
+        _write_model_dir(config, setup, workdir, tokenizer, features)
+    return status
 
 
-def _run(config, setup: TrainSetup, workdir: Path, total: int) -> int:
+def _write_model_dir(config, setup: TrainSetup, workdir: Path, tokenizer: Any,
+                     features: FeatureSpec) -> None:
+    """`train.model_dir`: the final params as a model directory (no optimizer state)."""
+    from llark_jax.checkpoints.model_dir import load_model
+
+    loaded = load_model(workdir, tokenizer=tokenizer)
+    save_model_dir(loaded, config.train.model_dir)
+    print(f"model directory: {config.train.model_dir}")
+
+
+def _run(config, setup: TrainSetup, workdir: Path, batches: Any) -> int:
+    total = config.train.steps
     ckpt = TrainCheckpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                              async_save=config.train.async_checkpoint)
-    batches = make_batches(config)
     restored = ckpt.restore_latest(setup.abstract_state_with_shardings())
     if restored is None:
         start, state = 0, setup.fresh_state()
@@ -220,6 +320,8 @@ def _run(config, setup: TrainSetup, workdir: Path, total: int) -> int:
         start, state, input_state = restored
         batches.set_state(input_state)
         log.info("resumed from step %d in %s", start, workdir)
+    trainable = count_trainable(state["params"], setup.grad_mask)
+    log.info("%d steps, %d trainable parameters (%s)", total, trainable, config.model.trainable)
     config_json = config_to_json(config)
     peak = config.metrics.peak_flops_per_device * setup.mesh.devices.size
     writer = MetricsWriter(workdir, start_step=start, total_steps=total,
@@ -228,14 +330,14 @@ def _run(config, setup: TrainSetup, workdir: Path, total: int) -> int:
                            is_primary=jax.process_index() == 0)
     stop = _StopFlag()
     tokens_per_step = config.data.batch_size * config.data.seq_len
-    status = 0
+    status, began = 0, time.perf_counter()
     try:
         for step in range(start, total):
             batch = to_global_batch(next(batches), setup.mesh)
-            began = time.perf_counter()
+            step_began = time.perf_counter()
             state, metrics = setup.train_step(state, batch)
             metrics = jax.device_get(metrics)
-            elapsed = time.perf_counter() - began
+            elapsed = time.perf_counter() - step_began
             if not math.isfinite(float(metrics["loss"])):
                 kept = ckpt.steps()
                 raise TrainingDiverged(
@@ -259,9 +361,28 @@ def _run(config, setup: TrainSetup, workdir: Path, total: int) -> int:
         stop.restore()
         writer.close()
         ckpt.close()
+        if hasattr(batches, "close"):
+            batches.close()
     if status == 0:
+        _write_summary(workdir, total, start, time.perf_counter() - began, trainable, batches)
         print(f"trained {total} steps in {workdir} (metrics: {workdir / 'metrics.jsonl'})")
     return status
+
+
+def _write_summary(workdir: Path, total: int, start: int, seconds: float, trainable: int,
+                   batches: Any) -> None:
+    """`W/train_summary.json`: steps, loop seconds, trainable parameters and the input
+    pipeline's counters (examples, skipped records and why, epochs, packing density)."""
+    if jax.process_index() != 0:
+        return
+    from llark_jax.io import write_json_atomic
+
+    summary = {"steps": total, "resumed_from": start, "loop_seconds": seconds,
+               "trainable_params": trainable}
+    if hasattr(batches, "counters"):
+        summary.update(input_counters=dict(batches.counters), epochs_seen=batches.epoch,
+                       non_pad_fraction=batches.non_pad_fraction)
+    write_json_atomic(workdir / SUMMARY, summary)
 
 
 def main(argv: list[str]) -> int:
@@ -279,8 +400,13 @@ def main(argv: list[str]) -> int:
     multihost.add_argument("--process_id", type=int, help="index of this process")
     args = parser.parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("absl", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                  args.coordinator_port)
-    config = load_config(args.config, overrides)
-    return train(config, args.workdir)
-
+    try:
+        config = load_config(args.config, overrides)
+        return train(config, args.workdir)
+    except (ConfigError, RecordsMismatchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

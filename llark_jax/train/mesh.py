@@ -79,8 +79,14 @@ def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int) -> tuple[int, i
 
 
 def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A `("data", "fsdp", "tensor")` mesh with `AxisType.Auto` over `devices` (default: all)."""
+    """A `("data", "fsdp", "tensor")` mesh with `AxisType.Auto` over `devices` (default: all).
+
+    In a single-process run, fixed sizes (no -1) asking for fewer devices than there are use the
+    first ones (e.g. the demo's one-device mesh on a machine with several)."""
     devices = list(jax.devices() if devices is None else devices)
+    wanted = [int(v) for v in dict(sizes).values()]
+    if -1 not in wanted and jax.process_count() == 1 and 0 < int(np.prod(wanted)) < len(devices):
+        devices = devices[: int(np.prod(wanted))]
     shape = resolve_mesh_shape(dict(sizes), len(devices))
     device_grid = np.asarray(devices).reshape(shape)
     return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

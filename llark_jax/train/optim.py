@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-TRAINED, FROZEN = "trained", "frozen"
+TRAINED, FROZEN, PROJECTOR = "trained", "frozen", "projector"
 
 
 def warmup_steps_for(optim_cfg: ml_collections.ConfigDict, total_steps: int) -> int:
@@ -56,33 +56,41 @@ def closed_form_lr(step: int, peak: float, warmup: int, total: int) -> float:
 
 
 def trainable_labels(grad_mask: Any) -> Any:
-    """`"frozen"` for leaves whose mask is the Python/NumPy scalar False, else `"trained"`."""
-    def label(mask: Any) -> str:
+    """Per leaf: `"frozen"` where the mask is the Python/NumPy scalar False, `"projector"` for
+    the audio projector's leaves, else `"trained"` (LM groups of the preset)."""
+    def label(path: Any, mask: Any) -> str:
         if isinstance(mask, bool | jnp.bool_) or (hasattr(mask, "ndim") and mask.ndim == 0):
-            return TRAINED if bool(mask) else FROZEN
-        return TRAINED
-    return jax.tree.map(label, grad_mask)
+            if not bool(mask):
+                return FROZEN
+        in_projector = any(getattr(k, "key", getattr(k, "name", None)) == "projector" for k in path)
+        return PROJECTOR if in_projector else TRAINED
+    return jax.tree_util.tree_map_with_path(label, grad_mask)
 
 
 def make_optimizer(
     optim_cfg: ml_collections.ConfigDict, total_steps: int, labels: Any | None = None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """`clip_by_global_norm → AdamW(schedule)` on trained leaves, zero updates on frozen ones.
+    """`clip_by_global_norm → AdamW(schedule)`; with `labels` (`trainable_labels`) the projector
+    follows `optim.peak_lr`, the trained LM groups `optim.lm_peak_lr` (when > 0, else the same
+    rate) and frozen leaves get zero updates and no optimizer state (`optax.multi_transform` +
+    `set_to_zero`, which saves two copies of e.g. the frozen `lm_head`). The clip norm is global
+    over every leaf (frozen gradients are masked to zero before the update).
 
-    Frozen leaves carry no optimizer state (`optax.multi_transform` + `set_to_zero`), which saves
-    two copies of e.g. the frozen `lm_head`. Returns `(optimizer, schedule)`.
+    Returns `(optimizer, schedule)`; the schedule is the projector's (reported as `lr`).
     """
     schedule = make_schedule(optim_cfg, total_steps)
-    adamw = optax.chain(
-        optax.clip_by_global_norm(optim_cfg.clip_norm),
-        optax.adamw(
-            schedule,
-            b1=optim_cfg.b1,
-            b2=optim_cfg.b2,
-            eps=optim_cfg.eps,
-            weight_decay=optim_cfg.weight_decay,
-        ),
-    )
+
+    def adamw(rate: optax.Schedule) -> optax.GradientTransformation:
+        return optax.adamw(rate, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                           weight_decay=optim_cfg.weight_decay)
+
+    clip = optax.clip_by_global_norm(optim_cfg.clip_norm)
     if labels is None:
-        return adamw, schedule
-    return optax.multi_transform({TRAINED: adamw, FROZEN: optax.set_to_zero()}, labels), schedule
+        return optax.chain(clip, adamw(schedule)), schedule
+    lm_schedule = schedule
+    if optim_cfg.get("lm_peak_lr", 0.0) > 0:
+        lm_cfg = ml_collections.ConfigDict({**optim_cfg.to_dict(), "peak_lr": optim_cfg.lm_peak_lr})
+        lm_schedule = make_schedule(lm_cfg, total_steps)
+    groups = {PROJECTOR: adamw(schedule), TRAINED: adamw(lm_schedule),
+              FROZEN: optax.set_to_zero()}
+    return optax.chain(clip, optax.multi_transform(groups, labels)), schedule
