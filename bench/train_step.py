@@ -45,23 +45,22 @@ AUDIO_FRAMES, AUDIO_DIM, ANSWER_TOKENS = 250, 4800, 200
 
 def make_batch(vocab: int, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Full rows: BOS, <audio_start>, 250 x <audio_patch>, <audio_end>, question, answer."""
+    from llark_jax.data.batch import BatchShape
+
     rng = np.random.default_rng(seed)
     start, patch, end = vocab - 3, vocab - 2, vocab - 1
-    ids = rng.integers(2, vocab - 3, (batch, seq_len)).astype(np.int32)
+    out = BatchShape(batch, seq_len, 1, AUDIO_FRAMES, AUDIO_DIM).empty()
+    ids = out["input_ids"]
+    ids[...] = rng.integers(2, vocab - 3, (batch, seq_len))
     ids[:, 0], ids[:, 1], ids[:, 2 + AUDIO_FRAMES] = 1, start, end
     ids[:, 2 : 2 + AUDIO_FRAMES] = patch
-    labels = np.full_like(ids, -100)
-    labels[:, -ANSWER_TOKENS:] = ids[:, -ANSWER_TOKENS:]
-    frame_index = np.full_like(ids, -1)
-    frame_index[:, 2 : 2 + AUDIO_FRAMES] = np.arange(AUDIO_FRAMES)
-    return {
-        "input_ids": ids, "labels": labels,
-        "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), ids.shape).copy(),
-        "segment_ids": np.ones_like(ids),
-        "audio": rng.standard_normal((batch, 1, AUDIO_FRAMES, AUDIO_DIM)).astype(np.float32),
-        "audio_mask": np.ones((batch, 1, AUDIO_FRAMES), bool),
-        "audio_frame_index": frame_index,
-    }
+    out["labels"][:, -ANSWER_TOKENS:] = ids[:, -ANSWER_TOKENS:]
+    out["audio_frame_index"][:, 2 : 2 + AUDIO_FRAMES] = np.arange(AUDIO_FRAMES)
+    out["positions"][...] = np.arange(seq_len, dtype=np.int32)
+    out["segment_ids"][...] = 1
+    out["audio"][...] = rng.standard_normal(out["audio"].shape)
+    out["audio_mask"][...] = True
+    return out
 
 
 def build_ours(shape: str, dtype: str):

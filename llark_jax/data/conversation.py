@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from llark_jax.data.batch import IGNORE_INDEX
+
 AUDIO_PATCH_TOKEN = "<audio_patch>"
 AUDIO_START_TOKEN = "<audio_start>"
 AUDIO_END_TOKEN = "<audio_end>"

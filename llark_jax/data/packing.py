@@ -1,14 +1,6 @@
-"""Sequence packing: tokenized examples -> static-shape batches (the trainer's batch contract).
-
-Batch (numpy, B rows of L tokens, S audio slots per row of T_a frames of D features):
-
-  input_ids          [B, L] int32   0 at padding
-  labels             [B, L] int32   -100 where not supervised (unshifted; padding too)
-  positions          [B, L] int32   0, 1, ... restarting at every packed example; 0 at padding
-  segment_ids        [B, L] int32   1..k for the k examples of a row, 0 = padding
-  audio              [B, S, T_a, D] float32 | bfloat16
-  audio_mask         [B, S, T_a]    bool, True at real frames
-  audio_frame_index  [B, L] int32   s * T_a + t at the t-th `<audio_patch>` of slot s, 0 elsewhere
+"""Sequence packing: tokenized examples -> static-shape batches of the batch contract
+(`llark_jax.data.batch`: input_ids, labels, positions, segment_ids, audio, audio_mask,
+audio_frame_index; B rows of L tokens, S audio slots of T_a frames of D features).
 
 `Packer` keeps a pool of waiting examples. In "pack" mode every batch is filled best-fit-decreasing
 from the pool (examples that have waited `max_wait` batches go first, so none starves); the rest
@@ -21,12 +13,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-from llark_jax.data.conversation import IGNORE_INDEX, audio_frame_index
-
-AUDIO_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+from llark_jax.data.batch import AUDIO_DTYPES, BatchShape
+from llark_jax.data.conversation import audio_frame_index
 
 
 @dataclasses.dataclass(eq=False)
@@ -65,6 +55,10 @@ class PackingConfig:
         if self.mode == "bucket" and (not self.bucket_lengths
                                       or max(self.bucket_lengths) != self.seq_len):
             raise ValueError("bucket mode needs bucket_lengths whose largest entry is seq_len")
+
+    def batch_shape(self) -> BatchShape:
+        return BatchShape(self.batch_size, self.seq_len, self.max_segments, self.max_frames,
+                          self.embed_dim, self.audio_dtype)
 
     def fits(self, example: Example) -> bool:
         """Can the example go into an empty row at all?"""
@@ -145,16 +139,8 @@ class Packer:
     def assemble(self, rows: list[list[Example]], length: int) -> dict[str, np.ndarray]:
         """The batch arrays for rows of packed examples (module docstring)."""
         cfg = self.config
-        b, s, t_a, d = cfg.batch_size, cfg.max_segments, cfg.max_frames, cfg.embed_dim
-        batch = {
-            "input_ids": np.zeros((b, length), np.int32),
-            "labels": np.full((b, length), IGNORE_INDEX, np.int32),
-            "positions": np.zeros((b, length), np.int32),
-            "segment_ids": np.zeros((b, length), np.int32),
-            "audio": np.zeros((b, s, t_a, d), AUDIO_DTYPES[cfg.audio_dtype]),
-            "audio_mask": np.zeros((b, s, t_a), bool),
-            "audio_frame_index": np.zeros((b, length), np.int32),
-        }
+        t_a = cfg.max_frames
+        batch = cfg.batch_shape().empty(length)
         for r, row in enumerate(rows):
             offset = slot = 0
             for k, example in enumerate(row):

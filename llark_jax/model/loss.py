@@ -27,7 +27,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the batch contract's (llark_jax.data.batch); model/ imports nothing above
 Normalization = Literal["micro_batch_mean", "global_tokens"]
 
 

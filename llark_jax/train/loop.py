@@ -38,6 +38,7 @@ from llark_jax.checkpoints.model_dir import (
     write_manifest,
 )
 from llark_jax.config import ConfigError, config_to_json, load_config, split_overrides
+from llark_jax.data.batch import NDIMS as batch_ndims
 from llark_jax.data.features import FeatureSpec, spec_from_config
 from llark_jax.model.sharding import logical_rules
 from llark_jax.model.trainable import count_trainable, gradient_mask
@@ -207,7 +208,7 @@ class TrainSetup:
             graphdef, self.tx, self.schedule, micro_steps=config.train.micro_steps,
             normalization=config.train.loss_normalization, grad_mask=self.grad_mask,
             head_positions=config.train.head_positions)
-        batch_shardings = {k: batch_sharding(self.mesh, nd) for k, nd in BATCH_NDIMS.items()}
+        batch_shardings = {k: batch_sharding(self.mesh, nd) for k, nd in batch_ndims.items()}
         self.train_step = jit_train_step(step_fn, self.state_shardings, batch_shardings,
                                          replicated(self.mesh))
 
@@ -254,10 +255,6 @@ class TrainSetup:
             audio_frames=cfg.data.audio_segments * cfg.data.audio_frames,
             audio_layers=cfg.model.get("audio_layers", 0),
             head_positions=cfg.train.head_positions)
-
-
-BATCH_NDIMS = {"input_ids": 2, "labels": 2, "positions": 2, "segment_ids": 2, "audio": 4,
-               "audio_mask": 3, "audio_frame_index": 2}
 
 
 class _StopFlag:

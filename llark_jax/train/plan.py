@@ -44,31 +44,22 @@ def _fake_devices(n: int) -> None:
 def plan(config, mesh_sizes: dict[str, int], *, mfu: float) -> dict:
     """Compiles the train step for `mesh_sizes`; returns the numbers `main` prints."""
     import jax
-    import numpy as np
 
+    from llark_jax.checkpoints.build import resolve_config
+    from llark_jax.data.batch import NDIMS, BatchShape
     from llark_jax.model.sharding import logical_rules
-    from llark_jax.train.loop import BATCH_NDIMS, TrainSetup
+    from llark_jax.train.loop import TrainSetup
     from llark_jax.train.mesh import batch_sharding
 
     config = config.copy_and_resolve_references()
+    if config.model.source != "random" and os.path.exists(config.model.path or "/"):
+        config, _ = resolve_config(config)  # the checkpoint's dims and ids (no weights read)
     config.model.source = "random"
     config.train.init_from = ""
     began = time.perf_counter()
     setup = TrainSetup(config, mesh_sizes)
-    d = config.data
-    shapes = {
-        "input_ids": ((d.batch_size, d.seq_len), np.int32),
-        "labels": ((d.batch_size, d.seq_len), np.int32),
-        "positions": ((d.batch_size, d.seq_len), np.int32),
-        "segment_ids": ((d.batch_size, d.seq_len), np.int32),
-        "audio": ((d.batch_size, d.audio_segments, d.audio_frames, config.model.audio_dim),
-                  np.float32),
-        "audio_mask": ((d.batch_size, d.audio_segments, d.audio_frames), np.bool_),
-        "audio_frame_index": ((d.batch_size, d.seq_len), np.int32),
-    }
-    batch = {k: jax.ShapeDtypeStruct(shape, dtype,
-                                     sharding=batch_sharding(setup.mesh, BATCH_NDIMS[k]))
-             for k, (shape, dtype) in shapes.items()}
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(setup.mesh, NDIMS[k]))
+             for k, (shape, dtype) in BatchShape.from_config(config).specs().items()}
     with logical_rules(setup.mesh, setup.rules):
         lowered = setup.train_step.lower(setup.abstract_state_with_shardings(), batch)
     compiled = lowered.compile()

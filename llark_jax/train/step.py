@@ -66,7 +66,7 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns `train_step(state, batch) -> (state, metrics)`, a pure function to jit.
 
-    The batch holds the arrays of `llark_jax.train.synthetic` (leading dim = global batch).
+    The batch follows the batch contract of `llark_jax.data.batch` (leading dim = global batch).
     `head_positions` K > 0 runs the LM head and the loss only at the first K positions per row
     that predict a supervised token (`llark_jax.model.loss.scored_positions`), the same loss
     when no row has more; 0 = every position.

@@ -2,15 +2,7 @@
 
 Each row holds one example: `<audio_start>` + T_a × `<audio_patch>` + `<audio_end>` per audio
 segment, a random "question", then a random "answer" that is supervised; the rest is padding.
-Arrays (B rows, L tokens, S audio segments of T_a frames of D features):
-
-    input_ids          [B, L]        int32   token ids (pad id 0)
-    labels             [B, L]        int32   unshifted targets, -100 = ignored
-    positions          [B, L]        int32   0.. within the example, 0 on padding
-    segment_ids        [B, L]        int32   1 on the example, 0 on padding
-    audio              [B, S, T_a, D] float32 encoder features
-    audio_mask         [B, S, T_a]   bool    valid frames
-    audio_frame_index  [B, L]        int32   s·T_a + t at frame t of segment s, else -1
+The arrays are the batch contract of `llark_jax.data.batch`.
 
 B is the global batch: every process draws the same global batch from (seed, step) and keeps its
 own contiguous rows, so the data (and the losses) do not depend on how many hosts train.
@@ -25,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from llark_jax.data.batch import BatchShape
 
 
 @dataclass(frozen=True)
@@ -83,11 +75,10 @@ def make_batch(spec: SyntheticSpec, rng: np.random.Generator) -> dict[str, np.nd
     b_size, length = spec.batch_size, spec.seq_len
     n_seg, n_frames = spec.audio_segments, spec.audio_frames
     text_vocab = min(spec.audio_start_id, spec.audio_patch_id, spec.audio_end_id)
-    input_ids = np.zeros((b_size, length), np.int32)
-    labels = np.full((b_size, length), IGNORE_INDEX, np.int32)
-    positions = np.zeros((b_size, length), np.int32)
-    segment_ids = np.zeros((b_size, length), np.int32)
-    frame_index = np.full((b_size, length), -1, np.int32)
+    batch = BatchShape(b_size, length, n_seg, n_frames, spec.audio_dim).empty()
+    input_ids, labels = batch["input_ids"], batch["labels"]
+    positions, segment_ids = batch["positions"], batch["segment_ids"]
+    frame_index = batch["audio_frame_index"]
     block = n_seg * (n_frames + 2)
     for row in range(b_size):
         question_len = int(rng.integers(1, 4))
@@ -106,13 +97,6 @@ def make_batch(spec: SyntheticSpec, rng: np.random.Generator) -> dict[str, np.nd
         labels[row, answer_start:n] = tokens[answer_start:]
         positions[row, :n] = np.arange(n)
         segment_ids[row, :n] = 1
-    audio = rng.standard_normal((b_size, n_seg, n_frames, spec.audio_dim)).astype(np.float32)
-    return {
-        "input_ids": input_ids,
-        "labels": labels,
-        "positions": positions,
-        "segment_ids": segment_ids,
-        "audio": audio,
-        "audio_mask": np.ones((b_size, n_seg, n_frames), bool),
-        "audio_frame_index": frame_index,
-    }
+    batch["audio"][...] = rng.standard_normal(batch["audio"].shape).astype(np.float32)
+    batch["audio_mask"][...] = True
+    return batch
