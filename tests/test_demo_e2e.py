@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from flax import nnx
 from tokenizer_fixtures import make_base_tokenizer
 
@@ -35,6 +34,39 @@ def tiny_hf_lm(path: Path) -> Path:
     save_llama(Llama(config, rngs=nnx.Rngs(0)), path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _serve_and_export(model: Path, workdir: Path) -> None:
+    """The demo's model directory answers the `openai` client through `serve`, and its export
+    loads in transformers with the audio tokens."""
+    import base64
+
+    import openai
+    import torch
+    from serve_helpers import ServerProcess
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    clip = sorted((workdir / "clips").glob("*.wav"))[0]
+    server = ServerProcess(model)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0,
+                               timeout=300)
+        audio = {"data": base64.b64encode(clip.read_bytes()).decode(), "format": "wav"}
+        reply = client.chat.completions.create(
+            model=client.models.list().data[0].id, max_tokens=4, messages=[{
+                "role": "user", "content": [{"type": "input_audio", "input_audio": audio},
+                                            {"type": "text", "text": "What is the tempo?"}]}])
+        assert reply.choices[0].message.content is not None
+    finally:
+        assert server.stop() == 0
+    hf = workdir / "hf"
+    export = subprocess.run([sys.executable, "-m", "llark_jax", "export", "--checkpoint",
+                             str(model), "--output", str(hf)], capture_output=True, text=True,
+                            timeout=600)
+    assert export.returncode == 0, export.stderr[-3000:]
+    AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    assert tokenizer.convert_tokens_to_ids("<audio_patch>") not in (None, tokenizer.unk_token_id)
 
 
 def _demo(workdir: Path, lm: Path) -> subprocess.CompletedProcess:
@@ -94,6 +126,8 @@ def test_mini_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
     assert infer.returncode == 0, infer.stderr[-3000:]
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
     assert len(rows) == 8 and all(r["windows"] == 1 for r in rows)
+
+    _serve_and_export(model, workdir)
 
     second = _demo(workdir, lm)
     assert second.returncode == 0, second.stderr[-3000:]

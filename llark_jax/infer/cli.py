@@ -13,7 +13,8 @@ into windows of `data.audio_frames` audio tokens, one audio block each.
 
 `--audio` takes one or more files, `--audio-dir` every audio file of a folder; the model is loaded
 once and the files are answered in batches. With `--output` each answer is one JSONL row
-`{"audio", "question", "answer", "finish_reason", "windows"}` appended as it is made, so a rerun
+`{"audio", "clip_id", "question", "answer", "finish_reason", "windows"}` (clip_id = the file's
+stem, the key `python -m llark_jax eval` joins labels on) appended as it is made, so a rerun
 skips what is done (and a killed run resumes); without it the answers are printed. Files that
 cannot be read are listed in the summary and skipped. `--records` answers every question of the
 TFRecord shards, resumably, for `python -m llark_jax eval`.
@@ -89,6 +90,7 @@ def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: st
     from data_prep.audio import AudioError
     from llark_jax.infer.answer import request_from_windows
 
+    window_tokens = int(loaded.config.data.audio_frames)  # pad every file's windows alike
     done = _done(output)
     todo = [f for f in files if (str(f), question) not in done]
     skipped: list[dict[str, str]] = []
@@ -105,11 +107,11 @@ def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: st
                         skipped.append({"audio": str(path), "reason": str(err)})
                         continue
                     batch.append((path, len(windows)))
-                    requests.append(request_from_windows(question, windows))
+                    requests.append(request_from_windows(question, windows, window_tokens))
                 for (path, windows), result in zip(batch, answerer.answer(requests),
                                                    strict=True):
-                    row = {"audio": str(path), "question": question, **result,
-                           "windows": windows}
+                    row = {"audio": str(path), "clip_id": path.stem, "question": question,
+                           **result, "windows": windows}
                     out.write(json.dumps(row) + "\n")
                     answered += 1
                 out.flush()
