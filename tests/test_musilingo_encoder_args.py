@@ -1,10 +1,12 @@
-"""A training config's `data.encoder_args` reach every `get_encoder` built from it: infer --audio,
-served model directories and served training workdirs (tiny real MERT checkpoint)."""
+"""A training config's `data.encoder_args` reach every `get_encoder` built from it: the feature
+spec a run saves, infer --audio (`window_features`) and served model directories (tiny real
+MERT checkpoint)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import ml_collections
 import numpy as np
@@ -13,20 +15,35 @@ import soundfile as sf
 from musilingo_fixtures import write_mert_checkpoint
 
 from llark_jax.config import config_to_json, load_config
-from llark_jax.infer.cli import config_encoder, encode_audio_file
+from llark_jax.data.features import FeatureSpec, spec_from_config
+from llark_jax.infer.cli import window_features
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_config_encoder_uses_the_configs_arguments_for_its_own_encoder_only():
+def test_feature_spec_takes_the_configs_encoder_and_arguments():
     config = load_config(f"{REPO / 'configs' / 'musilingo.py'}:instruct")
     expected = ("mert", {"frame_rate": "group325", "layers": "mean"})
-    assert config_encoder(config) == expected
+    spec = spec_from_config(config.data)
+    assert (spec.encoder, spec.encoder_args) == expected
     saved = ml_collections.ConfigDict(json.loads(config_to_json(config)))  # as a workdir stores it
-    assert config_encoder(saved) == expected == config_encoder(saved, "mert")
-    assert config_encoder(saved, "mel") == ("mel", {})  # another encoder: its defaults
-    assert config_encoder(load_config(REPO / "configs" / "tiny.py")) == ("mel", {})
-    assert config_encoder(ml_collections.ConfigDict()) == ("mel", {})
+    again = spec_from_config(saved.data)
+    assert (again.encoder, again.encoder_args) == expected
+    restored = FeatureSpec.from_json(json.loads(json.dumps(spec.to_json())))  # the manifest's
+    assert (restored.encoder, restored.encoder_args, restored.pool) == (*expected, 1)
+    tiny = spec_from_config(load_config(REPO / "configs" / "tiny.py").data)
+    assert (tiny.encoder, tiny.encoder_args) == ("mel", {})
+    empty = spec_from_config(ml_collections.ConfigDict())
+    assert (empty.encoder, empty.encoder_args) == ("mel", {})
+
+
+def test_training_run_saves_the_encoder_args_in_its_feature_spec(tmp_path):
+    from llark_jax.train.loop import feature_spec
+
+    config = load_config(f"{REPO / 'configs' / 'musilingo.py'}:instruct")
+    spec = feature_spec(config, tmp_path)  # what `train` writes into the workdir's manifest
+    assert (spec.encoder, spec.encoder_args) == ("mert", {"frame_rate": "group325",
+                                                          "layers": "mean"})
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +52,23 @@ def mert_dir(tmp_path_factory):
     return str(folder)
 
 
-def test_infer_encodes_audio_with_the_encoder_args(tmp_path, mert_dir):
-    wav = tmp_path / "clip.wav"
+def one_second_wav(path: Path) -> Path:
     t = np.arange(24000) / 24000.0  # 1 s at MERT's 24 kHz: 75 native frames
-    sf.write(wav, (0.3 * np.sin(2 * np.pi * 220.0 * t)).astype(np.float32), 24000)
-    config = ml_collections.ConfigDict({"data": {"encoder": "mert", "encoder_args": {
-        "mert_dir": mert_dir, "frame_rate": "group25", "layers": "mean"}}})
-    name, args = config_encoder(config)
-    (mean_td,) = encode_audio_file(str(wav), name, 3, args)  # one window of 3 groups of 25
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220.0 * t)).astype(np.float32), 24000)
+    return path
+
+
+def test_infer_encodes_audio_with_the_encoder_args(tmp_path, mert_dir):
+    wav = one_second_wav(tmp_path / "clip.wav")
+    args = {"mert_dir": mert_dir, "frame_rate": "group25", "layers": "mean"}
+
+    def loaded(encoder_args):  # window_features reads only the feature spec and audio_frames
+        return SimpleNamespace(features=FeatureSpec("mert", dict(encoder_args)),
+                               config=ml_collections.ConfigDict({"data": {"audio_frames": 3}}))
+
+    (mean_td,) = window_features(wav, loaded(args))  # one window of 3 groups of 25
     assert mean_td.shape == (3, 32)  # the layer mean: D = hidden size 32
-    args["layers"] = "all"
-    (all_tf,) = encode_audio_file(str(wav), name, 3, args)
+    (all_tf,) = window_features(wav, loaded({**args, "layers": "all"}))
     assert all_tf.shape == (3, 4 * 32)  # 3 transformer layers + the input state, layer-major
     np.testing.assert_allclose(all_tf.reshape(3, 4, 32).mean(1), mean_td, atol=1e-5)
 
@@ -54,11 +77,11 @@ def test_served_model_dir_records_and_applies_the_encoder_args(tmp_path, mert_di
     from flax import nnx
     from tokenizer_fixtures import make_llark_tokenizer
 
+    from llark_jax.checkpoints.model_dir import load_model, new_model_dir
     from llark_jax.data.conversation import AudioTokenIds
     from llark_jax.model.llama import Llama, LlamaConfig
     from llark_jax.model.llark import LLark
     from llark_jax.serve.audio_input import AudioFeaturizer, AudioLimits
-    from llark_jax.serve.model_dir import ServingOverrides, load_served, save_model_dir
 
     tokenizer = make_llark_tokenizer()
     ids = AudioTokenIds.from_tokenizer(tokenizer)
@@ -67,13 +90,21 @@ def test_served_model_dir_records_and_applies_the_encoder_args(tmp_path, mert_di
     model = LLark(Llama(cfg, rngs=nnx.Rngs(0)), 32, audio_patch_id=ids.patch,
                   audio_start_id=ids.start, audio_end_id=ids.end, rngs=nnx.Rngs(1))
     args = {"mert_dir": mert_dir, "frame_rate": "group25", "layers": "mean"}
-    directory = save_model_dir(tmp_path / "model", model, tokenizer, encoder="mert",
-                               encoder_args=args)
-    assert json.loads((directory / "serving.json").read_text())["encoder_args"] == args
-    served = load_served(directory)
-    assert (served.encoder, served.encoder_args) == ("mert", args)
-    featurizer = AudioFeaturizer(served.encoder, served.feature_pool, AudioLimits(),
-                                 served.encoder_args)
-    assert featurizer.encoder.dim == 32 and featurizer.encoder.group == 25
-    other = load_served(directory, ServingOverrides(encoder="mel"))
-    assert (other.encoder, other.encoder_args) == ("mel", {})
+    directory = new_model_dir(tmp_path / "model", model, tokenizer, FeatureSpec("mert", args),
+                              audio_frames=3)
+    manifest = json.loads((directory / "llark.json").read_text())
+    assert manifest["features"]["encoder"] == "mert"
+    assert manifest["features"]["encoder_args"] == args
+    served = load_model(directory)
+    assert (served.features.encoder, served.features.encoder_args) == ("mert", args)
+    featurizer = AudioFeaturizer(served.features, AudioLimits())
+    try:
+        assert featurizer.encoder.dim == 32 and featurizer.encoder.group == 25
+        # serve (uploaded bytes) and infer (a file) compute the same features from the same clip
+        wav = one_second_wav(tmp_path / "clip.wav")
+        (from_infer,) = window_features(wav, served)
+        from_serve = featurizer.features(wav.read_bytes())
+    finally:
+        featurizer.close()
+    assert from_infer.shape == (3, 32)
+    np.testing.assert_array_equal(from_serve, from_infer)

@@ -21,6 +21,7 @@ import openai
 import pytest
 import soundfile as sf
 from serve_helpers import (
+    FEATURE_POOL,
     MODEL_NAME,
     REPO,
     Chromium,
@@ -30,10 +31,10 @@ from serve_helpers import (
     wav_bytes,
 )
 
+from llark_jax.checkpoints.model_dir import load_model
 from llark_jax.data import conversation as conv
-from llark_jax.demo_features import mean_pool_frames
+from llark_jax.data.features import mean_pool_frames
 from llark_jax.infer.generate import Generator, Prompt, SamplingConfig
-from llark_jax.serve.model_dir import load_model_dir
 
 API_KEY = "test-key-123"
 MAX_TOKENS = 10
@@ -73,10 +74,12 @@ def direct_answer(model_dir, wav: bytes, question: str) -> str:
     """The answer computed without the server: encoder -> build_example -> Generator."""
     from data_prep.encoders import get_encoder
 
-    served = load_model_dir(model_dir)
+    served = load_model(model_dir)
+    assert (served.features.encoder, served.features.pool) == ("mel", FEATURE_POOL)
+    assert not served.features.standardized
     waveform, rate = sf.read(io.BytesIO(wav), dtype="float32")
     assert rate == 44100
-    features = mean_pool_frames(get_encoder("mel").encode_batch([waveform])[0], 5)
+    features = mean_pool_frames(get_encoder("mel").encode_batch([waveform])[0], FEATURE_POOL)
     tok, template = served.tokenizer, served.template
     stop = conv.stop_ids(tok, template)
     ids = conv.build_example(tok, template, question, "", len(features), True)["input_ids"]

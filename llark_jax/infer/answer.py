@@ -47,11 +47,13 @@ def request_from_frames(question: str, frames_td: np.ndarray) -> Request:
     return Request(question, frames_td[None], (frames_td.shape[0],))
 
 
-def request_from_windows(question: str, windows: Sequence[np.ndarray]) -> Request:
-    """Several windows [T_i, D] (consecutive parts of one recording), zero-padded to max T_i."""
+def request_from_windows(question: str, windows: Sequence[np.ndarray],
+                         min_frames: int = 0) -> Request:
+    """Several windows [T_i, D] (consecutive parts of one recording), zero-padded to
+    max(T_i, `min_frames`) (the training window: one audio shape for every file)."""
     if not windows:
         raise ValueError("request_from_windows: no audio windows")
-    t_max = max(w.shape[0] for w in windows)
+    t_max = max(min_frames, *(w.shape[0] for w in windows))
     audio = np.zeros((len(windows), t_max, windows[0].shape[1]), np.float32)
     for s, w in enumerate(windows):
         audio[s, : w.shape[0]] = w

@@ -235,6 +235,7 @@ class Generator:
         self.length_buckets = tuple(sorted(length_buckets))
         self.pad_id = pad_id
         self.audio_patch_id = getattr(model, "audio_patch_id", None)
+        self.temporal_pool = int(getattr(model, "temporal_pool", 1))
         self._stop_table, self._stop_valid, self._eos = _stop_arrays(config)
 
     def generate(
@@ -281,19 +282,28 @@ class Generator:
         ]
 
     def _audio_batch(self, prompts, rows: list[int], t: int) -> tuple[Any, Any]:
-        """Audio [B, S_max, T_a, D] (zero-padded segments) + frame index [B, t], or (None, None)."""
+        """Audio [B, S_max, T_max, D] (segments and frames zero-padded to the batch's largest)
+        + frame index [B, t], or (None, None).
+
+        A prompt's flat index s * T' + t (T' = its frames / temporal_pool) is rewritten for the
+        padded frame axis, so prompts whose audio differs in length can share a batch."""
         if prompts[rows[0]].audio is None:
             return None, None
+        p = self.temporal_pool
         clips = [np.asarray(prompts[i].audio, np.float32) for i in rows]
         clips = [c[None] if c.ndim == 2 else c for c in clips]
         s_max = max(c.shape[0] for c in clips)
-        audio = np.zeros((len(rows), s_max, *clips[0].shape[1:]), np.float32)
+        t_max = -(-max(c.shape[1] for c in clips) // p) * p
+        audio = np.zeros((len(rows), s_max, t_max, clips[0].shape[2]), np.float32)
         frame_index = np.zeros((len(rows), t), np.int32)
         for r, (i, clip) in enumerate(zip(rows, clips, strict=True)):
-            audio[r, : clip.shape[0]] = clip
+            audio[r, : clip.shape[0], : clip.shape[1]] = clip
             ids = np.asarray(prompts[i].input_ids)
             index = prompts[i].audio_frame_index
             if index is None:  # k-th patch token takes flat frame k
                 index = np.maximum(np.cumsum(ids == self.audio_patch_id) - 1, 0)
+            own = max(clip.shape[1] // p, 1)
+            if own != t_max // p:
+                index = np.asarray(index) // own * (t_max // p) + np.asarray(index) % own
             frame_index[r, : len(ids)] = index
         return jnp.asarray(audio), jnp.asarray(frame_index)
