@@ -1,6 +1,7 @@
 """The feature pipeline between stored encoder frames and the projector, saved with every model.
 
     encoder frames [T, D] (what the records store, what `infer`/`serve` compute from audio)
+      -> rounded to the records' storage dtype      (bfloat16 records: what training saw)
       -> mean over groups of `pool` frames          [ceil(T / pool), D]
       -> (x - mean_d) / std_d when standardised     (statistics of the training records)
       -> one `<audio_patch>` token per row
@@ -22,9 +23,11 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 STD_FLOOR = 1e-6  # added to every standard deviation (constant columns stay finite)
+STORAGE_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
 def mean_pool_frames(frames_td: np.ndarray, group: int) -> np.ndarray:
@@ -48,6 +51,8 @@ class FeatureSpec:
       encoder_args: its constructor arguments (e.g. MERT's `frame_rate`, `layers`).
       pool: encoder frames averaged per audio token (1 = none).
       mean, std: per-dimension statistics [D] float64, or None (not standardised).
+      storage_dtype: the dtype the training records stored the frames in; frames computed from
+        audio are rounded to it first, so inference sees the values training saw.
     """
 
     encoder: str = "mel"
@@ -55,6 +60,7 @@ class FeatureSpec:
     pool: int = 1
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    storage_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.pool < 1:
@@ -72,7 +78,10 @@ class FeatureSpec:
 
     def apply(self, frames_td: np.ndarray) -> np.ndarray:
         """Encoder frames [T, D] -> audio-token features [ceil(T / pool), D] float32."""
-        x_td = np.asarray(frames_td, np.float32)
+        x_td = np.asarray(frames_td)
+        if self.storage_dtype != "float32":
+            x_td = x_td.astype(STORAGE_DTYPES[self.storage_dtype])
+        x_td = x_td.astype(np.float32)
         if self.pool > 1:
             x_td = mean_pool_frames(x_td, self.pool)
         if self.mean is not None:
@@ -86,7 +95,8 @@ class FeatureSpec:
         return {"encoder": self.encoder, "encoder_args": dict(self.encoder_args),
                 "pool": self.pool,
                 "mean": None if self.mean is None else self.mean.tolist(),
-                "std": None if self.std is None else self.std.tolist()}
+                "std": None if self.std is None else self.std.tolist(),
+                "storage_dtype": self.storage_dtype}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FeatureSpec:
@@ -95,7 +105,8 @@ class FeatureSpec:
 
         return cls(encoder=data.get("encoder", "mel"),
                    encoder_args=dict(data.get("encoder_args") or {}),
-                   pool=int(data.get("pool", 1)), mean=array("mean"), std=array("std"))
+                   pool=int(data.get("pool", 1)), mean=array("mean"), std=array("std"),
+                   storage_dtype=data.get("storage_dtype", "float32"))
 
 
 def fit_standardization(frames: Iterable[np.ndarray], pool: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +118,8 @@ def fit_standardization(frames: Iterable[np.ndarray], pool: int) -> tuple[np.nda
     return stacked_nd.mean(axis=0), stacked_nd.std(axis=0) + STD_FLOOR
 
 
-def spec_from_config(data_cfg: Any, clips: Iterable[np.ndarray] | None = None) -> FeatureSpec:
+def spec_from_config(data_cfg: Any, clips: Iterable[np.ndarray] | None = None,
+                     storage_dtype: str = "float32") -> FeatureSpec:
     """The `FeatureSpec` of `config.data`; statistics from `clips` when `data.standardize`."""
     args = data_cfg.get("encoder_args") or {}
     args = args.to_dict() if hasattr(args, "to_dict") else dict(args)
@@ -118,4 +130,4 @@ def spec_from_config(data_cfg: Any, clips: Iterable[np.ndarray] | None = None) -
             raise ValueError("data.standardize needs the training clips for its statistics")
         mean, std = fit_standardization(clips, pool)
     return FeatureSpec(encoder=data_cfg.get("encoder", "mel"), encoder_args=args, pool=pool,
-                       mean=mean, std=std)
+                       mean=mean, std=std, storage_dtype=storage_dtype)

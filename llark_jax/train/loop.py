@@ -10,6 +10,7 @@ checkpoint is the last good one.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import signal
@@ -81,22 +82,28 @@ def _shard_patterns(config: ml_collections.ConfigDict) -> list[str]:
 
 def feature_spec(config: ml_collections.ConfigDict, workdir: Path) -> FeatureSpec:
     """The run's feature pipeline: the workdir manifest's (a resumed run keeps its statistics)
-    when it has the same settings, else `config.data`'s with statistics over the training
-    shards (`data.standardize`)."""
+    when it has the same settings, else `config.data`'s with the records' storage dtype and
+    statistics over the training shards (`data.standardize`)."""
     d = config.data
     if (workdir / MANIFEST).is_file():
         _, saved, _ = read_manifest(workdir)
         if (saved.encoder, saved.pool, saved.standardized) == (d.encoder, d.feature_pool,
                                                                 d.standardize):
             return saved
-    if not d.standardize:
-        return spec_from_config(d)
     if d.source != "tfrecord":
-        raise ConfigError("data.standardize needs data.source=tfrecord (statistics of records)")
+        if d.standardize:
+            raise ConfigError("data.standardize needs data.source=tfrecord (record statistics)")
+        return spec_from_config(d)
     from llark_jax.data.pipeline import clip_embeddings
 
+    clips = clip_embeddings(_shard_patterns(config))
+    first = next(clips, None)
+    storage = first[1].dtype.name if first is not None else "float32"
+    if not d.standardize:
+        return spec_from_config(d, storage_dtype=storage)
     log.info("feature statistics over the training shards (data.standardize)")
-    return spec_from_config(d, clips=(e for _, e in clip_embeddings(_shard_patterns(config))))
+    embeddings = itertools.chain([first[1]] if first else [], (e for _, e in clips))
+    return spec_from_config(d, clips=embeddings, storage_dtype=storage)
 
 
 def make_batches(config: ml_collections.ConfigDict, tokenizer: Any = None,
