@@ -86,4 +86,8 @@ def test_encoder_args_reach_the_constructor():
                            "--encoder-arg", "mert_dir=/models/mert"])
     kwargs = cli.encoder_kwargs(args)
     assert kwargs["windows_per_forward"] == 2 and kwargs["mert_dir"] == "/models/mert"
-    assert kwargs["layer"] == 36 and kwargs["pooling_mode"] == "paper"
+    # the code's pooling (240 frames, configs/llark_7b.py) unless --pooling paper
+    assert kwargs["layer"] == 36 and kwargs["pooling_mode"] == "reference"
+    paper = cli.parse_args(["--encoder", "jukebox", "--audio-dir", "a", "--output-dir", "o",
+                            "--pooling", "paper"])
+    assert cli.encoder_kwargs(paper)["pooling_mode"] == "paper"

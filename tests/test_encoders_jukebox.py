@@ -46,7 +46,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(tiny):
-    return get_encoder("jukebox", **tiny_encoder_kwargs(tiny[0]))
+    """The paper's pooling (exact 10 Hz, 25 s); the default is the code's (see below)."""
+    return get_encoder("jukebox", **tiny_encoder_kwargs(tiny[0], pooling_mode="paper"))
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +178,10 @@ def test_batch_of_three_equals_three_single_runs(encoder, clips, batch_outputs):
         np.testing.assert_allclose(encoder.encode_batch([x_n])[0], batched, rtol=1e-5, atol=1e-5)
 
 
-def test_reference_pooling_shapes(tiny, clips):
-    ref = get_encoder("jukebox", **tiny_encoder_kwargs(tiny[0], pooling_mode="reference"))
+def test_reference_pooling_is_the_default_and_its_shapes(tiny, clips):
+    ref = get_encoder("jukebox", **tiny_encoder_kwargs(tiny[0]))  # no pooling_mode: the default
+    assert ref.pooling_mode == "reference"  # the code's grid, what configs/llark_7b.py trains on
+    assert ref.version == f"jukebox5b-layer{TINY_LAYER}-reference-float32"
     assert ref.frame_rate_hz == pytest.approx(344.53125 / 34)
     assert [y.shape for y in ref.encode_batch(clips[1:])] == [(101, 16), (240, 16)]
 

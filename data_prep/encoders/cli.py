@@ -2,7 +2,14 @@
 
     python -m data_prep embed --encoder mel --audio-dir clips/ --output-dir emb/ [--batch-size 8]
     python -m data_prep embed --encoder jukebox --jukebox-dir ~/jukebox5b --audio-dir clips/
-        --output-dir emb/ --batch-size 4 [--pooling paper|reference] [--layer 36]
+        --output-dir emb/ --batch-size 4 [--pooling reference|paper] [--layer 36]
+
+Jukebox pooling (spec §7.1): `reference` (default) is LLark's code, AvgPool(34, stride 34) over
+the first 2^20 samples' tokens: 240 frames at 10.13 Hz for a full clip, what `configs/llark_7b.py`
+trains on (`data.audio_frames = 240`). `paper` is the paper's wording, exact 100 ms frames of the
+first `--max-seconds` (250 frames for 25 s); train on such records with
+`--config.data.audio_frames=250` (`python -m llark_jax train` stops with an error otherwise) and
+`--config.data.encoder_args="{'pooling_mode': 'paper'}"` so `infer` pools audio the same way.
 
 clip_id = the audio file's stem. Each clip's array is written atomically (tmp + os.replace) and
 then its sidecar `{encoder, version, shape, frame_rate_hz, sample_rate, dim}`; a clip whose
@@ -43,8 +50,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     jukebox = parser.add_argument_group("jukebox")
     jukebox.add_argument("--jukebox-dir", default=None, help="default: $JUKEBOX_DIR")
     jukebox.add_argument("--layer", type=int, default=36)
-    jukebox.add_argument("--pooling", choices=("paper", "reference"), default="paper")
-    jukebox.add_argument("--max-seconds", type=float, default=25.0)
+    jukebox.add_argument("--pooling", choices=("reference", "paper"), default="reference",
+                         help="reference: the code's 34-token windows, 240 frames (default; "
+                              "configs/llark_7b.py); paper: exact 10 Hz, 250 frames for 25 s")
+    jukebox.add_argument("--max-seconds", type=float, default=25.0,
+                         help="audio used per clip with --pooling paper")
     jukebox.add_argument("--device", default="auto")
     jukebox.add_argument("--dtype", default="auto",
                          choices=("auto", "float32", "bfloat16", "float16"))

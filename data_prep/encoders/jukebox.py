@@ -3,7 +3,7 @@
 Procedure (the reference's `get_acts_from_file`, spec §7.2, batched over context windows):
 
 1. mono float32 at 44.1 kHz, peak-normalised to max|x| = 1 (silence left as is);
-2. the clip is cut to its first `max_seconds` (25 s, `paper`) or 2^20 samples (`reference`) and
+2. the clip is cut to its first 2^20 samples (`reference`) or `max_seconds` (25 s, `paper`) and
    split into context windows of n_ctx * hop = 8192 * 128 = 2^20 samples (23.78 s), zero-padded
    at the end; when a `paper` clip needs more than 8192 tokens, a last window is added
    ending at the clip's last needed token (a 25 s clip: windows at tokens 0 and 422; each token's
@@ -16,8 +16,8 @@ Procedure (the reference's `get_acts_from_file`, spec §7.2, batched over contex
    timing embedding;
 5. the first `layer` (36) transformer blocks; the output of block 36 (width 4800, no final norm)
    is the activation per token;
-6. mean pooling (`pooling.py`): `paper` exact 100 ms frames, 250 for a 25 s clip; `reference`
-   34-token windows, 240 for >= 2^20 samples.
+6. mean pooling (`pooling.py`): `reference` (default, LLark's code and `configs/llark_7b.py`)
+   34-token windows, 240 for >= 2^20 samples; `paper` exact 100 ms frames, 250 for a 25 s clip.
 
 The package's CUDA-only type asserts (`ConditionalAutoregressive2D.forward`,
 `LabelConditioner.forward`) are avoided by running the same modules piecewise here; tests check
@@ -46,7 +46,8 @@ class JukeboxEncoder(AudioEncoder):
     Args:
       jukebox_dir: folder with vqvae.pth.tar and prior_level_2.pth.tar (default $JUKEBOX_DIR).
       layer: number of prior blocks run; the output of block `layer` is the embedding.
-      pooling_mode: "paper" (exact 10 Hz, up to `max_seconds`) or "reference" (34-token windows).
+      pooling_mode: "reference" (default: the code's 34-token windows, 240 frames per clip) or
+        "paper" (exact 10 Hz up to `max_seconds`, 250 frames for 25 s).
       device: "auto" (cuda if available), "cpu", "cuda", ...
       dtype: "auto" (bfloat16 on GPU, float32 on CPU), "float32", "bfloat16", "float16".
       windows_per_forward: context windows (across clips) per prior forward.
@@ -60,7 +61,7 @@ class JukeboxEncoder(AudioEncoder):
         self,
         jukebox_dir: str | None = None,
         layer: int = 36,
-        pooling_mode: str = "paper",
+        pooling_mode: str = "reference",
         max_seconds: float = 25.0,
         device: str = "auto",
         dtype: str = "auto",

@@ -32,7 +32,7 @@ class JukemirlibEncoder(AudioEncoder):
     dim = 4800
 
     def __init__(self, jukebox_dir: str | None = None, layer: int = 36,
-                 pooling_mode: str = "paper", max_seconds: float = 25.0) -> None:
+                 pooling_mode: str = "reference", max_seconds: float = 25.0) -> None:
         try:
             import jukemirlib
         except ImportError as err:

@@ -3,13 +3,14 @@
 Jukebox's top level emits one activation per `hop` samples (hop 128 at 44.1 kHz: a token rate of
 44100/128 = 344.53125 Hz). Two rules turn these into frames:
 
-* `paper` (default): exact 100 ms frames. Token t (covering samples [t*hop, (t+1)*hop)) belongs to
-  frame k = floor(t * hop * frame_rate / sample_rate), i.e. the frame its first sample falls in; a
-  frame averages 34 or 35 tokens (4410 / 128 = 34.45). A clip of n samples gives
-  T = floor(n * frame_rate / sample_rate) full frames, so a 25 s clip gives exactly 250 frames.
-* `reference`: LLark's code, `AvgPool1d(kernel=34, stride=34)` over the first
-  latent_len = floor(n / hop) tokens (at most 8192); frame k averages tokens [34k, 34k + 34),
+* `reference` (the encoders' default): LLark's code, `AvgPool1d(kernel=34, stride=34)` over the
+  first latent_len = floor(n / hop) tokens (at most 8192); frame k averages tokens [34k, 34k + 34),
   T = floor(latent_len / 34) (240 for clips >= 2^20 samples), frame rate 344.53125 / 34 = 10.13 Hz.
+* `paper`: exact 100 ms frames (the paper's "250x4800 for a 25-second clip"). Token t (covering
+  samples [t*hop, (t+1)*hop)) belongs to frame k = floor(t * hop * frame_rate / sample_rate), i.e.
+  the frame its first sample falls in; a frame averages 34 or 35 tokens (4410 / 128 = 34.45). A
+  clip of n samples gives T = floor(n * frame_rate / sample_rate) full frames, so a 25 s clip
+  gives exactly 250 frames.
 
 All index arithmetic is exact integer/rational arithmetic; sums accumulate in float64.
 """
