@@ -54,15 +54,16 @@ def audio_files(paths: Sequence[str], directory: str | None) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def window_features(path: Path, loaded: Any) -> list:
+def window_features(path: Path, loaded: Any, encoder: Any = None) -> list:
     """Audio-token features [T_i, D] of each consecutive training-length window of the file:
-    the model's encoder (with its arguments) then its feature pipeline (pool, standardise)."""
+    the model's encoder (with its arguments; built here unless given, e.g. once per folder)
+    then its feature pipeline (pool, standardise)."""
     from data_prep.audio import SAMPLE_RATE, load_audio, resample
     from data_prep.encoders import get_encoder
     from llark_jax.infer.answer import split_waveform
 
     spec = loaded.features
-    encoder = get_encoder(spec.encoder, **spec.encoder_args)
+    encoder = encoder or get_encoder(spec.encoder, **spec.encoder_args)
     waveform = resample(load_audio(str(path)), SAMPLE_RATE, encoder.sample_rate)
     window_frames = int(loaded.config.data.audio_frames) * spec.pool
     window_samples = int(round(window_frames / encoder.frame_rate_hz * encoder.sample_rate))
@@ -91,6 +92,9 @@ def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: st
     from llark_jax.infer.answer import request_from_windows
 
     window_tokens = int(loaded.config.data.audio_frames)  # pad every file's windows alike
+    from data_prep.encoders import get_encoder
+
+    encoder = get_encoder(loaded.features.encoder, **loaded.features.encoder_args)
     done = _done(output)
     todo = [f for f in files if (str(f), question) not in done]
     skipped: list[dict[str, str]] = []
@@ -102,7 +106,7 @@ def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: st
                 batch, requests = [], []
                 for path in todo[start : start + chunk]:
                     try:
-                        windows = window_features(path, loaded)
+                        windows = window_features(path, loaded, encoder)
                     except (AudioError, ValueError, RuntimeError) as err:
                         skipped.append({"audio": str(path), "reason": str(err)})
                         continue

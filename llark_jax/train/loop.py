@@ -173,7 +173,8 @@ def check_records_fit(pipeline: Any, config: ml_collections.ConfigDict,
             raise RecordsMismatchError(
                 f"records hold {frames} frames per clip{pooled} (clip {clip.clip_id}) but "
                 f"data.audio_frames = {config.data.audio_frames}: set "
-                f"--config.data.audio_frames={tokens} or embed shorter clips")
+                f"--config.data.audio_frames={tokens} or re-embed on the config's grid (e.g. "
+                f"`data_prep embed --pooling reference` for Jukebox, 240 frames)")
         return
 
 
