@@ -56,6 +56,6 @@ def emit(result: dict, json_path: str | None) -> None:
     text = json.dumps(result, indent=1, default=float)
     print(text)
     if json_path:
-        tmp = f"{json_path}.tmp"
-        Path(tmp).write_text(text)
-        os.replace(tmp, json_path)
+        from llark_jax.io import atomic_write_text
+
+        atomic_write_text(json_path, text)

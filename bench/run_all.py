@@ -20,6 +20,8 @@ from pathlib import Path
 from common import REPO, cpu_count
 from render import render
 
+from llark_jax.io import atomic_write_text
+
 RAW = REPO / "runs" / "bench"
 BENCHMARKS = {
     "train_a": ["bench/train_step.py", "--shape", "a"],
@@ -49,9 +51,7 @@ def run_one(name: str) -> float:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"[bench] {name} failed with status {proc.returncode}")
     if not JSON_FLAG.get(name, True):
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(proc.stdout[proc.stdout.index("{"):])
-        tmp.replace(out)
+        atomic_write_text(out, proc.stdout[proc.stdout.index("{"):])
     print(f"[bench] {name}: {seconds:.0f} s", flush=True)
     return seconds
 
@@ -92,9 +92,7 @@ def main() -> None:
         info_path.write_text(json.dumps(info, indent=1))
     results.pop("machine", None)
     text = render(results, info)
-    tmp = Path(args.out + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    atomic_write_text(args.out, text)
     print(f"[bench] wrote {args.out}")
 
 

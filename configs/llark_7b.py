@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.seq_len = 2048
     d.audio_segments = 1
     d.audio_frames = 240
-    d.encoder = "jukebox"  # Jukebox-5B layer-36 features (data_prep.encoders)
+    d.encoder = "jukebox"  # Jukebox-5B layer-36 features (llark_jax.audio.encoders)
 
     t = config.train
     t.steps = 100_000

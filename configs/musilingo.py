@@ -51,7 +51,7 @@ def get_config(stage: str = "caption") -> ml_collections.ConfigDict:
     d.batch_size = 32
     d.template = "musilingo_caption" if caption else "musilingo"  # llark_jax.data.conversation
     d.audio_frames = 8  # group325 frames of a 30.5 s clip: ceil(2287 / 325)
-    d.encoder = "mert"  # MERT-v1-330M (data_prep.encoders), embedded with these arguments:
+    d.encoder = "mert"  # MERT-v1-330M (llark_jax.audio.encoders), embedded with these arguments:
     d.encoder_args = ml_collections.ConfigDict(dict(frame_rate="group325", layers="mean"))
 
     t = config.train

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.audio import SAMPLE_RATE, TooShortAudioError, load_audio
+from llark_jax.audio.io import SAMPLE_RATE, TooShortAudioError, load_audio
 
 MAX_ANNOTATION_S = 360.0
 MIN_ANNOTATION_S = 1.0  # madmom fails (or returns NaN tempo) on shorter signals
@@ -110,7 +110,7 @@ def annotate_audio(audio_n: np.ndarray, name: str = "<array>") -> dict[str, Any]
 def annotate_file(path: str | os.PathLike, max_seconds: float = MAX_ANNOTATION_S) -> dict[str, Any]:
     """Load (mono, 44.1 kHz, first ``max_seconds``) and annotate one file.
 
-    Raises `data_prep.audio.AudioError` subclasses for unusable files.
+    Raises `llark_jax.audio.io.AudioError` subclasses for unusable files.
     """
     return annotate_audio(load_audio(path, 0.0, max_seconds, min_duration_s=MIN_ANNOTATION_S),
                           str(path))

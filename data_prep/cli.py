@@ -9,11 +9,12 @@ from llark_jax.cli import dispatch
 STAGES: dict[str, tuple[str, str]] = {
     "crop": ("data_prep.stages.crop", "crop audio files by the paper's rule"),
     "annotate": ("data_prep.stages.annotate", "madmom tempo/key/chords/beats per track"),
-    "jsonify": ("data_prep.stages.jsonify", "dataset files -> uniform clip records (JSONL)"),
-    "instruct": ("data_prep.instruct.cli", "clip metadata -> question/answer pairs"),
-    "embed": ("data_prep.encoders.cli", "audio -> [T, D] embeddings (jukebox, mel, ...)"),
-    "write": ("data_prep.records", "metadata + QA + embeddings -> TFRecord shards"),
-    "demo-data": ("data_prep.demo_dataset", "synthesise the demo dataset from composed MIDI"),
+    "jsonify": ("data_prep.stages.jsonify", "dataset files -> uniform track records (JSONL)"),
+    "merge": ("data_prep.stages.merge", "annotations + dataset labels -> clip metadata (JSONL)"),
+    "instruct": ("data_prep.stages.instruct", "clip metadata -> question/answer pairs"),
+    "embed": ("data_prep.stages.embed", "audio -> [T, D] embeddings (jukebox, mel, ...)"),
+    "write": ("data_prep.stages.write", "metadata + QA + embeddings -> TFRecord shards"),
+    "demo-data": ("data_prep.stages.demo_data", "synthesise the demo dataset from composed MIDI"),
 }
 
 

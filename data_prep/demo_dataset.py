@@ -9,17 +9,16 @@ score a trained model without any download. Composition per clip, all drawn from
 - 1-4 pitched instruments (harmony, melody, optionally a second harmony part) plus bass and drums.
 
 Audio is rendered with `tinysoundfont` from the `TimGM6mb.sf2` soundfont that `pretty_midi` ships,
-written as 44.1 kHz mono 16-bit WAV. Outputs in `--output-dir`:
+written as 44.1 kHz mono 16-bit WAV. `build_dataset` writes, in its output directory:
 `audio/<clip_id>.wav`, `midi/<clip_id>.mid`, and `clips.jsonl` (one ground-truth record per clip,
-with its `split`: eval clips are chosen by seed and never appear in training).
+with its `split`: eval clips are chosen by seed and never appear in training). The stage is
+`python -m data_prep demo-data` (`data_prep.stages.demo_data`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import numpy as np
 import pretty_midi
 import soundfile as sf
 from tqdm import tqdm
+
+from llark_jax.io import atomic_output, atomic_write_text
 
 SAMPLE_RATE = 44100
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -196,12 +197,6 @@ def clip_plan(n_clips: int, eval_fraction: float, seed: int) -> list[tuple[str, 
     return plan
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def build_dataset(output_dir: Path, n_clips: int, seconds: float, seed: int,
                   eval_fraction: float = 0.2) -> list[ClipTruth]:
     """Composes and renders every clip (skipping those already on disk); writes `clips.jsonl`."""
@@ -216,27 +211,11 @@ def build_dataset(output_dir: Path, n_clips: int, seconds: float, seed: int,
         wav = output_dir / "audio" / f"{clip_id}.wav"
         if not wav.exists():
             audio = render(midi, seconds, soundfont)
-            _write_atomic(output_dir / "midi" / f"{clip_id}.mid", lambda p, m=midi: m.write(str(p)))
-            _write_atomic(wav, lambda p, a=audio: sf.write(str(p), a, SAMPLE_RATE, format="WAV",
-                                                           subtype="PCM_16"))
+            with atomic_output(output_dir / "midi" / f"{clip_id}.mid") as tmp:
+                midi.write(str(tmp))
+            with atomic_output(wav) as tmp:
+                sf.write(str(tmp), audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
         truths.append(truth)
     lines = "".join(json.dumps(dataclasses.asdict(t)) + "\n" for t in truths)
-    _write_atomic(output_dir / "clips.jsonl", lambda p: p.write_text(lines))
+    atomic_write_text(output_dir / "clips.jsonl", lines)
     return truths
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep demo-data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--n-clips", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=10.0, help="clip length in seconds")
-    parser.add_argument("--eval-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    truths = build_dataset(args.output_dir, args.n_clips, args.seconds, args.seed,
-                           args.eval_fraction)
-    n_eval = sum(t.split == "eval" for t in truths)
-    print(json.dumps({"clips": len(truths), "train": len(truths) - n_eval, "eval": n_eval,
-                      "output_dir": str(args.output_dir)}))
-    return 0

@@ -1,30 +1,16 @@
-"""`python -m data_prep write`: clip metadata + QA pairs + embeddings -> TFRecord shards.
+"""The TFRecord writer: clip metadata + QA pairs + embeddings -> shards, index and report.
 
-Joins three inputs by clip id (the schema lives in `llark_jax.data.records`):
-
-- `--annotations A.jsonl`: one clip per line with `clip_id` (or `id`); optional `dataset`, `split`;
-  every field is kept as the record's `metadata`. Clips whose `split` differs from `--split` are
-  left out (clips without a `split` belong to every split).
-- `--qa QA.jsonl [...]`: lines (e.g. `data_prep instruct` output) naming a clip (`clip_id` or
-  `id`) and either one pair (`question`, `answer`, optional `task`) or a list of pairs under `qa`
-  or `response`, or `data_prep jsonify` records whose pairs are in `metadata.qa` (MusicQA, Music
-  Instruct, LP-MusicCaps-MSD; the same file can serve as `--annotations`).
-- `--embeddings DIR`: `<clip_id>.npy` (float32 [T, D]) and optionally `<clip_id>.json` with
-  `{"encoder": NAME}`.
-
-Writes `{split}-{encoder}-NNNNN-of-MMMMM.tfrecord` shards (tmp file + rename), an index
-`{split}-{encoder}-index.json` (counts per dataset/task, records per shard) and a report
-`{split}-{encoder}-report.json` listing every clip not written and why. Re-running with the same
-inputs skips shards that the index says are complete.
+`write_records` joins its three inputs by clip id and writes `{split}-{encoder}-NNNNN-of-MMMMM`
+shards atomically (the record schema lives in `llark_jax.data.records`); the input formats, the
+index and the report are described in `data_prep.stages.write` (`python -m data_prep write`),
+the stage that calls it.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +27,7 @@ from llark_jax.data.records import (
     iter_records,
     shard_name,
 )
+from llark_jax.io import atomic_write_bytes
 
 
 def _clip_key(row: dict[str, Any]) -> str | None:
@@ -122,12 +109,6 @@ def load_embedding(directory: Path, clip_id: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _previous_shards(index_path: Path) -> dict[str, dict[str, Any]]:
     if not index_path.is_file():
         return {}
@@ -186,11 +167,11 @@ def write_records(annotations: Path, qa: list[Path], embeddings: Path, output_di
         "datasets": {k: dict(datasets[k]) for k in sorted(datasets)},
         "tasks": dict(sorted(tasks.items())), "not_written": len(problems), "shards": shards,
     }
-    _write_atomic(index_path, json.dumps(index, indent=1).encode())
+    atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
     reasons = collections.Counter(p["kind"] for p in problems)
     report = {"written": index["records"], "not_written": problems, "reasons": dict(reasons)}
     report_path = output_dir / f"{split}-{encoder}-report.json"
-    _write_atomic(report_path, json.dumps(report, indent=1).encode())
+    atomic_write_bytes(report_path, json.dumps(report, indent=1).encode())
     return index
 
 
@@ -224,29 +205,7 @@ def _write_shard(path: Path, chunk: list[tuple[str, dict[str, Any], list[QAPair]
         clip_ids.append(clip_id)
         datasets[ds].update({"clips": 1, "qa_pairs": len(clip_pairs)})
         tasks.update(p.task for p in clip_pairs)
-    _write_atomic(path, b"".join(frames))
+    atomic_write_bytes(path, b"".join(frames))
     return {"records": len(frames), "qa_pairs": sum(tasks.values()), "clip_ids": clip_ids,
             "datasets": {k: dict(v) for k, v in datasets.items()}, "tasks": dict(tasks),
             "not_written": problems}
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep write", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--annotations", type=Path, required=True)
-    parser.add_argument("--qa", type=Path, nargs="+", required=True, help="QA JSONL file(s)")
-    parser.add_argument("--embeddings", type=Path, required=True)
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--shard-size", type=int, default=256, help="records per shard")
-    parser.add_argument("--encoder", default=None, help="default: the sidecars' encoder name")
-    parser.add_argument("--embedding-dtype", default="bfloat16", choices=list(EMBEDDING_DTYPES))
-    parser.add_argument("--dataset", default="unknown", help="for rows without a dataset field")
-    args = parser.parse_args(argv)
-    index = write_records(args.annotations, args.qa, args.embeddings, args.output_dir, args.split,
-                          args.shard_size, args.encoder, args.embedding_dtype, args.dataset)
-    summary = {k: index[k] for k in ("split", "encoder", "records", "qa_pairs", "tasks")}
-    summary["shards"] = len(index["shards"])
-    summary["not_written"] = index["not_written"]
-    print(json.dumps(summary))
-    return 0

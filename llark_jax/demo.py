@@ -7,7 +7,7 @@ Stages, in order (outputs under `--workdir`, default `runs/demo`):
 | synth | `python -m data_prep demo-data` (MIDI composed + rendered) | `data/` |
 | crop | `python -m data_prep crop` | `clips/` |
 | annotate | `python -m data_prep annotate` (madmom) | `work/annotations.jsonl` |
-| instruct | `python -m data_prep instruct --backend offline` | `work/qa.jsonl` |
+| instruct | `python -m data_prep merge`, then `instruct --backend offline` | `work/qa.jsonl` |
 | embed | `python -m data_prep embed --encoder mel` (10 Hz frames) | `embeddings/mel/` |
 | records | `python -m data_prep write` (train, eval) | `records/` |
 | train | the trainer of `python -m llark_jax train`: SmolLM2 + projector | `train/`, `model/` |
@@ -151,15 +151,13 @@ class Demo:
                           "--workers", str(self.config.stages.workers)])
 
     def stage_instruct(self) -> dict:
-        """Clip metadata = madmom annotation + synthesis truth (truth wins; madmom's key and
-        chords kept as `*_madmom`), then offline QA, then the training question set, each paper
-        prompt under its own task name ("key", "tempo", "instruments") for `data.task_weights`."""
-        rows = []
-        for row in read_jsonl(self.path("work", "annotations.jsonl")):
-            truth = row.pop("metadata")
-            row["key_madmom"], row["chords_madmom"] = row.pop("key", None), row.pop("chords", [])
-            rows.append({"clip_id": row.pop("id"), **row, **truth})
-        write_jsonl_atomic(self.path("work", "metadata.jsonl"), rows)
+        """Clip metadata = madmom annotation + synthesis truth (`data_prep merge`: truth wins;
+        madmom's key and chords kept as `*_madmom`), then offline QA, then the training question
+        set, each paper prompt under its own task name ("key", "tempo", "instruments") for
+        `data.task_weights`."""
+        _run("instruct", ["data_prep", "merge",
+                          "--annotations", str(self.path("work", "annotations.jsonl")),
+                          "--output", str(self.path("work", "metadata.jsonl"))])
         all_qa = self.path("work", "qa_all.jsonl")
         _run("instruct", ["data_prep", "instruct", "--metadata",
                           str(self.path("work", "metadata.jsonl")), "--task", "mir",
@@ -266,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="training steps (config.train.steps)")
     parser.add_argument("--stop-after", choices=STAGES, default="report",
                         help="stop after this stage (a later run continues from there)")
+    parser.add_argument("--system", choices=("llark", "musilingo"), default="llark",
+                        help="musilingo: MusiLingo's two-stage recipe (llark_jax/demo_musilingo.py,"
+                             " workdir runs/demo-musilingo)")
     return parser
 
 
@@ -277,6 +278,12 @@ FLAG_TO_CONFIG: dict[str, tuple[str, Callable[[Any], str]]] = {
 
 def main(argv: list[str]) -> int:
     rest, overrides = split_overrides(argv)
+    system = argparse.ArgumentParser(add_help=False)
+    system.add_argument("--system", default="llark")
+    if system.parse_known_args(rest)[0].system == "musilingo":
+        from llark_jax.demo_musilingo import main as musilingo_main
+
+        return musilingo_main(argv)
     args = build_parser().parse_args(rest)
     flags = [(key, convert(getattr(args, name))) for name, (key, convert) in FLAG_TO_CONFIG.items()
              if getattr(args, name) is not None]

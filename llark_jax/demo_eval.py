@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.instruct.offline import INSTRUMENTS_PROMPT, KEY_PROMPT, TEMPO_PROMPT
 from llark_jax.data.conversation import IGNORE_INDEX, ConversationTemplate, build_example
 from llark_jax.data.records import ClipRecord, decode_clip, iter_records
 from llark_jax.eval.intervals import MetricResult
 from llark_jax.eval.metrics import instrument_f1, key_mirex, tempo_accuracy
+from llark_jax.eval.prompts import INSTRUMENTS_PROMPT, KEY_PROMPT, TEMPO_PROMPT
 from llark_jax.infer.generate import Generator, Prompt, SamplingConfig
 
 PROMPTS = {"key": KEY_PROMPT, "tempo": TEMPO_PROMPT, "instruments": INSTRUMENTS_PROMPT}

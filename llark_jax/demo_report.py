@@ -20,7 +20,8 @@ import numpy as np
 from llark_jax.eval.intervals import MetricResult
 from llark_jax.eval.metrics import key_mirex, tempo_accuracy
 from llark_jax.eval.parse import parse_key, parse_tempo, strip_completion
-from llark_jax.eval.report import _pyplot, plot_key_confusion, plot_tempo_scatter, write_json_atomic
+from llark_jax.eval.report import _pyplot, plot_key_confusion, plot_tempo_scatter
+from llark_jax.io import atomic_write_text, write_json_atomic
 
 HEADLINE = ("key_mirex", "tempo_acc2", "instruments_f1")
 REPORTED = (*HEADLINE, "tempo_acc1", "instruments_clip_f1")
@@ -117,7 +118,7 @@ def write_report_files(report: dict[str, Any], out_dir: Path, truth: Sequence[Ma
     ]
     if losses:
         plots.append(plot_loss(losses, out_dir / "loss.png"))
-    json_path = write_json_atomic(report, out_dir / "report.json")
+    json_path = write_json_atomic(out_dir / "report.json", report)
     lines = ["# LLark demo report", "", "```", summary_table(report), "```", "",
              "`grounded`: own audio beats shuffled audio (the audio of another eval clip, same "
              "model and prompts) with disjoint 95% intervals.", ""]
@@ -135,10 +136,7 @@ def write_report_files(report: dict[str, Any], out_dir: Path, truth: Sequence[Ma
         cells = [ex["clip_id"], ex["question"], ex["truth"], ex["audio"], ex["shuffled"]]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     lines += ["", "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots]]
-    md_path = out_dir / "report.md"
-    tmp = md_path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(md_path)
+    md_path = atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return json_path, md_path
 
 

@@ -9,8 +9,15 @@ import pytest
 import soundfile as sf
 from audio_fixtures import SR, write_bad_corpus, write_wav
 
-from data_prep import audio
-from data_prep.audio import CropWindow, choose_crop, clip_id, multicrop_windows, parse_clip_id
+from data_prep.clips import (
+    CropWindow,
+    choose_crop,
+    clip_id,
+    multicrop_windows,
+    parse_clip_id,
+    write_wav_atomic,
+)
+from llark_jax.audio import io as audio
 
 
 def test_crop_rule_statistics_and_determinism():
@@ -80,7 +87,7 @@ def test_load_audio_reads_each_container(tmp_path, suffix):
 def test_write_wav_atomic_roundtrip(tmp_path):
     signal = (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)
     path = tmp_path / "clip.wav"
-    audio.write_wav_atomic(path, signal)
+    write_wav_atomic(path, signal)
     data, rate = sf.read(str(path), dtype="float32")
     assert rate == SR and sf.info(str(path)).subtype == "FLOAT"
     np.testing.assert_array_equal(data, signal)

@@ -11,7 +11,7 @@ import pytest
 
 from data_prep.datasets import ADAPTERS
 from data_prep.stages import jsonify
-from data_prep.stages.runner import read_jsonl
+from llark_jax.io import read_jsonl
 
 
 def _run(tmp_path: Path, dataset: str, root: Path, *extra: str) -> tuple[list[dict], dict]:

@@ -8,8 +8,8 @@ import pytest
 import soundfile
 
 from data_prep.cli import main as data_prep_main
-from data_prep.encoders import cli
-from data_prep.encoders.base import EncoderError
+from data_prep.stages import embed as cli
+from llark_jax.audio.encoders.base import EncoderError
 
 
 def tone(seconds: float, rate: int, freq: float) -> np.ndarray:

@@ -21,10 +21,10 @@ from jukebox_fixtures import (
     write_tiny_jukebox,
 )
 
-from data_prep.encoders import get_encoder, pooling
-from data_prep.encoders.base import EncoderError
-from data_prep.encoders.jukebox import stitch_windows, window_starts
-from data_prep.encoders.jukebox_checkpoint import (
+from llark_jax.audio.encoders import get_encoder, pooling
+from llark_jax.audio.encoders.base import EncoderError
+from llark_jax.audio.encoders.jukebox import stitch_windows, window_starts
+from llark_jax.audio.encoders.jukebox_checkpoint import (
     PRIOR_FILE,
     VQVAE_FILE,
     CheckpointKeyError,

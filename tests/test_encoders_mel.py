@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from data_prep.encoders import available_encoders, get_encoder
-from data_prep.encoders.base import EncoderError
-from data_prep.encoders.mel import MelEncoder
+from llark_jax.audio.encoders import available_encoders, get_encoder
+from llark_jax.audio.encoders.base import EncoderError
+from llark_jax.audio.encoders.mel import MelEncoder
 
 SR = 44100
 

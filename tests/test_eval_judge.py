@@ -7,8 +7,6 @@ import re
 import pytest
 from fake_openai_server import FakeChatServer, FaultSchedule
 
-from data_prep.instruct.client import RetryPolicy
-from data_prep.instruct.parsing import ReplyParseError
 from llark_jax.eval.judge import (
     MUSICAL_DETAIL_PROMPT,
     PairwiseItem,
@@ -17,6 +15,8 @@ from llark_jax.eval.judge import (
     judge_musical_detail,
     parse_choice,
 )
+from llark_jax.llm.client import RetryPolicy
+from llark_jax.llm.errors import ReplyParseError
 
 FAST = RetryPolicy(max_attempts=8, timeout_s=2.0, backoff_base_s=0.01, backoff_max_s=0.03)
 KEY = "sk-judge-test"

@@ -172,8 +172,8 @@ def join_config(hf_path, records):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A training workdir (2 steps) on records built from WAVs by the offline commands."""
-    from data_prep.encoders.cli import main as embed_main
-    from data_prep.records import main as write_main
+    from data_prep.stages.embed import main as embed_main
+    from data_prep.stages.write import main as write_main
     from llark_jax.train.loop import train
 
     root = tmp_path_factory.mktemp("join")

@@ -13,8 +13,8 @@ from pathlib import Path
 from fake_openai_server import FakeChatServer, FaultSchedule
 from instruct_helpers import SECRET_KEY, make_records, qa_reply, write_jsonl
 
-from data_prep.instruct.cli import main as instruct_main
-from data_prep.instruct.offline import INSTRUMENTS_PROMPT, KEY_PROMPT, TEMPO_PROMPT
+from data_prep.stages.instruct import main as instruct_main
+from llark_jax.eval.prompts import INSTRUMENTS_PROMPT, KEY_PROMPT, TEMPO_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]
 # Faults that do not change a reply's content, so an interrupted run must end identical.

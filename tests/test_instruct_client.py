@@ -10,12 +10,12 @@ import pytest
 from fake_openai_server import FAULT_KINDS, FakeChatServer, FaultSchedule
 from instruct_helpers import SECRET_KEY, make_records, metadata_of, qa_reply, write_jsonl
 
-from data_prep.instruct import cli
 from data_prep.instruct.backends import OpenAIBackend
-from data_prep.instruct.client import ChatClient, RequestFailedError, RetryPolicy, request_once
 from data_prep.instruct.parsing import parse_qa_reply
 from data_prep.instruct.prompts import EXCLUDED_FIELDS
-from data_prep.instruct.runner import ResultLog, run_job, select_sample
+from data_prep.stages import instruct as cli
+from data_prep.stages.instruct import ResultLog, run_job, select_sample
+from llark_jax.llm.client import ChatClient, RequestFailedError, RetryPolicy, request_once
 
 FAST = RetryPolicy(max_attempts=10, timeout_s=0.3, backoff_base_s=0.01, backoff_max_s=0.05)
 MESSAGES = [{"role": "user", "content": json.dumps([{"tempo_in_beats_per_minute_madmom": 90,

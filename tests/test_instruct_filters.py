@@ -12,13 +12,7 @@ from data_prep.instruct.captions import (
     caption_to_qa,
 )
 from data_prep.instruct.filters import ANSWER_PHRASES, QUESTION_PHRASES, QAFilter
-from data_prep.instruct.parsing import (
-    ReplyParseError,
-    ReplySchemaError,
-    parse_caption_reply,
-    parse_lenient_json,
-    parse_qa_reply,
-)
+from data_prep.instruct.parsing import parse_caption_reply, parse_lenient_json, parse_qa_reply
 from data_prep.instruct.prompts import (
     available_prompts,
     build_messages,
@@ -26,6 +20,7 @@ from data_prep.instruct.prompts import (
     load_prompt,
     text_hash,
 )
+from llark_jax.llm.errors import ReplyParseError, ReplySchemaError
 
 PAIRS = [
     {"question": "What is in the package of sounds?", "answer": "A warm pad."},  # 0 "pack"

@@ -8,13 +8,11 @@ import re
 from data_prep.instruct.filters import QAFilter
 from data_prep.instruct.offline import (
     GENRE_PROMPT,
-    INSTRUMENTS_PROMPT,
-    KEY_PROMPT,
-    TEMPO_PROMPT,
     generate_offline_qa,
     normalize_chord,
     normalize_key,
 )
+from llark_jax.eval.prompts import INSTRUMENTS_PROMPT, KEY_PROMPT, TEMPO_PROMPT
 
 DEMO = {
     "clip_id": "demo-0001",

@@ -17,12 +17,12 @@ from musilingo_fixtures import (
 )
 
 from data_prep.datasets import lp_musiccaps, music_instruct, musicqa
-from data_prep.datasets.base import ClipRecord, DatasetFormatError, JsonifyContext, RowSkip
+from data_prep.datasets.base import DatasetFormatError, JsonifyContext, RowSkip, TrackRecord
 
 
 def _read(reader, root, split=None, **options):
     out = list(reader(JsonifyContext(root, split, options=options)))
-    return ([r for r in out if isinstance(r, ClipRecord)], [r for r in out if isinstance(r,
+    return ([r for r in out if isinstance(r, TrackRecord)], [r for r in out if isinstance(r,
                                                                                    RowSkip)])
 
 
@@ -122,7 +122,7 @@ def test_jsonify_cli_reads_the_musilingo_datasets(tmp_path):
     import sys
 
     from data_prep.stages import jsonify
-    from data_prep.stages.runner import read_jsonl
+    from llark_jax.io import read_jsonl
 
     root = write_musicqa(tmp_path / "mqa", {
         "Finetune": [musicqa_item("000001.wav", "Describe the audio", "Rock.")],

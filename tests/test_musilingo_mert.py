@@ -10,8 +10,8 @@ import pytest
 import torch
 from musilingo_fixtures import write_mert_checkpoint
 
-from data_prep.encoders import get_encoder
-from data_prep.encoders.mert import MertConfigError, MertEncoder
+from llark_jax.audio.encoders import get_encoder
+from llark_jax.audio.encoders.mert import MertConfigError, MertEncoder
 
 SR = 24000
 N_STATES, WIDTH = 4, 32  # tiny: 3 layers + input state, hidden 32

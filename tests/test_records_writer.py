@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from records_helpers import make_inputs
 
-from data_prep.records import main as write_main
+from data_prep.stages.write import main as write_main
 from llark_jax.data.records import (
     ClipRecord,
     QAPair,

@@ -72,7 +72,7 @@ def audio_message(data: bytes, question: str = QUESTION) -> list[dict]:
 
 def direct_answer(model_dir, wav: bytes, question: str) -> str:
     """The answer computed without the server: encoder -> build_example -> Generator."""
-    from data_prep.encoders import get_encoder
+    from llark_jax.audio.encoders import get_encoder
 
     served = load_model(model_dir)
     assert (served.features.encoder, served.features.pool) == ("mel", FEATURE_POOL)

@@ -19,7 +19,8 @@ from audio_fixtures import drum_pattern, write_bad_corpus, write_wav
 from data_prep.stages import annotate as annotate_stage
 from data_prep.stages import crop as crop_stage
 from data_prep.stages import jsonify as jsonify_stage
-from data_prep.stages.runner import SkipItem, read_jsonl, run_cached
+from data_prep.stages.runner import SkipItem, run_cached
+from llark_jax.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,3 +163,44 @@ def test_jsonify_multicrop_annotate_pipeline_crops_beats_chords_and_notes(tmp_pa
     assert second_notes == [{"start": 0.0, "end": 1.5, "pitch": "D5"},
                             {"start": 3.0, "end": 5.5, "pitch": "D#5"},
                             {"start": 7.0, "end": 9.5, "pitch": "E5"}]
+
+
+def test_merge_stage_truth_wins_and_keeps_madmom_key_and_chords(tmp_path):
+    """`data_prep merge`: what the demo's instruct stage did inline, byte for byte, plus clips
+    without dataset labels (madmom's key/chords stay as the fields instruct reads)."""
+    from data_prep.stages import merge as merge_stage
+    from llark_jax.io import write_jsonl_atomic
+
+    madmom = {"chords": [{"start_time": 0.0, "end_time": 2.0, "chord": "A#major"}],
+              "downbeats_madmom": [{"time": 0.5, "beat_number": 1}], "key": "Bb major",
+              "tempo_in_beats_per_minute_madmom": 121.0}
+    truth = {"tempo": 120.0, "key": "A minor", "time_signature": "4/4",
+             "instruments": ["piano", "bass", "drums"], "chords": ["A minor", "F major"]}
+    annotations = [{"dataset": "demo", "id": "c0", "metadata": truth, "split": "train", **madmom},
+                   {"dataset": "fma", "id": "c1", "split": "test", **madmom}]
+    source, output = tmp_path / "annotations.jsonl", tmp_path / "metadata.jsonl"
+    write_jsonl_atomic(source, annotations, sort_keys=True)  # as the annotate stage writes it
+    assert merge_stage.main(["--annotations", str(source), "--output", str(output)]) == 0
+    first, second = read_jsonl(output)
+
+    inline = []  # the demo's former inline merge (llark_jax/demo.py stage_instruct)
+    for row in read_jsonl(source)[:1]:
+        labels = row.pop("metadata")
+        row["key_madmom"], row["chords_madmom"] = row.pop("key", None), row.pop("chords", [])
+        inline.append({"clip_id": row.pop("id"), **row, **labels})
+    assert output.read_text().splitlines()[0] == json.dumps(inline[0], ensure_ascii=False)
+    assert first["key"] == "A minor" and first["tempo"] == 120.0 and "metadata" not in first
+    assert first["key_madmom"] == "Bb major" and first["chords_madmom"] == madmom["chords"]
+    assert first["tempo_in_beats_per_minute_madmom"] == 121.0 and list(first)[0] == "clip_id"
+    assert second["key"] == second["key_madmom"] == "Bb major"  # no dataset key: madmom's stays
+    assert second["chords"] == madmom["chords"] and "tempo" not in second
+
+
+def test_every_stage_is_a_module_of_data_prep_stages():
+    import importlib
+
+    from data_prep.cli import STAGES
+
+    for name, (module, _) in STAGES.items():
+        assert module == f"data_prep.stages.{name.replace('-', '_')}"
+        assert callable(importlib.import_module(module).main)

@@ -65,7 +65,7 @@ def test_mesh_shapes():
 
 
 def test_configs_record_their_audio_encoder():
-    from data_prep.encoders import available_encoders
+    from llark_jax.audio.encoders import available_encoders
 
     encoders = {name: load_config(REPO / "configs" / f"{name}.py").data.encoder
                 for name in ("tiny", "llark_7b")}

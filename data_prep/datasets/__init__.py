@@ -1,8 +1,8 @@
-"""Dataset adapters: each reads a dataset's real files into uniform `ClipRecord`s.
+"""Dataset adapters: each reads a dataset's real files into uniform `TrackRecord`s.
 
 `ADAPTERS` maps a dataset name (as ``python -m data_prep jsonify --dataset NAME`` takes it) to
 ``"module:function"``; the function has the signature ``(ctx: JsonifyContext) ->
-Iterator[ClipRecord | RowSkip]`` (see `data_prep.datasets.base`). `load_adapter` imports lazily.
+Iterator[TrackRecord | RowSkip]`` (see `data_prep.datasets.base`). `load_adapter` imports lazily.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 
-from data_prep.datasets.base import ClipRecord, JsonifyContext, RowSkip
+from data_prep.datasets.base import JsonifyContext, RowSkip, TrackRecord
 
 ADAPTERS: dict[str, str] = {
     "fma": "data_prep.datasets.fma:read_records",
@@ -29,7 +29,7 @@ ADAPTERS: dict[str, str] = {
     "music-instruct": "data_prep.datasets.music_instruct:read_records",
 }
 
-Adapter = Callable[[JsonifyContext], Iterator[ClipRecord | RowSkip]]
+Adapter = Callable[[JsonifyContext], Iterator[TrackRecord | RowSkip]]
 
 
 def load_adapter(name: str) -> Adapter:

@@ -1,6 +1,6 @@
-"""Uniform clip records and the helpers every dataset adapter shares.
+"""Uniform track records and the helpers every dataset adapter shares.
 
-An adapter module exposes ``read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]``
+An adapter module exposes ``read_records(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]``
 reading the dataset's real distributed files under ``ctx.root``. A `RowSkip` is a row that cannot
 become a record (reason given; the stage reports it); a missing or malformed *file* raises
 `DatasetFormatError`, which stops the stage with a message naming the file.
@@ -26,8 +26,10 @@ class DatasetFormatError(Exception):
 
 
 @dataclass(frozen=True)
-class ClipRecord:
-    """One track (or clip) of a dataset: the unit every later stage works on."""
+class TrackRecord:
+    """One track (or clip) of a dataset as `jsonify` writes it: id, split, where its audio is, and
+    the dataset's own labels (`metadata`); the unit crop and annotate work on. Not the training
+    record (`llark_jax.data.records.ClipRecord`: one clip's embedding and QA pairs)."""
 
     id: str
     dataset: str

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from data_prep.datasets.base import (
-    ClipRecord,
     JsonifyContext,
     RowSkip,
+    TrackRecord,
     parse_python_list,
     read_table,
 )
@@ -35,7 +35,7 @@ def _bool(text: str) -> bool:
     return text == "True"
 
 
-def read_musiccaps(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_musiccaps(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     for row in read_table(ctx.root / "musiccaps-public.csv", required=MUSICCAPS_COLUMNS):
         try:
             metadata = {**row, "start_s": int(float(row["start_s"])),
@@ -48,11 +48,11 @@ def read_musiccaps(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
             continue
         split = "test" if metadata["is_audioset_eval"] else "train"
         if ctx.wants(split):
-            yield ClipRecord(row["ytid"], MUSICCAPS, split, ctx.audio(f"{row['ytid']}.wav"),
+            yield TrackRecord(row["ytid"], MUSICCAPS, split, ctx.audio(f"{row['ytid']}.wav"),
                              metadata)
 
 
-def read_yt8m(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_yt8m(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     for split in ("train", "test"):
         if not ctx.wants(split):
             continue
@@ -60,5 +60,5 @@ def read_yt8m(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
             if not row["text"].strip():
                 yield RowSkip(row["video_id"], "empty caption")
                 continue
-            yield ClipRecord(row["video_id"], YT8M, split, ctx.audio(f"{row['video_id']}.wav"),
+            yield TrackRecord(row["video_id"], YT8M, split, ctx.audio(f"{row['video_id']}.wav"),
                              dict(row))

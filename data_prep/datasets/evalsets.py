@@ -19,7 +19,7 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_prep.datasets.base import ClipRecord, DatasetFormatError, JsonifyContext, RowSkip
+from data_prep.datasets.base import DatasetFormatError, JsonifyContext, RowSkip, TrackRecord
 
 ACTIVATION_THRESHOLD = 0.5
 
@@ -30,7 +30,7 @@ def _label_files(directory: Path, suffix: str) -> list[Path]:
     return sorted(directory.glob(f"*{suffix}"))
 
 
-def read_giantsteps_key(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_giantsteps_key(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     if not ctx.wants("test"):
         return
     for path in _label_files(ctx.root / "annotations" / "key", ".key"):
@@ -39,12 +39,12 @@ def read_giantsteps_key(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
         if not label:
             yield RowSkip(track_id, f"{path}: empty key label")
             continue
-        yield ClipRecord(track_id, "giantsteps-key", "test",
+        yield TrackRecord(track_id, "giantsteps-key", "test",
                          ctx.audio("audio", f"{path.name.removesuffix('.key')}.mp3"),
                          {"id": track_id, "giantsteps_key": label})
 
 
-def read_giantsteps_tempo(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_giantsteps_tempo(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     if not ctx.wants("test"):
         return
     for path in _label_files(ctx.root / "annotations_v2" / "tempo", ".bpm"):
@@ -57,12 +57,12 @@ def read_giantsteps_tempo(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]
         if bpm <= 0:
             yield RowSkip(track_id, f"{path}: 0 BPM (no steady tempo), excluded")
             continue
-        yield ClipRecord(track_id, "giantsteps-tempo", "test",
+        yield TrackRecord(track_id, "giantsteps-tempo", "test",
                          ctx.audio("audio", f"{path.name.removesuffix('.bpm')}.mp3"),
                          {"id": track_id, "giantsteps_tempo": bpm})
 
 
-def read_gtzan(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_gtzan(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     genres_dir = ctx.root / "genres" if (ctx.root / "genres").is_dir() else ctx.root
     if not ctx.wants("test"):
         return
@@ -74,7 +74,7 @@ def read_gtzan(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
         if not path.name.startswith(f"{genre}."):
             yield RowSkip(path.name, f"file name does not start with its genre folder {genre!r}")
             continue
-        yield ClipRecord(path.stem, "gtzan", "test", str(path), {"genre": genre})
+        yield TrackRecord(path.stem, "gtzan", "test", str(path), {"genre": genre})
 
 
 def activation_intervals(lab: Path, stems: dict[str, str]) -> dict[str, list[list[float]]]:
@@ -109,7 +109,7 @@ def _merge(spans: list[list[float]]) -> list[list[float]]:
     return merged
 
 
-def read_medleydb(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_medleydb(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     import yaml
 
     if not ctx.wants("test"):
@@ -127,5 +127,5 @@ def read_medleydb(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
         lab = activations / f"{track}_ACTIVATION_CONF.lab"
         if lab.exists():
             metadata["instrument_activations"] = activation_intervals(lab, stems)
-        yield ClipRecord(track, "medleydb", "test", ctx.audio("Audio", track, f"{track}_MIX.wav"),
+        yield TrackRecord(track, "medleydb", "test", ctx.audio("Audio", track, f"{track}_MIX.wav"),
                          metadata)

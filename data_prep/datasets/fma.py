@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_prep.datasets.base import (
-    ClipRecord,
     DatasetFormatError,
     JsonifyContext,
     RowSkip,
+    TrackRecord,
     html_to_text,
     parse_python_list,
     read_table,
@@ -62,7 +62,7 @@ def read_tracks_csv(path: Path) -> list[dict[str, str]]:
         return [dict(zip(names, row, strict=False)) for row in reader]
 
 
-def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_records(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     meta = _metadata_dir(ctx.root)
     genres = {g["genre_id"]: g["title"] for g in read_table(
         meta / "genres.csv", required=("genre_id", "title"))}
@@ -94,5 +94,5 @@ def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
             "track.language_code": LANGUAGES.get(code, code) if code else "Unknown",
         }
         name = f"{track_id:06d}"
-        yield ClipRecord(str(track_id), DATASET, split, ctx.audio(name[:3], f"{name}.mp3"),
+        yield TrackRecord(str(track_id), DATASET, split, ctx.audio(name[:3], f"{name}.mp3"),
                          metadata)

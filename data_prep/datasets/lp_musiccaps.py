@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_prep.datasets.base import ClipRecord, DatasetFormatError, JsonifyContext, RowSkip
+from data_prep.datasets.base import DatasetFormatError, JsonifyContext, RowSkip, TrackRecord
 
 DATASET = "lp-musiccaps-msd"
 TASK = "caption_pretrain"
@@ -41,7 +41,7 @@ def split_of(path: Path) -> str | None:
     return None
 
 
-def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_records(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     import pyarrow.parquet as pq
 
     shards = sorted(p for p in ctx.root.rglob("*.parquet") if split_of(p) is not None)
@@ -67,4 +67,4 @@ def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
                     continue
                 audio = row.get("path") or f"{track_id}.mp3"
                 metadata = {**row, "qa": [{"question": "", "answer": caption, "task": TASK}]}
-                yield ClipRecord(track_id, DATASET, split, ctx.audio(audio), metadata)
+                yield TrackRecord(track_id, DATASET, split, ctx.audio(audio), metadata)

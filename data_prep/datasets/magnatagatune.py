@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
-from data_prep.datasets.base import ClipRecord, JsonifyContext, RowSkip, read_table
+from data_prep.datasets.base import JsonifyContext, RowSkip, TrackRecord, read_table
 
 DATASET = "magnatagatune"
 SPLIT_OF_CHUNK = {**{c: "train" for c in "0123456789a"}, "b": "validation", "c": "validation",
@@ -20,7 +20,7 @@ SPLIT_OF_CHUNK = {**{c: "train" for c in "0123456789a"}, "b": "validation", "c":
 KEY = ("clip_id", "mp3_path")
 
 
-def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_records(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     info_rows = read_table(ctx.root / "clip_info_final.csv", "\t", required=KEY)
     tag_rows = read_table(ctx.root / "annotations_final.csv", "\t", required=KEY)
     info = {(r["clip_id"], r["mp3_path"]): r for r in info_rows}
@@ -44,4 +44,4 @@ def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
             continue
         example_id = mp3.stem
         metadata = {**info[key], **tag_values, "chunk": chunk, "example_id": example_id}
-        yield ClipRecord(example_id, DATASET, split, ctx.audio(tags["mp3_path"]), metadata)
+        yield TrackRecord(example_id, DATASET, split, ctx.audio(tags["mp3_path"]), metadata)

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.datasets.base import (
-    ClipRecord,
     DatasetFormatError,
     JsonifyContext,
     RowSkip,
+    TrackRecord,
     require_file,
 )
-from data_prep.stages.runner import atomic_write_text
+from llark_jax.io import atomic_write_text
 
 DATASET = "mtg-jamendo"
 HEADER = ["TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION", "TAGS"]
@@ -43,7 +43,7 @@ def test_split(track_ids: list[str], work_dir: Path, size: int, seed: int) -> se
     return set(chosen.tolist())
 
 
-def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_records(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     path = ctx.root / "autotagging.tsv"
     if not path.exists() and (ctx.root / "data" / "autotagging.tsv").exists():
         path = ctx.root / "data" / "autotagging.tsv"
@@ -70,4 +70,4 @@ def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
     for track_id, audio, tags in parsed:
         split = "test" if track_id in test_ids else "train"
         if ctx.wants(split):
-            yield ClipRecord(track_id, DATASET, split, ctx.audio(audio), {**tags, "id": track_id})
+            yield TrackRecord(track_id, DATASET, split, ctx.audio(audio), {**tags, "id": track_id})

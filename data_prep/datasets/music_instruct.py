@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data_prep.datasets.base import ClipRecord, DatasetFormatError, JsonifyContext, RowSkip
+from data_prep.datasets.base import DatasetFormatError, JsonifyContext, RowSkip, TrackRecord
 from data_prep.datasets.captions import read_musiccaps
 
 DATASET = "music-instruct"
@@ -44,7 +44,7 @@ def musiccaps_eval_ids(ctx: JsonifyContext) -> set[str] | None:
     if path is None:
         return None
     records = read_musiccaps(JsonifyContext(path.parent, split="test"))
-    return {r.id for r in records if isinstance(r, ClipRecord)}
+    return {r.id for r in records if isinstance(r, TrackRecord)}
 
 
 def load_items(path: Path) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ def load_items(path: Path) -> list[dict[str, Any]]:
     return items
 
 
-def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_records(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     files = [(p, task) for name, task in PARTS
              if (p := find_file(ctx, name, ("MusicInstruct",))) is not None]
     if not files:
@@ -93,4 +93,5 @@ def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
     for ytid, clip in clips.items():
         split = "test" if clip["is_audioset_eval"] else "train"
         if ctx.wants(split):
-            yield ClipRecord(ytid, DATASET, split, ctx.audio(f"{ytid}.wav"), {"ytid": ytid, **clip})
+            yield TrackRecord(ytid, DATASET, split, ctx.audio(f"{ytid}.wav"),
+                              {"ytid": ytid, **clip})

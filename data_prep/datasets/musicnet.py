@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_prep.datasets.base import ClipRecord, JsonifyContext, RowSkip, read_table
+from data_prep.datasets.base import JsonifyContext, RowSkip, TrackRecord, read_table
 
 DATASET = "musicnet"
 KEPT = ("id", "composer", "composition", "movement", "ensemble")
@@ -55,7 +55,7 @@ def midi_notes(path: Path) -> dict[str, list[dict]]:
     return notes
 
 
-def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_records(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     rows = read_table(ctx.root / "musicnet_metadata.csv", required=KEPT)
     midi_files = {p.stem: p for p in ctx.root.rglob("*.mid") if "musicnet_em" in p.parts}
     for row in rows:
@@ -76,5 +76,5 @@ def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
             yield RowSkip(track_id, f"unreadable MIDI {midi_files[track_id]}: {err!r}")
             continue
         metadata = {**{k: row[k] for k in KEPT}, "notes": notes}
-        yield ClipRecord(track_id, DATASET, split, ctx.audio(f"{split}_data", f"{track_id}.wav"),
+        yield TrackRecord(track_id, DATASET, split, ctx.audio(f"{split}_data", f"{track_id}.wav"),
                          metadata)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data_prep.datasets.base import ClipRecord, DatasetFormatError, JsonifyContext, RowSkip
+from data_prep.datasets.base import DatasetFormatError, JsonifyContext, RowSkip, TrackRecord
 from data_prep.datasets.music_instruct import find_file, musiccaps_eval_ids
 
 DATASET = "musicqa"
@@ -52,7 +52,7 @@ def _audio_dir(ctx: JsonifyContext) -> Path:
     return nested if nested.is_dir() else Path(ctx.audio("audios"))
 
 
-def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
+def read_records(ctx: JsonifyContext) -> Iterator[TrackRecord | RowSkip]:
     wanted = [(name, split) for name, split in PARTITIONS
               if (ctx.split == "pretrain" if split == "pretrain" else ctx.wants(split))]
     eval_ids: set[str] = set()
@@ -86,5 +86,5 @@ def read_records(ctx: JsonifyContext) -> Iterator[ClipRecord | RowSkip]:
             if stem in eval_ids or stem[-11:] in eval_ids:
                 yield RowSkip(stem, "MusicCaps evaluation-split audio (MusiLingo §4.2 leakage)")
                 continue
-            yield ClipRecord(stem, DATASET, split, str(audio_dir / audio_name),
+            yield TrackRecord(stem, DATASET, split, str(audio_dir / audio_name),
                              {"audio_name": audio_name, "partition": name, "qa": qa})

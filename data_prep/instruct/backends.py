@@ -15,7 +15,6 @@ from data_prep.instruct.captions import (
     caption_to_qa,
     provided_caption,
 )
-from data_prep.instruct.client import ChatClient
 from data_prep.instruct.offline import OFFLINE_MODEL, generate_offline_qa
 from data_prep.instruct.parsing import parse_caption_reply, parse_qa_reply
 from data_prep.instruct.prompts import (
@@ -25,6 +24,7 @@ from data_prep.instruct.prompts import (
     load_prompt,
     text_hash,
 )
+from llark_jax.llm.client import ChatClient
 
 
 class NoUsablePairsError(ValueError):

@@ -18,11 +18,9 @@ from collections import Counter
 from typing import Any
 
 from data_prep.instruct.captions import SHORT_CAPTION_PROMPTS
+from llark_jax.eval.prompts import INSTRUMENTS_PROMPT, KEY_PROMPT, TEMPO_PROMPT
 
 OFFLINE_MODEL = "offline-templates-v1"
-KEY_PROMPT = "What is the key of this song?"
-TEMPO_PROMPT = "What is the tempo of this song?"
-INSTRUMENTS_PROMPT = "List the instruments you hear in this clip, including vocals and drums."
 GENRE_PROMPT = "What genre is this song?"
 
 _KEY_RX = re.compile(r"^\s*([A-Ga-g])\s*([#b♯♭]?)\s*[:_ ]?\s*(major|minor|maj|min|m)?\s*$", re.I)

@@ -2,7 +2,8 @@
 
 Model replies wrap JSON in prose or code fences, or stop mid-list when they run out of tokens.
 `parse_lenient_json` finds the first JSON value in the text, ignores what follows it, and repairs a
-truncated list by keeping its complete elements.
+truncated list by keeping its complete elements. Failures raise `ReplyParseError` (no JSON) or
+`ReplySchemaError` (wrong shape), which the chat client (`llark_jax.llm.client`) retries.
 """
 
 from __future__ import annotations
@@ -11,14 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-
-class ReplyParseError(ValueError):
-    """The reply holds no usable JSON value."""
-
-
-class ReplySchemaError(ValueError):
-    """The reply parsed but does not have the required shape."""
-
+from llark_jax.llm.errors import ReplyParseError, ReplySchemaError
 
 _DECODER = json.JSONDecoder()
 _CLOSERS = {"[": "]", "{": "}"}

@@ -18,14 +18,10 @@ from functools import partial
 from pathlib import Path
 
 from data_prep.annotate import DEFAULT_MAX_CROP_S, MAX_ANNOTATION_S, annotate_file, crop_annotations
-from data_prep.audio import AudioError, list_tracks
-from data_prep.stages.runner import (
-    options_tag,
-    read_jsonl,
-    run_cached,
-    write_jsonl_atomic,
-    write_report,
-)
+from data_prep.clips import list_tracks
+from data_prep.stages.runner import options_tag, run_cached, write_report
+from llark_jax.audio.io import AudioError
+from llark_jax.io import read_jsonl, write_jsonl_atomic
 
 
 def initialize_worker() -> None:
@@ -86,6 +82,6 @@ def main(argv: list[str]) -> int:
         rows = clip_records(tracks, crops, args.max_crop_seconds)
         result.extra["clips_without_annotation"] = sorted(
             c["id"] for c in crops if c["track_id"] not in tracks)
-    result.extra["records"] = write_jsonl_atomic(args.output, rows)
+    result.extra["records"] = write_jsonl_atomic(args.output, rows, sort_keys=True)
     print(f"annotate: {result.counts} -> {write_report(args.output, result)}")
     return 0 if result.ok else 1

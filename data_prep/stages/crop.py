@@ -15,18 +15,10 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from data_prep.audio import (
-    AudioError,
-    TooShortAudioError,
-    audio_duration,
-    choose_crop,
-    clip_id,
-    list_tracks,
-    load_audio,
-    multicrop_windows,
-    write_wav_atomic,
-)
-from data_prep.stages.runner import options_tag, run_cached, write_jsonl_atomic, write_report
+from data_prep.clips import choose_crop, clip_id, list_tracks, multicrop_windows, write_wav_atomic
+from data_prep.stages.runner import options_tag, run_cached, write_report
+from llark_jax.audio.io import AudioError, TooShortAudioError, audio_duration, load_audio
+from llark_jax.io import write_jsonl_atomic
 
 MANIFEST = "crops.jsonl"
 
@@ -98,6 +90,6 @@ def main(argv: list[str]) -> int:
                         workers=args.workers, expected_errors=(AudioError,))
     rows = [clip for track in result.results.values() for clip in track["clips"]]
     manifest = args.output_dir / MANIFEST
-    result.extra["clips"] = write_jsonl_atomic(manifest, rows)
+    result.extra["clips"] = write_jsonl_atomic(manifest, rows, sort_keys=True)
     print(f"crop: {result.counts} -> {write_report(manifest, result)}")
     return 0 if result.ok else 1

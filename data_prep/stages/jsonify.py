@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 
 from data_prep.datasets import ADAPTERS, load_adapter
-from data_prep.datasets.base import ClipRecord, DatasetFormatError, JsonifyContext, RowSkip
-from data_prep.stages.runner import Failure, StageResult, write_jsonl_atomic, write_report
+from data_prep.datasets.base import DatasetFormatError, JsonifyContext, RowSkip, TrackRecord
+from data_prep.stages.runner import Failure, StageResult, write_report
+from llark_jax.io import write_jsonl_atomic
 
 
 def collect(dataset: str, ctx: JsonifyContext, require_audio: bool = False
-            ) -> tuple[list[ClipRecord], list[Failure]]:
+            ) -> tuple[list[TrackRecord], list[Failure]]:
     """Run an adapter: records (unique ids, in source order) and the skipped rows."""
-    records: dict[str, ClipRecord] = {}
+    records: dict[str, TrackRecord] = {}
     skipped: list[Failure] = []
     for entry in load_adapter(dataset)(ctx):
         if isinstance(entry, RowSkip):
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> int:
                                                      expected=False)], {"records": 0}, 0.0)
         print(f"jsonify: {err} -> {write_report(args.output, result)}")
         return 2
-    write_jsonl_atomic(args.output, (r.to_json() for r in records))
+    write_jsonl_atomic(args.output, (r.to_json() for r in records), sort_keys=True)
     splits: dict[str, int] = {}
     for record in records:
         splits[record.split] = splits.get(record.split, 0) + 1

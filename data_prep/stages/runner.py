@@ -10,11 +10,11 @@ of items. `run_cached` runs it over the items and gives every stage the same gua
   do not oversubscribe the cores (madmom on 2 cores, 2 workers, 40 clips: 27.8 s vs 32.8 s
   uncapped).
 * **Resumable, crash-safe**: each item's result is written by the worker itself as one JSON file
-  in ``cache_dir`` (tmp + ``os.replace``), so a killed run loses at most the items in flight. On a
-  rerun, items whose cache file exists are not recomputed (``counts["cached"]``).
+  in ``cache_dir`` (tmp + ``os.replace``, `llark_jax.io`), so a killed run loses at most the items
+  in flight. On a rerun, items whose cache file exists are not recomputed (``counts["cached"]``).
 * **Batch continues on bad input**: an exception from ``work`` is recorded as a `Failure`
   (item, error type, reason) and the run goes on. Exceptions that are instances of
-  ``expected_errors`` (typed input errors such as `data_prep.audio.AudioError`, or `SkipItem`)
+  ``expected_errors`` (typed input errors such as `llark_jax.audio.io.AudioError`, or `SkipItem`)
   are ``skipped``; anything else is an ``error`` (a bug or an unforeseen input), reported with
   its traceback tail so it is visible, and makes `StageResult.ok` false. Failures are never
   cached: a rerun retries them.
@@ -26,7 +26,7 @@ Typical stage ``main``::
     result = run_cached(files, partial(work, opts), key=str, cache_dir=out.with_suffix(".cache"),
                         workers=args.workers, initializer=load_models, desc="annotate",
                         expected_errors=(AudioError,))
-    write_jsonl_atomic(out, result.results.values())
+    write_jsonl_atomic(out, result.results.values(), sort_keys=True)  # llark_jax.io
     write_report(out, result)
     return 0 if result.ok else 1
 
@@ -42,7 +42,7 @@ import multiprocessing
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from llark_jax.io import write_json_atomic
 
 
 class SkipItem(Exception):
@@ -84,35 +86,7 @@ class StageResult:
         return all(f.expected for f in self.failures)
 
 
-# ------------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a sibling tmp file and ``os.replace`` (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Write one JSON object per line atomically; returns the number of rows."""
-    lines = [json.dumps(row, ensure_ascii=False, sort_keys=True) for row in rows]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-    return len(lines)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+# ------------------------------------------------------------------------------- reports
 
 
 def report_path(output: str | os.PathLike) -> Path:
@@ -136,6 +110,7 @@ def write_report(output: str | os.PathLike, result: StageResult) -> Path:
             "errors": [asdict(f) for f in result.failures if not f.expected],
             **result.extra,
         },
+        indent=1,
     )
     return path
 
@@ -168,7 +143,7 @@ def _run_one(
     except Exception as err:  # noqa: BLE001 - the batch must continue; reported as an error
         tail = "".join(traceback.format_exception(err)[-3:]).strip()
         return Failure(key, type(err).__name__, f"{err} | {tail}", expected=False)
-    write_json_atomic(cache_file(cache_dir, key), {"key": key, "result": result})
+    write_json_atomic(cache_file(cache_dir, key), {"key": key, "result": result}, indent=1)
     return None
 
 

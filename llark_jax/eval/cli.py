@@ -24,6 +24,7 @@ from typing import Any
 from llark_jax.eval import report
 from llark_jax.eval.intervals import MetricResult
 from llark_jax.eval.parse import parse_key, parse_tempo, strip_completion
+from llark_jax.io import write_json_atomic
 
 LABEL_FIELDS = {
     "key": "key",
@@ -36,8 +37,10 @@ LABEL_FIELDS = {
 }
 
 
-def read_jsonl(path: str | Path, required: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
-    """Rows keyed by clip_id, and a list of problems ("file:line: why") for skipped lines."""
+def read_clip_rows(path: str | Path, required: Sequence[str]
+                   ) -> tuple[dict[str, dict], list[str]]:
+    """A JSONL file's rows keyed by clip_id (each must have `required`), and a list of problems
+    ("file:line: why") for skipped lines."""
     rows: dict[str, dict] = {}
     problems: list[str] = []
     with open(path, encoding="utf-8") as f:
@@ -256,8 +259,8 @@ def score_task(
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     field = LABEL_FIELDS[args.task]
-    predictions, problems = read_jsonl(args.predictions, ["answer"])
-    labels, label_problems = read_jsonl(args.labels, [field])
+    predictions, problems = read_clip_rows(args.predictions, ["answer"])
+    labels, label_problems = read_clip_rows(args.labels, [field])
     problems += label_problems
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -279,7 +282,7 @@ def main(argv: list[str]) -> int:
         **counts,
         "skipped_lines": problems,
     }
-    report.write_json_atomic(payload, args.output)
+    write_json_atomic(args.output, payload)
     notes = [f"{k}: {v}" for k, v in counts.items()] + [f"skipped line: {p}" for p in problems]
     if out_dir:
         table = {k: v for k, v in results.items() if k != "judgments"}

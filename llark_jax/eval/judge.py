@@ -1,7 +1,7 @@
 """GPT judges of the paper's §6.3-6.4: musical-detail pairwise comparison and audio-text matching.
 
-Both go through the fault-tolerant Chat Completions client of the data stage
-(`data_prep.instruct.client.ChatClient`, imported lazily: it needs `openai`, not torch), so rate
+Both go through the fault-tolerant Chat Completions client that instruction generation also uses
+(`llark_jax.llm.client.ChatClient`, imported lazily: it needs `openai`, not torch), so rate
 limits, 5xx, timeouts and unparseable replies are retried with bounded backoff; an item that still
 fails is counted by reason and left out of the rate, never silently scored.
 
@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llark_jax.eval.intervals import MetricResult, proportion_result
+from llark_jax.llm.errors import ReplyParseError
 
 # The paper's Figure 5 prompt (the protocol itself), reflowed.
 MUSICAL_DETAIL_PROMPT = """\
@@ -101,8 +102,6 @@ def parse_choice(text: str, labels: Sequence[str] = ("A", "B")) -> str:
 
     Raises `ReplyParseError` (so the client retries) when no label or several labels are named.
     """
-    from data_prep.instruct.parsing import ReplyParseError
-
     letters = "".join(labels)
     bare = re.sub(r"[\s*\"'`.()\[\]:]+", "", text)
     if bare in labels:
@@ -133,7 +132,7 @@ async def _judge_all(
     client: Any, jobs: list[tuple[list[dict], Sequence[str]]], model: str, options
 ):
     """Runs every (messages, labels) job; returns the chosen label or a failure reason per job."""
-    from data_prep.instruct.client import RequestFailedError
+    from llark_jax.llm.client import RequestFailedError
 
     async def one(messages, labels):
         try:
@@ -149,7 +148,7 @@ async def _judge_all(
 
 def _run(jobs, model, base_url, concurrency, seed, policy, options):
     """Judges `jobs` with a fresh ChatClient (reads OPENAI_API_KEY; OPENAI_BASE_URL optional)."""
-    from data_prep.instruct.client import ChatClient
+    from llark_jax.llm.client import ChatClient
 
     async def go():
         client = ChatClient(base_url=base_url, policy=policy, concurrency=concurrency, seed=seed)
@@ -195,7 +194,7 @@ def judge_musical_detail(
 ) -> tuple[MetricResult, list[dict[str, Any]]]:
     """Candidate win rate (Clopper-Pearson) and one record per item (order shown, choice, win).
 
-    `policy` is a `data_prep.instruct.client.RetryPolicy`; `options` go to the Chat Completions call
+    `policy` is a `llark_jax.llm.client.RetryPolicy`; `options` go to the Chat Completions call
     (e.g. temperature=0).
     """
     jobs, candidate_labels = [], []

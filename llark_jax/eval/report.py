@@ -18,6 +18,7 @@ import numpy as np
 from llark_jax.eval.intervals import MetricResult
 from llark_jax.eval.metrics import TEMPO_FACTORS
 from llark_jax.eval.parse import KEY_NAMES
+from llark_jax.io import atomic_write_text
 
 UNPARSED = "unparsed"
 
@@ -142,16 +143,6 @@ def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_json_atomic(data: Any, path: str | Path) -> Path:
-    """Writes JSON through a temporary file and os.replace (no half-written reports)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def write_markdown(
     title: str,
     results: Mapping[str, Any],
@@ -170,7 +161,4 @@ def write_markdown(
     lines += [_format_row(name, value) for name, value in results.items()]
     lines += ["", *[f"- {note}" for note in notes]]
     lines += [f"\n![{p.stem}]({os.path.relpath(p, path.parent)})" for p in plots]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")

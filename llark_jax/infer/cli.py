@@ -38,7 +38,7 @@ class InferError(ValueError):
 
 def audio_files(paths: Sequence[str], directory: str | None) -> list[Path]:
     """The files of `--audio` (each must exist) or every audio file under `--audio-dir`."""
-    from data_prep.audio import AUDIO_EXTENSIONS, list_audio_files
+    from llark_jax.audio.io import AUDIO_EXTENSIONS, list_audio_files
 
     if directory is not None:
         if not Path(directory).is_dir():
@@ -58,8 +58,8 @@ def window_features(path: Path, loaded: Any, encoder: Any = None) -> list:
     """Audio-token features [T_i, D] of each consecutive training-length window of the file:
     the model's encoder (with its arguments; built here unless given, e.g. once per folder)
     then its feature pipeline (pool, standardise)."""
-    from data_prep.audio import SAMPLE_RATE, load_audio, resample
-    from data_prep.encoders import get_encoder
+    from llark_jax.audio.encoders import get_encoder
+    from llark_jax.audio.io import SAMPLE_RATE, load_audio, resample
     from llark_jax.infer.answer import split_waveform
 
     spec = loaded.features
@@ -88,12 +88,11 @@ def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: st
 
     from tqdm import tqdm
 
-    from data_prep.audio import AudioError
+    from llark_jax.audio.encoders import get_encoder
+    from llark_jax.audio.io import AudioError
     from llark_jax.infer.answer import request_from_windows
 
     window_tokens = int(loaded.config.data.audio_frames)  # pad every file's windows alike
-    from data_prep.encoders import get_encoder
-
     encoder = get_encoder(loaded.features.encoder, **loaded.features.encoder_args)
     done = _done(output)
     todo = [f for f in files if (str(f), question) not in done]

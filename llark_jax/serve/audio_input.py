@@ -2,7 +2,7 @@
 
 Content is validated by decoding, never by a file name or the request's `format` field: the bytes
 are written to a file the server names itself (a private temporary directory; nothing from the
-request becomes a path) and read with `data_prep.audio` (libsndfile: wav, flac, ogg/vorbis/opus,
+request becomes a path) and read with `llark_jax.audio.io` (libsndfile: wav, flac, ogg/vorbis/opus,
 mp3, aiff), whose typed `AudioError`s become HTTP errors:
 
     more than `max_audio_bytes`                  -> 413 audio_too_large
@@ -11,9 +11,9 @@ mp3, aiff), whose typed `AudioError`s become HTTP errors:
     longer than `max_audio_seconds`               -> 422 audio_too_long
 
 Features come from the model's feature pipeline (`llark_jax.data.features.FeatureSpec`, saved
-with the model): its encoder with the training arguments (`data_prep.encoders.get_encoder`,
-imported lazily so `llark_jax` imports without it), then the same pooling and standardisation
-the training records went through.
+with the model): its encoder with the training arguments (`llark_jax.audio.encoders.get_encoder`;
+a torch encoder imports torch only when built), then the same pooling and standardisation the
+training records went through.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class AudioFeaturizer:
     (thread-safe)."""
 
     def __init__(self, features: FeatureSpec, limits: AudioLimits):
-        from data_prep.encoders import get_encoder
+        from llark_jax.audio.encoders import get_encoder
 
         self.encoder = get_encoder(features.encoder, **features.encoder_args)
         self.spec = features
@@ -84,7 +84,7 @@ class AudioFeaturizer:
 
     def waveform(self, data: bytes) -> np.ndarray:
         """Validated mono float32 waveform at the encoder's rate (raises `AudioInputError`)."""
-        from data_prep import audio
+        from llark_jax.audio import io as audio
 
         if len(data) > self.limits.max_audio_bytes:
             raise AudioInputError(413, "audio_too_large", f"audio of {len(data)} bytes exceeds "

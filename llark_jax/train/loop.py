@@ -97,7 +97,10 @@ def feature_spec(config: ml_collections.ConfigDict, workdir: Path) -> FeatureSpe
     from llark_jax.data.pipeline import clip_embeddings
 
     clips = clip_embeddings(_shard_patterns(config))
-    first = next(clips, None)
+    try:
+        first = next(clips, None)
+    except FileNotFoundError:  # no shard yet: the pipeline reports it when training starts
+        first = None
     storage = first[1].dtype.name if first is not None else "float32"
     if not d.standardize:
         return spec_from_config(d, storage_dtype=storage)

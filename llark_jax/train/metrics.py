@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import tqdm
+
+from llark_jax.io import atomic_write_text
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -26,9 +27,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 class MetricsWriter:

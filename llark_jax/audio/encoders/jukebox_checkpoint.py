@@ -24,14 +24,16 @@ import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from data_prep.encoders.base import EncoderError
+from llark_jax.audio.encoders.base import EncoderError
 
 VQVAE_FILE = "vqvae.pth.tar"
 PRIOR_FILE = "prior_level_2.pth.tar"
 _BLOCK_KEY = re.compile(r"^prior\.transformer\._attn_mods\.(\d+)\.")
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CheckpointKeyError(EncoderError):
@@ -71,6 +73,8 @@ def read_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Te
 
 
 def _load(path: str, trust_pickle: bool) -> object:
+    import torch  # lazily: `llark_jax` imports without torch
+
     if trust_pickle:
         return torch.load(path, map_location="cpu", weights_only=False,
                           pickle_module=_JukeboxAliasPickle)
@@ -140,6 +144,7 @@ def prior_hparams(layer: int, overrides: Mapping | None = None):
 def build_empty_models(layer: int, vqvae_overrides: Mapping | None = None,
                        prior_overrides: Mapping | None = None) -> JukeboxModels:
     """VQ-VAE + depth-`layer` prior on the meta device (no memory, no init) via jukebox_infer."""
+    import torch
     from jukebox_infer.make_models import make_prior, make_vqvae
 
     vq_hps = vqvae_hparams({**dict(vqvae_overrides or {}), "restore_vqvae": ""})

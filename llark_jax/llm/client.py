@@ -21,7 +21,7 @@ from typing import Any
 
 import openai
 
-from data_prep.instruct.parsing import ReplyParseError, ReplySchemaError
+from llark_jax.llm.errors import ReplyParseError, ReplySchemaError
 
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"

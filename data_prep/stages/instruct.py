@@ -1,19 +1,30 @@
-"""Resumable instruction-generation job: metadata JSONL -> append-only result log -> filtered QA.
+"""`python -m data_prep instruct`: clip metadata JSONL -> filtered question/answer JSONL.
 
-Every result (success or failure) is one line appended to the log, keyed by (clip id, task, model,
-prompt hash). A rerun skips keys that already succeeded and retries failed ones, so killing the job
-at any moment loses at most the requests in flight and never duplicates a clip. The filtered QA file
-(one line per clip: {clip_id, dataset, task, model, qa}) is rebuilt from the log atomically at the
-end of each run, and a report (counts, failures by reason, tokens, estimated cost, filter counts)
-is written beside it.
+    python -m data_prep instruct --metadata clips.jsonl --task mir --dataset fma --output qa.jsonl
+
+Backends: `openai` (needs OPENAI_API_KEY; any compatible server via --base-url/OPENAI_BASE_URL),
+`offline` (deterministic templates, no key), `provided` (MusicCaps / YT8M-MusicTextClips captions).
+`auto` picks `provided` for those caption datasets, else `openai` when OPENAI_API_KEY is set, else
+`offline`.
+
+The job is resumable: every result (success or failure) is one line appended to a log (default
+OUTPUT.responses.jsonl), keyed by (clip id, task, model, prompt hash). A rerun skips keys that
+already succeeded and retries failed ones, so killing the job at any moment loses at most the
+requests in flight and never duplicates a clip. The filtered QA file (one line per clip:
+{clip_id, dataset, task, model, qa}) is rebuilt from the log atomically at the end of each run,
+and a report (counts, failures by reason, tokens, estimated cost, filter counts) is written
+beside it. Prompts, backends and filters are library code in `data_prep.instruct`; the chat
+client is `llark_jax.llm.client`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +32,12 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from data_prep.instruct.client import RequestFailedError
-from data_prep.instruct.filters import QAFilter
+from data_prep.instruct.backends import OfflineBackend, OpenAIBackend, ProvidedCaptionBackend
+from data_prep.instruct.captions import PROVIDED_CAPTION_FIELDS
+from data_prep.instruct.filters import MODES, QAFilter
+from data_prep.instruct.prompts import REASONING_TRACK_CAP, TASKS
+from llark_jax.io import write_json_atomic, write_jsonl_atomic
+from llark_jax.llm.client import API_KEY_ENV, ChatClient, RequestFailedError, RetryPolicy
 
 # Uniform records carry `clip_id`; the others are the raw datasets' id columns (spec 5.1).
 ID_FIELDS = ("clip_id", "uri", "id", "example_id", "track.id", "ytid", "video_id")
@@ -193,21 +208,16 @@ def estimate_cost(tokens_by_model: dict[str, Counter]) -> float | None:
 def write_filtered(items: list[WorkItem], rows: dict, output: Path, qa_filter: QAFilter,
                    dataset: str) -> tuple[int, int]:
     """Writes the filtered QA file atomically; returns (clips written, pairs written)."""
-    tmp = output.with_name(output.name + ".tmp")
-    clips = pairs = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for item in items:
-            row = rows.get(item.key)
-            if row is None or row["status"] != "ok":
-                continue
-            kept = qa_filter.apply(row["qa"])
-            if kept:
-                line = {"clip_id": item.clip_id, "dataset": dataset, "task": row["task"],
-                        "model": item.model, "qa": kept}
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
-                clips, pairs = clips + 1, pairs + len(kept)
-    os.replace(tmp, output)
-    return clips, pairs
+    lines = []
+    for item in items:
+        row = rows.get(item.key)
+        if row is None or row["status"] != "ok":
+            continue
+        kept = qa_filter.apply(row["qa"])
+        if kept:
+            lines.append({"clip_id": item.clip_id, "dataset": dataset, "task": row["task"],
+                          "model": item.model, "qa": kept})
+    return write_jsonl_atomic(output, lines), sum(len(line["qa"]) for line in lines)
 
 
 def run_job(records: list, backend: Backend, *, task: str, dataset: str, output: Path,
@@ -254,3 +264,75 @@ def run_job(records: list, backend: Backend, *, task: str, dataset: str, output:
         "clips_written": clips, "pairs_written": pairs,
         "output": str(output), "log": str(log_path),
     }
+
+
+# ------------------------------------------------------------------------------- the stage
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data_prep instruct", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--metadata", type=Path, required=True, help="clip metadata JSONL")
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--dataset", required=True, help="fma, mtg-jamendo, musicnet, demo, ...")
+    p.add_argument("--output", type=Path, required=True, help="filtered QA JSONL (one clip a line)")
+    p.add_argument("--backend", choices=("auto", "openai", "offline", "provided"), default="auto")
+    p.add_argument("--log", type=Path, help="result log (default OUTPUT.responses.jsonl)")
+    p.add_argument("--model", help="override the paper's per-task model choice")
+    p.add_argument("--base-url", help="OpenAI-compatible server (default $OPENAI_BASE_URL)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--max-samples", type=int,
+                   help=f"seeded subsample size (reasoning default {REASONING_TRACK_CAP})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--filter-mode", choices=MODES, default="word")
+    p.add_argument("--temperature", type=float, help="sampling temperature (API default if unset)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--max-attempts", type=int, default=6)
+    p.add_argument("--backoff-base", type=float, default=1.0, help="seconds")
+    p.add_argument("--backoff-max", type=float, default=60.0, help="seconds")
+    return p
+
+
+def choose_backend(args: argparse.Namespace) -> str:
+    if args.backend != "auto":
+        return args.backend
+    if args.task == "captioning" and args.dataset in PROVIDED_CAPTION_FIELDS:
+        return "provided"
+    return "openai" if os.environ.get(API_KEY_ENV) else "offline"
+
+
+def make_backend(args: argparse.Namespace, kind: str):
+    if kind == "offline":
+        return OfflineBackend(args.task, args.seed)
+    if kind == "provided":
+        if args.dataset not in PROVIDED_CAPTION_FIELDS:
+            raise SystemExit(f"--backend provided needs one of {sorted(PROVIDED_CAPTION_FIELDS)}")
+        return ProvidedCaptionBackend(args.dataset, args.seed)
+    policy = RetryPolicy(max_attempts=args.max_attempts, timeout_s=args.timeout,
+                         backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max)
+    client = ChatClient(base_url=args.base_url, policy=policy, concurrency=args.concurrency,
+                        seed=args.seed)
+    options = {} if args.temperature is None else {"temperature": args.temperature}
+    return OpenAIBackend(args.task, args.dataset, client, args.model, args.seed, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    kind = choose_backend(args)
+    if args.backend == "auto" and kind == "offline":
+        print(f"{API_KEY_ENV} is not set: using the offline template backend", file=sys.stderr)
+    backend = make_backend(args, kind)
+    records, problems = read_metadata(args.metadata)
+    cap = args.max_samples
+    if cap is None and args.task == "reasoning":
+        cap = REASONING_TRACK_CAP
+    selected = select_sample(records, cap, args.seed)
+    log_path = args.log or args.output.with_name(args.output.name + ".responses.jsonl")
+    report = run_job(selected, backend, task=args.task, dataset=args.dataset, output=args.output,
+                     log_path=log_path, concurrency=args.concurrency, filter_mode=args.filter_mode)
+    report = {"records_read": len(records), "input_problems": dict(problems), **report}
+    write_json_atomic(args.output.with_name(args.output.name + ".report.json"), report)
+    print(json.dumps({k: report[k] for k in ("selected", "already_done", "succeeded", "failed",
+                                              "outstanding_failures", "clips_written",
+                                              "pairs_written", "estimated_cost_usd_all_runs")}))
+    return 1 if report["outstanding_failures"] or problems else 0

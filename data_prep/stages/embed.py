@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.audio import SAMPLE_RATE, AudioError, list_audio_files, load_audio, resample
-from data_prep.encoders import available_encoders, get_encoder
-from data_prep.encoders.base import AudioEncoder, EncoderError
-from data_prep.stages.runner import Failure, StageResult, write_json_atomic, write_report
+from data_prep.stages.runner import Failure, StageResult, write_report
+from llark_jax.audio.encoders import available_encoders, get_encoder
+from llark_jax.audio.encoders.base import AudioEncoder, EncoderError
+from llark_jax.audio.io import SAMPLE_RATE, AudioError, list_audio_files, load_audio, resample
+from llark_jax.io import atomic_output, write_json_atomic
 
 REPORT_STEM = "embed"  # the report is OUT/embed.report.json
 EXPECTED_ERRORS = (AudioError, EncoderError)
@@ -108,10 +109,8 @@ def is_done(out_dir: Path, clip_id: str, encoder: AudioEncoder) -> bool:
 
 def write_embedding(out_dir: Path, clip_id: str, y_td: np.ndarray, encoder: AudioEncoder) -> None:
     """Atomically writes `<clip_id>.npy` (float32 [T, D]) and then its `<clip_id>.json`."""
-    array_tmp = out_dir / f".{clip_id}.npy.tmp"
-    with open(array_tmp, "wb") as f:
+    with atomic_output(out_dir / f"{clip_id}.npy") as array_tmp, open(array_tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(y_td, dtype=np.float32))
-    array_tmp.replace(out_dir / f"{clip_id}.npy")
     write_json_atomic(out_dir / f"{clip_id}.json", sidecar(encoder, y_td.shape))
 
 

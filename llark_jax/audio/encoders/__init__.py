@@ -1,21 +1,21 @@
 """Encoder registry: configs and the `embed` stage name an encoder; `get_encoder` builds it.
 
-Entries are import paths, so naming `mel` never imports torch. To add an encoder (MERT, CLAP),
-subclass `base.AudioEncoder` in a new module and add one line to `ENCODERS` (or call
-`register_encoder` from your own code).
+Entries are import paths, so naming `mel` never imports torch (and `jukebox`/`mert` import it only
+when built). To add an encoder (CLAP, ...), subclass `base.AudioEncoder` in a new module and add
+one line to `ENCODERS` (or call `register_encoder` from your own code).
 """
 
 from __future__ import annotations
 
 import importlib
 
-from data_prep.encoders.base import AudioEncoder, EncoderError
+from llark_jax.audio.encoders.base import AudioEncoder, EncoderError
 
 ENCODERS: dict[str, str] = {
-    "mel": "data_prep.encoders.mel:MelEncoder",
-    "jukebox": "data_prep.encoders.jukebox:JukeboxEncoder",
-    "jukebox-jukemirlib": "data_prep.encoders.jukemirlib_backend:JukemirlibEncoder",
-    "mert": "data_prep.encoders.mert:MertEncoder",
+    "mel": "llark_jax.audio.encoders.mel:MelEncoder",
+    "jukebox": "llark_jax.audio.encoders.jukebox:JukeboxEncoder",
+    "jukebox-jukemirlib": "llark_jax.audio.encoders.jukemirlib_backend:JukemirlibEncoder",
+    "mert": "llark_jax.audio.encoders.mert:MertEncoder",
 }
 
 

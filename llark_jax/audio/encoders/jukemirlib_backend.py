@@ -16,8 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from data_prep.encoders import pooling
-from data_prep.encoders.base import AudioEncoder, EncoderError, as_mono_float32, peak_normalise
+from llark_jax.audio.encoders import pooling
+from llark_jax.audio.encoders.base import (
+    AudioEncoder,
+    EncoderError,
+    as_mono_float32,
+    peak_normalise,
+)
 
 SAMPLE_RATE = 44100
 HOP = 128

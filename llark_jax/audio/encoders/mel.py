@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import librosa
 import numpy as np
 
-from data_prep.encoders.base import AudioEncoder, as_mono_float32, peak_normalise
+from llark_jax.audio.encoders.base import AudioEncoder, as_mono_float32, peak_normalise
 
 SAMPLE_RATE = 44100
 FRAME_RATE_HZ = 10

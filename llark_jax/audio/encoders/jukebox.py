@@ -28,16 +28,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from data_prep.encoders import pooling
-from data_prep.encoders.base import AudioEncoder, EncoderError, as_mono_float32, peak_normalise
-from data_prep.encoders.jukebox_checkpoint import build_models
+from llark_jax.audio.encoders import pooling
+from llark_jax.audio.encoders.base import (
+    AudioEncoder,
+    EncoderError,
+    as_mono_float32,
+    peak_normalise,
+)
+from llark_jax.audio.encoders.jukebox_checkpoint import build_models
+
+if TYPE_CHECKING:
+    import torch
 
 TOTAL_LENGTH_SECONDS = 62  # the reference's conditioning: (int(62 * sr) // hop) * hop samples
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes by name (torch is imported lazily)
 
 
 class JukeboxEncoder(AudioEncoder):
@@ -76,14 +84,16 @@ class JukeboxEncoder(AudioEncoder):
                                "holding vqvae.pth.tar and prior_level_2.pth.tar (5B, no lyrics)")
         if pooling_mode not in pooling.POOLING_MODES:
             raise EncoderError(f"jukebox: pooling must be one of {pooling.POOLING_MODES}")
-        if dtype != "auto" and dtype not in _DTYPES:
-            raise EncoderError(f"jukebox: dtype must be auto or one of {sorted(_DTYPES)}")
+        if dtype != "auto" and dtype not in DTYPES:
+            raise EncoderError(f"jukebox: dtype must be auto or one of {sorted(DTYPES)}")
+        import torch
+
         models = build_models(jukebox_dir, layer, vqvae_overrides, prior_overrides, trust_pickle)
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
-        self.compute_dtype = _DTYPES[dtype]
+        self.compute_dtype = getattr(torch, dtype)
         self.vqvae = models.vqvae.float().to(self.device)
         self.prior = _place_prior(models.prior, self.device, self.compute_dtype)
         self.layer = layer
@@ -135,15 +145,17 @@ class JukeboxEncoder(AudioEncoder):
         return np.pad(piece, (0, n_window - piece.shape[0]))
 
     # -- the model -----------------------------------------------------------------------------
-    @torch.inference_mode()
     def window_activations(self, audio_bn: np.ndarray, offsets_b: Sequence[int]) -> np.ndarray:
         """[B, n_ctx * hop] audio windows starting at sample `offsets_b` -> [B, n_ctx, dim] f32."""
-        z_bt = self.top_codes(torch.from_numpy(audio_bn).to(self.device))
-        x_cond_btd, y_cond_b1d = self.conditioning(offsets_b)
-        h_btd = self.embed_codes(z_bt, x_cond_btd, y_cond_b1d).to(self.compute_dtype)
-        for block in self.prior.prior.transformer._attn_mods:
-            h_btd = block(h_btd, encoder_kv=None, sample=False)
-        return h_btd.float().cpu().numpy()
+        import torch
+
+        with torch.inference_mode():
+            z_bt = self.top_codes(torch.from_numpy(audio_bn).to(self.device))
+            x_cond_btd, y_cond_b1d = self.conditioning(offsets_b)
+            h_btd = self.embed_codes(z_bt, x_cond_btd, y_cond_b1d).to(self.compute_dtype)
+            for block in self.prior.prior.transformer._attn_mods:
+                h_btd = block(h_btd, encoder_kv=None, sample=False)
+            return h_btd.float().cpu().numpy()
 
     def top_codes(self, audio_bn: torch.Tensor) -> torch.Tensor:
         """VQ-VAE top-level codes: [B, n_samples] -> int64 [B, n_samples // hop]."""
@@ -169,6 +181,8 @@ class JukeboxEncoder(AudioEncoder):
     def embed_codes(self, z_bt: torch.Tensor, x_cond_btd: torch.Tensor,
                     y_cond_b1d: torch.Tensor) -> torch.Tensor:
         """Prior input: codes shifted right by one (slot 0 = y_cond) + position + timing."""
+        import torch
+
         prior = self.prior.prior
         tokens_btd = prior.x_emb(z_bt)
         h_btd = torch.cat([y_cond_b1d, tokens_btd[:, :-1]], dim=1)
@@ -201,6 +215,7 @@ def _place_prior(prior: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     (the transformer matmuls) in `dtype`, everything else (embeddings, LayerNorms, whose forward
     upcasts to float32) in float32. For float32 the Conv1D weights stay as stored (fp16 in the
     official file); Conv1D casts them to the input dtype, so compute is fp32 as in the reference."""
+    import torch
     from jukebox_infer.transformer.ops import Conv1D
 
     for module in prior.modules():

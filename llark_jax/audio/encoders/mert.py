@@ -49,12 +49,12 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from data_prep.encoders import pooling
-from data_prep.encoders.base import AudioEncoder, EncoderError, as_mono_float32
+from llark_jax.audio.encoders import pooling
+from llark_jax.audio.encoders.base import AudioEncoder, EncoderError, as_mono_float32
 
 SAMPLE_RATE = 24000
 NORM_EPS = 1e-7
@@ -68,7 +68,10 @@ _HUBERT_FIELDS = (
     "conv_pos_batch_norm", "do_stable_layer_norm", "feat_proj_layer_norm", "mask_time_prob",
     "mask_feature_prob",
 )
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes by name (torch is imported lazily)
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MertConfigError(EncoderError):
@@ -106,6 +109,8 @@ def read_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
 
         state = load_file(str(path))
     else:
+        import torch
+
         state = torch.load(path, map_location="cpu", weights_only=True)
     renamed = {}
     for key, value in state.items():
@@ -140,23 +145,25 @@ def load_mert(checkpoint_dir: str | Path):
     return model.eval().requires_grad_(False), mert_config
 
 
-@torch.no_grad()
 def hidden_states(model, x_bn: torch.Tensor) -> torch.Tensor:
     """MERT's all-layer output: normalised audio [B, n] -> [L = layers + 1, B, T, D]."""
-    encoder = model.encoder
-    stable = model.config.do_stable_layer_norm
-    features_btc = model.feature_extractor(x_bn).transpose(1, 2)
-    h_btd = model.feature_projection(features_btc)
-    h_btd = h_btd + encoder.pos_conv_embed(h_btd)
-    if not stable:
-        h_btd = encoder.layer_norm(h_btd)
-    states = [h_btd]
-    for layer in encoder.layers:
-        h_btd = layer(h_btd, attention_mask=None)
-        states.append(h_btd)
-    if stable:
-        states[-1] = encoder.layer_norm(h_btd)
-    return torch.stack(states)
+    import torch
+
+    with torch.no_grad():
+        encoder = model.encoder
+        stable = model.config.do_stable_layer_norm
+        features_btc = model.feature_extractor(x_bn).transpose(1, 2)
+        h_btd = model.feature_projection(features_btc)
+        h_btd = h_btd + encoder.pos_conv_embed(h_btd)
+        if not stable:
+            h_btd = encoder.layer_norm(h_btd)
+        states = [h_btd]
+        for layer in encoder.layers:
+            h_btd = layer(h_btd, attention_mask=None)
+            states.append(h_btd)
+        if stable:
+            states[-1] = encoder.layer_norm(h_btd)
+        return torch.stack(states)
 
 
 def normalise(x_n: np.ndarray) -> np.ndarray:
@@ -228,8 +235,8 @@ class MertEncoder(AudioEncoder):
             raise MertConfigError("mert: no checkpoint folder given (mert_dir or $MERT_DIR)")
         frame_rate = str(frame_rate)
         self.group = parse_group(frame_rate)
-        if dtype not in _DTYPES:
-            raise MertConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if dtype not in DTYPES:
+            raise MertConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         mert_dir = Path(mert_dir)
         self.model, config = load_mert(mert_dir)
         if config.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
@@ -247,9 +254,11 @@ class MertEncoder(AudioEncoder):
         width = self.model.config.hidden_size
         self.dim = width if self.layer_mode == "mean" else width * len(self.layer_ids)
         self.max_samples = int(round(max_seconds * SAMPLE_RATE)) if max_seconds > 0 else None
+        import torch
+
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-        self.torch_dtype = _DTYPES[dtype]
+        self.torch_dtype = getattr(torch, dtype)
         self.model.to(self.device, self.torch_dtype)
         digest = hashlib.sha1((mert_dir / "config.json").read_bytes()).hexdigest()[:10]
         self.version = (f"mert-v1-{digest}-L{self.n_states}-D{width}-{self.layer_mode}"
@@ -263,6 +272,8 @@ class MertEncoder(AudioEncoder):
 
     def encode_batch(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Clips of equal length run as one forward (exactly like singles: no padding)."""
+        import torch
+
         clips = [self._prepare(x_n, f"clip {i}") for i, x_n in enumerate(waveforms)]
         outputs: list[np.ndarray | None] = [None] * len(clips)
         by_length: dict[int, list[int]] = {}
