@@ -9,7 +9,7 @@ standardised, SmolLM2-135M-Instruct from the embedded GGUF), with MusiLingo's ch
   `<s>[audio]{caption}\\n`), on one ground-truth caption per training clip;
 - stage 2, instruction tuning (`train`/`optim`/`data`, template `musilingo`:
   `<s>###Human: <Audio>[audio]</Audio> {question} ###Assistant: {answer}###`) on the demo's QA
-  records, initialised from stage 1 (`train.init_from`, set by `llark_jax/demo_musilingo.py`).
+  records, initialised from stage 1 (`train.init_from`, set by `llark_jax/demo/musilingo.py`).
 
 Stand-ins: SmolLM2-135M-Instruct for Vicuna-7B, the `mel` encoder for MERT-v1-330M (its weights
 are not here). Step counts and learning rates fit the 2-core CPU budget (docs/musilingo.md,

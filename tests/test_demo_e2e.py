@@ -15,7 +15,7 @@ from flax import nnx
 from tokenizer_fixtures import make_base_tokenizer
 
 from llark_jax.checkpoints.hf import save_llama
-from llark_jax.demo import STAGES
+from llark_jax.demo.run import STAGES
 from llark_jax.model.llama import Llama, LlamaConfig
 
 MINI = ["--n-clips", "8", "--seconds", "3", "--steps", "3",

@@ -23,7 +23,7 @@ from test_demo_e2e import tiny_hf_lm
 
 from llark_jax.checkpoints.build import build_model
 from llark_jax.checkpoints.model_dir import load_model
-from llark_jax.demo_musilingo import STAGES
+from llark_jax.demo.musilingo import STAGES
 from llark_jax.io import read_jsonl
 from llark_jax.train.mesh import make_mesh, rules_for
 

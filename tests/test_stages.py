@@ -183,7 +183,7 @@ def test_merge_stage_truth_wins_and_keeps_madmom_key_and_chords(tmp_path):
     assert merge_stage.main(["--annotations", str(source), "--output", str(output)]) == 0
     first, second = read_jsonl(output)
 
-    inline = []  # the demo's former inline merge (llark_jax/demo.py stage_instruct)
+    inline = []  # the demo's former inline merge (llark_jax/demo/run.py stage_instruct)
     for row in read_jsonl(source)[:1]:
         labels = row.pop("metadata")
         row["key_madmom"], row["chords_madmom"] = row.pop("key", None), row.pop("chords", [])

@@ -7,8 +7,15 @@ from train_helpers import REPO
 
 from llark_jax.config import ConfigError, load_config, split_overrides
 from llark_jax.train.mesh import parse_mesh_flag, resolve_mesh_shape
-from llark_jax.train.optim import closed_form_lr, make_schedule, warmup_steps_for
+from llark_jax.train.optim import make_schedule, warmup_steps_for
 
+
+def closed_form_lr(step: int, peak: float, warmup: int, total: int) -> float:
+    """The schedule formula of llark_jax/train/optim.py in plain Python (the test's oracle)."""
+    if step < warmup:
+        return peak * step / warmup
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 def test_llark_7b_schedule_matches_closed_form():
     config = load_config(REPO / "configs" / "llark_7b.py")

@@ -2,7 +2,7 @@
 
 The offline instruction generator (`data_prep instruct --backend offline`) emits the same strings
 as training questions with short, parseable answers, so a model trained on them is scored on the
-questions it saw; the demo's eval (`llark_jax.demo_eval`) asks them of held-out clips.
+questions it saw; the demo's eval (`llark_jax.demo.eval`) asks them of held-out clips.
 """
 
 from __future__ import annotations

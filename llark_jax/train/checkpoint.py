@@ -160,11 +160,3 @@ class TrainCheckpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def abstract_like(state: Any) -> Any:
-    """`jax.ShapeDtypeStruct` tree (with shardings) describing `state`."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        state,
-    )

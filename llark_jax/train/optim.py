@@ -47,14 +47,6 @@ def make_schedule(optim_cfg: ml_collections.ConfigDict, total_steps: int) -> opt
     )
 
 
-def closed_form_lr(step: int, peak: float, warmup: int, total: int) -> float:
-    """The schedule formula in plain Python (the reference the tests compare against)."""
-    if step < warmup:
-        return peak * step / warmup
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def trainable_labels(grad_mask: Any) -> Any:
     """Per leaf: `"frozen"` where the mask is the Python/NumPy scalar False, `"projector"` for
     the audio projector's leaves, else `"trained"` (LM groups of the preset)."""

@@ -47,7 +47,7 @@ import numpy as np
 from llark_jax.config import load_config, split_overrides
 from llark_jax.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.py"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 STAGES = ("synth", "crop", "annotate", "instruct", "embed", "records", "train", "eval", "report")
 # Config entries each stage's output depends on (a change reruns it and every later stage).
 STAGE_KEYS = {"synth": ("seed", "dataset"), "train": ("model", "data", "train", "optim"),
@@ -163,7 +163,7 @@ class Demo:
                           str(self.path("work", "metadata.jsonl")), "--task", "mir",
                           "--dataset", "demo", "--backend", "offline", "--output", str(all_qa),
                           "--seed", str(self.config.seed)])
-        from llark_jax.demo_eval import PROMPTS
+        from llark_jax.demo.eval import PROMPTS
 
         task_of = {prompt: task for task, prompt in PROMPTS.items()}
         paper_only = self.config.dataset.questions == "paper"
@@ -232,7 +232,7 @@ class Demo:
 
     def stage_eval(self) -> dict:
         from llark_jax.checkpoints.model_dir import load_model
-        from llark_jax.demo_eval import derangement, generate_answers, read_clips
+        from llark_jax.demo.eval import derangement, generate_answers, read_clips
 
         loaded = load_model(self.path("model"))
         clips = read_clips(self._shards("eval"))
@@ -248,7 +248,7 @@ class Demo:
         return {"n_eval": len(clips)}
 
     def stage_report(self) -> None:
-        from llark_jax.demo_report import make_report
+        from llark_jax.demo.report import make_report
 
         stage_seconds = {**self.stage_seconds, "report": 0.0}
         self.state["report"] = make_report(self.config, self.workdir, stage_seconds)
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop-after", choices=STAGES, default="report",
                         help="stop after this stage (a later run continues from there)")
     parser.add_argument("--system", choices=("llark", "musilingo"), default="llark",
-                        help="musilingo: MusiLingo's two-stage recipe (llark_jax/demo_musilingo.py,"
+                        help="musilingo: MusiLingo's two-stage recipe (llark_jax/demo/musilingo.py,"
                              " workdir runs/demo-musilingo)")
     return parser
 
@@ -281,7 +281,7 @@ def main(argv: list[str]) -> int:
     system = argparse.ArgumentParser(add_help=False)
     system.add_argument("--system", default="llark")
     if system.parse_known_args(rest)[0].system == "musilingo":
-        from llark_jax.demo_musilingo import main as musilingo_main
+        from llark_jax.demo.musilingo import main as musilingo_main
 
         return musilingo_main(argv)
     args = build_parser().parse_args(rest)
@@ -300,7 +300,7 @@ def main(argv: list[str]) -> int:
     if report is None:
         print(f"stopped after stage {args.stop_after}; rerun without --stop-after to continue")
         return 0
-    from llark_jax.demo_report import summary_table
+    from llark_jax.demo.report import summary_table
 
     print("\n" + summary_table(report))
     print(f"\nreport: {args.workdir / 'report.md'} ({time.perf_counter() - began:.0f} s this run)")

@@ -1,6 +1,6 @@
 """`python -m llark_jax demo --system musilingo`: MusiLingo's two-stage recipe in miniature.
 
-The LLark demo's data stages (`llark_jax.demo.Demo`), then MusiLingo's recipe through the same
+The LLark demo's data stages (`llark_jax.demo.run.Demo`), then MusiLingo's recipe through the same
 trainer (`llark_jax.train.loop.train`) and model directories (outputs under `--workdir`, default
 `runs/demo-musilingo`; config `configs/demo_musilingo.py`):
 
@@ -37,11 +37,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from llark_jax import demo
 from llark_jax.config import load_config, split_overrides
+from llark_jax.demo import run as demo
 from llark_jax.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_musilingo.py"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_musilingo.py"
 DEFAULT_WORKDIR = Path("runs/demo-musilingo")
 DATA_STAGES = demo.STAGES[: demo.STAGES.index("records") + 1]
 STAGES = (*DATA_STAGES, "captions", "pretrain", "finetune", "eval", "report")
@@ -168,7 +168,7 @@ class MusiLingoDemo(demo.Demo):
         """answers[model/task][condition]: stage-1 captions (no prompt), the final model's
         captions (`eval.caption_prompt`) and its answers to the three paper prompts."""
         from llark_jax.checkpoints.model_dir import load_model
-        from llark_jax.demo_eval import CONDITIONS, PROMPTS, derangement, read_clips
+        from llark_jax.demo.eval import CONDITIONS, PROMPTS, derangement, read_clips
         from llark_jax.infer.answer import Answerer, request_from_frames
         from llark_jax.infer.generate import SamplingConfig
 
@@ -219,8 +219,8 @@ def make_report(config: ml_collections.ConfigDict, workdir: Path,
                 stage_seconds: dict[str, float]) -> dict[str, Any]:
     """Scores `eval/answers.json` with `musilingo_metrics` (own vs shuffled audio) and the
     project's key/tempo/instrument metrics; writes report.json and report.md."""
-    from llark_jax.demo_eval import CONDITIONS, PROMPTS, score
-    from llark_jax.demo_report import compare
+    from llark_jax.demo.eval import CONDITIONS, PROMPTS, score
+    from llark_jax.demo.report import compare
     from llark_jax.eval.bertscore import BertScorer, musilingo_metrics
 
     saved = json.loads((workdir / "eval" / "answers.json").read_text())

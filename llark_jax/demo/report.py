@@ -154,7 +154,7 @@ def madmom_vs_truth(metadata: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _examples(clip_ids: Sequence[str], truth: Sequence[Mapping[str, Any]],
               answers: Mapping[str, Mapping[str, list[str]]], count: int) -> list[dict]:
-    from llark_jax.demo_eval import PROMPTS
+    from llark_jax.demo.eval import PROMPTS
 
     tasks = list(PROMPTS)
     picked = np.linspace(0, len(clip_ids) - 1, num=min(count, len(clip_ids))).astype(int)
@@ -173,7 +173,7 @@ def make_report(config: ml_collections.ConfigDict, workdir: Path,
                 stage_seconds: Mapping[str, float]) -> dict[str, Any]:
     """Scores `eval/answers.json` against the truth in `work/metadata.jsonl`, writes report.json,
     report.md and the plots into `workdir`, and returns the report dict."""
-    from llark_jax.demo_eval import CONDITIONS, score
+    from llark_jax.demo.eval import CONDITIONS, score
 
     saved = json.loads((workdir / "eval" / "answers.json").read_text())
     metadata = [json.loads(line) for line in
