@@ -36,7 +36,7 @@ class LlarkInstruct(tfds.core.GeneratorBasedBuilder):
     """LLark instruction data: one example per clip with its audio embedding and QA pairs."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Schema of ARCHITECTURE.md decision 3."}
+    RELEASE_NOTES = {"1.0.0": "Schema of docs/architecture.md, decision 3."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Run `python -m data_prep write ... --output-dir DIR` and pass DIR as manual_dir.")
 

@@ -1,4 +1,5 @@
-"""TFRecord schema of LLark training data: one `tf.train.Example` per clip (ARCHITECTURE dec. 3).
+"""TFRecord schema of LLark training data: one `tf.train.Example` per clip
+(docs/architecture.md, decision 3).
 
 This module is the ONE place that knows the record layout; the writer (`data_prep/records.py`), the
 tfds builder and the input pipeline all go through it. It needs no TensorFlow: records are framed

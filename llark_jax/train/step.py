@@ -3,7 +3,7 @@
 The train state is a dict pytree `{"params", "rest", "opt_state", "step"}` built from
 `nnx.split(model, nnx.Param, ...)`; the step rebuilds the module with `nnx.merge` inside the
 traced function, so it is an ordinary `jax.jit` function with explicit in/out shardings and the
-state donated (ARCHITECTURE.md decision 1).
+state donated (docs/architecture.md, decision 1).
 
 Loss normalisation over the `A` micro-batches of one optimizer step (`llark_jax.model.loss`; with
 `sum_i` the summed token loss and `n_i` the supervised-token count of micro-batch i):
