@@ -1,10 +1,12 @@
-"""`python -m data_prep STAGE ...`: dispatch to the module that owns each offline stage."""
+"""`python -m data_prep STAGE ...` (installed: `llark-prep STAGE ...`): dispatch to the module
+that owns each offline stage; user mistakes end with one `error:` line and status 2
+(`llark_jax.cli.dispatch`)."""
 
 from __future__ import annotations
 
 import sys
 
-from llark_jax.cli import dispatch
+from llark_jax.cli import dispatch, program_name
 
 STAGES: dict[str, tuple[str, str]] = {
     "crop": ("data_prep.stages.crop", "crop audio files by the paper's rule"),
@@ -19,4 +21,5 @@ STAGES: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch("data_prep", STAGES, sys.argv[1:] if argv is None else argv)
+    return dispatch(program_name("python -m data_prep"), STAGES,
+                    sys.argv[1:] if argv is None else argv)

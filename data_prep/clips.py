@@ -17,11 +17,13 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from llark_jax.audio.io import SAMPLE_RATE, list_audio_files
+from llark_jax.audio.io import SAMPLE_RATE, require_audio_files
+from llark_jax.errors import MissingInputError
 from llark_jax.io import atomic_output
 
 
@@ -92,15 +94,22 @@ def write_wav_atomic(path: str | os.PathLike, audio_n: np.ndarray, rate: int = S
 
 
 def list_tracks(
-    audio_dir: str | os.PathLike | None = None, records: str | os.PathLike | None = None
+    audio_dir: str | os.PathLike | None = None, records: str | os.PathLike | None = None,
+    audio_flag: str = "--audio-dir",
 ) -> list[tuple[str, str]]:
     """``(track_id, audio_path)`` pairs a stage works on: every audio file under ``audio_dir``
     (id = file stem), or the ``id``/``audio_path`` of each line of a jsonify ``records`` JSONL
-    (ids as the dataset defines them, e.g. FMA ``"2"`` for ``000/000002.mp3``)."""
+    (ids as the dataset defines them, e.g. FMA ``"2"`` for ``000/000002.mp3``). A missing or
+    empty folder or records file raises `MissingInputError` (`audio_flag` names the folder's
+    flag in the message)."""
     if (audio_dir is None) == (records is None):
         raise ValueError("give exactly one of audio_dir and records")
     if audio_dir is not None:
-        return [(p.stem, str(p)) for p in list_audio_files(audio_dir)]
+        return [(p.stem, str(p)) for p in require_audio_files(audio_dir, audio_flag)]
+    if not Path(records).is_file():
+        raise MissingInputError(f"--records {records}: no such file")
     with open(records, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise MissingInputError(f"--records {records}: no records (empty file)")
     return [(str(row["id"]), str(row["audio_path"])) for row in rows]

@@ -1,5 +1,10 @@
 """Config loading: `configs/*.py` files with `get_config()` plus `--config.a.b=value` overrides.
 
+`--config` takes a path (`configs/tiny.py`, `my_config.py`, `configs/musilingo.py:instruct`) or
+the name of a config the package ships (`tiny`, `demo`, `llark_7b`, `musilingo:instruct`,
+`demo_musilingo`, `base`): the top-level `configs/` folder of a checkout, which the wheel also
+carries as `llark_jax/configs/` (setup.py), so names work from any directory once installed.
+
 A config file is plain Python returning an `ml_collections.ConfigDict`. Overrides address nested
 fields with dots; the value is parsed as a Python literal when possible (`3`, `1e-6`, `True`,
 `(1, 2)`, `None`) and kept as a string otherwise, then cast to the type of the existing field.
@@ -8,38 +13,103 @@ fields with dots; the value is parsed as a Python literal when possible (`3`, `1
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import json
+import re
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
+from llark_jax.errors import UserError
+
 OVERRIDE_PREFIX = "--config."
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied; the message names the offender."""
 
 
+def config_dirs() -> list[Path]:
+    """Where shipped configs live: `llark_jax/configs/` in an installed wheel, the top-level
+    `configs/` in a checkout (editable install or the repository root on `sys.path`)."""
+    package = Path(__file__).resolve().parent
+    return [d for d in (package / "configs", package.parent / "configs") if d.is_dir()]
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Name -> file of every shipped config (the first directory of `config_dirs` wins)."""
+    found: dict[str, Path] = {}
+    for directory in config_dirs():
+        for path in sorted(directory.glob("*.py")):
+            if _NAME.fullmatch(path.stem) and not path.stem.startswith("_"):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def _split_arg(text: str) -> tuple[str, str | None]:
+    """`file.py:ARG` / `name:ARG` -> (file or name, ARG); a Windows drive letter is no ARG."""
+    if ":" in text and not text.endswith(".py"):
+        head, arg = text.rsplit(":", 1)
+        if head and arg and "/" not in arg and "\\" not in arg:
+            return head, arg
+    return text, None
+
+
+def resolve_config(spec: str | Path) -> tuple[Path, str | None]:
+    """(config file, `get_config` argument or None) for a path or a shipped config's name.
+
+    An existing file wins over a name; `musilingo:instruct` and `configs/musilingo.py:instruct`
+    pass `"instruct"` to `get_config`. Raises `ConfigError` naming the shipped configs (and the
+    nearest name) when neither matches."""
+    text, arg = _split_arg(str(spec))
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path, arg
+    shipped = shipped_configs()
+    name = text[:-3] if text.endswith(".py") and "/" not in text else text
+    if name in shipped:
+        return shipped[name], arg
+    names = ", ".join(sorted(shipped)) or "none found"
+    if path.is_dir():
+        raise ConfigError(f"--config {text}: is a directory, not a config file "
+                          f"(shipped configs: {names})")
+    close = difflib.get_close_matches(Path(name).stem, list(shipped), n=1)
+    hint = f"; did you mean --config {close[0]}?" if close else ""
+    what = "config file not found" if ("/" in text or text.endswith(".py")) else "unknown config"
+    raise ConfigError(f"{what}: {text} (a path, or one of the shipped configs: {names}){hint}")
+
+
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
-    """Imports the Python file at `path` and returns its `get_config()`.
+    """Imports a config file (or a shipped config by name, `resolve_config`) and returns its
+    `get_config()`.
 
     `file.py:ARG` calls `get_config("ARG")` (e.g. `configs/musilingo.py:instruct` for a stage).
     """
-    text = str(path)
-    arg = None
-    if ":" in text and not text.endswith(".py"):
-        text, arg = text.rsplit(":", 1)
-    path = Path(text)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"llark_config_{path.stem}", path)
+    path, arg = resolve_config(path)
+    name = f"llark_config_{path.stem}"  # any file name: a Python source, whatever its suffix
+    spec = importlib.util.spec_from_loader(name, SourceFileLoader(name, str(path)))
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module.__file__ = str(path)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ConfigError(f"config file {path}: {err.msg} (line {err.lineno})") from err
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
-    return module.get_config() if arg is None else module.get_config(arg)
+    if arg is None:
+        return module.get_config()
+    try:
+        return module.get_config(arg)
+    except TypeError as err:
+        if "positional argument" not in str(err):
+            raise
+        raise ConfigError(f"config {path.stem} takes no argument (got :{arg})") from err
+    except ValueError as err:  # e.g. an unknown MusiLingo stage
+        raise ConfigError(f"config {path.stem}:{arg}: {err}") from err
 
 
 def _parse_value(text: str) -> Any:
@@ -115,6 +185,49 @@ def load_config(
     for key, text in overrides or []:
         apply_override(config, key, text)
     return config
+
+
+def _choice(config: ml_collections.ConfigDict, key: str, allowed: Any) -> None:
+    node = config
+    for name in key.split("."):
+        if name not in node:
+            return  # a config without the field (older checkpoints): nothing to check
+        node = node[name]
+    if node not in allowed:
+        raise ConfigError(f"{key}={node!r}: choose one of {sorted(allowed)}")
+
+
+def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = False) -> None:
+    """Rejects, with a `ConfigError` naming the field, values the run would only trip over later
+    (after imports and compiles): unknown model/data sources, trainable presets, templates,
+    sharding rules, loss normalisations; with `check_paths`, a missing `model.path` for hf/gguf
+    sources and tfrecord data without `data.path`."""
+    from llark_jax.data.conversation import TOKENIZER_TEMPLATE_NAME, get_template
+    from llark_jax.model.trainable import PRESETS
+    from llark_jax.train.mesh import RULES_TABLES
+    from llark_jax.train.step import NORMALIZATIONS
+
+    _choice(config, "model.source", ("random", "hf", "gguf"))
+    _choice(config, "data.source", ("synthetic", "tfrecord"))
+    _choice(config, "model.trainable", PRESETS)
+    _choice(config, "sharding_rules", RULES_TABLES)
+    _choice(config, "train.loss_normalization", NORMALIZATIONS)
+    template = config.data.get("template")
+    if template and template != TOKENIZER_TEMPLATE_NAME:
+        try:
+            get_template(template)
+        except KeyError as err:
+            raise ConfigError(f"data.template={template!r}: {err.args[0]}") from None
+    if not check_paths:
+        return
+    source, path = config.model.source, config.model.get("path", "")
+    if source == "hf" and not Path(path).is_dir():
+        raise ConfigError(f"model.path={path!r}: no such directory (model.source=hf reads a "
+                          "local Hugging Face directory: config.json, *.safetensors, tokenizer)")
+    if source == "gguf" and path and not Path(path).is_file():
+        raise ConfigError(f"model.path={path!r}: no such GGUF file")
+    if config.data.source == "tfrecord" and not config.data.get("path"):
+        raise ConfigError("data.source=tfrecord needs data.path (comma-separated shard globs)")
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:

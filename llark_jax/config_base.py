@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.encoder_args = ml_collections.ConfigDict()
     config.data.feature_pool = 1
     config.data.standardize = False
+    # Clips the input pipeline leaves out: comma-separated clip ids, or "@FILE" with one clip id
+    # per line (a NaN stop writes W/nan_step_<N>_clips.txt for this). Counted and summarised.
+    config.data.skip_clips = ""
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 20

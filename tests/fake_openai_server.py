@@ -12,10 +12,16 @@ corrupts it: "rate_limit" (429 + Retry-After), "server_error" (500), "hang" (sil
 "truncated" (the reply cut mid-way, finish_reason "length"), "prose" (reply wrapped in prose and a
 code fence), "non_json" (a refusal sentence). Faults come from a FaultSchedule, a function of the
 call index and the request, so runs are reproducible.
+
+Two more kinds, never drawn by `FaultSchedule.random` unless asked for, model an endpoint that
+echoes the caller's API key (taken from the Authorization header) back in every encoding
+`key_echo` makes: "echo_key" appends it to every answer of a healthy reply, "echo_key_error"
+answers 400 with it in the error message.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import threading
@@ -23,8 +29,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 FAULT_KINDS = ("rate_limit", "server_error", "hang", "truncated", "prose", "non_json")
+ECHO_KINDS = ("echo_key", "echo_key_error")
+
+
+def key_echo(key: str) -> str:
+    """`key` raw, URL-encoded (quote, quote_plus, lower-case hex), JSON-escaped (minimal and every
+    character as \\uXXXX) and base64 (alone, and after "Bearer " in the URL-safe alphabet)."""
+    url = quote(key, safe="")
+    head, *escapes = url.split("%")
+    forms = [key, url, quote(key), quote_plus(key),
+             "%".join([head] + [e[:2].lower() + e[2:] for e in escapes]),
+             json.dumps(key)[1:-1], "".join(f"\\u{ord(c):04x}" for c in key),
+             base64.b64encode(key.encode()).decode(),
+             base64.urlsafe_b64encode(b"Bearer " + key.encode()).decode()]
+    return " | ".join(forms)
 
 
 @dataclass
@@ -54,7 +75,7 @@ class FaultSchedule:
         cls, rate: float, seed: int = 0, kinds: tuple[str, ...] = FAULT_KINDS
     ) -> FaultSchedule:
         """Each call independently faulty with probability `rate`, kind uniform over `kinds`."""
-        unknown = set(kinds) - set(FAULT_KINDS)
+        unknown = set(kinds) - set(FAULT_KINDS) - set(ECHO_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}")
         rng, lock = random.Random(seed), threading.Lock()
@@ -215,6 +236,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "server_error":
             self._send_json(500, {"error": {"message": "internal error", "type": "server_error"}})
             return
+        if fault == "echo_key_error":
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            self._send_json(400, {"error": {"message": f"invalid request for key {key_echo(key)}",
+                                            "type": "invalid_request_error"}})
+            return
         if fault == "hang":
             owner._stopping.wait(owner.hang_s)
             self.close_connection = True
@@ -227,4 +253,10 @@ class _Handler(BaseHTTPRequestHandler):
             content = f"Sure! Here is the JSON you asked for:\n```json\n{content}\n```\nEnjoy."
         elif fault == "non_json":
             content = "I'm sorry, but I can't help with that request."
+        elif fault == "echo_key":
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            pairs = json.loads(content)
+            for pair in pairs:
+                pair["answer"] += f" (key: {key_echo(key)})"
+            content = json.dumps(pairs)
         self._send_json(200, completion_body(model, content, finish_reason))

@@ -25,5 +25,7 @@ def test_cache_defaults_to_the_user_cache_and_can_be_moved_or_switched_off(tmp_p
 @pytest.mark.parametrize("argv, status", [([], 2), (["--help"], 0), (["no-such-command"], 2)])
 def test_usage_lists_every_command(argv, status, capsys):
     assert main(argv) == status
-    printed = capsys.readouterr().out
-    assert all(name in printed for name in COMMANDS)
+    out, err = capsys.readouterr()
+    assert all(name in (out if status == 0 else err) for name in COMMANDS)
+    if status:
+        assert err.strip().splitlines()[-1].startswith("error: ")

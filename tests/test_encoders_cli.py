@@ -62,21 +62,21 @@ def test_embed_redoes_clip_with_stale_sidecar(audio_dir, tmp_path):
     assert np.load(out / "a.npy").shape == (20, 160)
 
 
-def test_jukebox_without_weights_is_a_clear_error(tmp_path, monkeypatch):
+def test_jukebox_without_weights_is_a_clear_error(audio_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("JUKEBOX_DIR", raising=False)
     with pytest.raises(EncoderError, match="JUKEBOX_DIR"):
-        cli.main(["--encoder", "jukebox", "--audio-dir", str(tmp_path),
+        cli.main(["--encoder", "jukebox", "--audio-dir", str(audio_dir),
                   "--output-dir", str(tmp_path / "o")])
     with pytest.raises(EncoderError, match="checkpoint not found"):
         cli.main(["--encoder", "jukebox", "--jukebox-dir", str(tmp_path), "--audio-dir",
-                  str(tmp_path), "--output-dir", str(tmp_path / "o")])
+                  str(audio_dir), "--output-dir", str(tmp_path / "o")])
 
 
-def test_jukemirlib_backend_is_guarded(tmp_path):
+def test_jukemirlib_backend_is_guarded(audio_dir, tmp_path):
     if importlib.util.find_spec("jukemirlib") is not None:
         pytest.skip("jukemirlib is installed; its backend needs a GPU and the real weights")
     with pytest.raises(EncoderError, match="jukemirlib package is not importable"):
-        cli.main(["--encoder", "jukebox-jukemirlib", "--audio-dir", str(tmp_path),
+        cli.main(["--encoder", "jukebox-jukemirlib", "--audio-dir", str(audio_dir),
                   "--output-dir", str(tmp_path / "o")])
 
 

@@ -79,3 +79,60 @@ def test_configs_record_their_audio_encoder():
     encoders["musilingo"] = load_config(f"{REPO / 'configs' / 'musilingo.py'}:caption").data.encoder
     assert encoders == {"tiny": "mel", "llark_7b": "jukebox", "musilingo": "mert"}
     assert set(encoders.values()) <= set(available_encoders())
+
+
+@pytest.mark.parametrize("name", ["base", "tiny", "demo", "demo_musilingo", "llark_7b",
+                                  "musilingo:caption", "musilingo:instruct"])
+def test_shipped_configs_load_by_name_and_validate(name):
+    from llark_jax.config import resolve_config, validate_config
+
+    path, arg = resolve_config(name)
+    assert path.parent == REPO / "configs" and arg == (name.split(":")[1] if ":" in name else None)
+    by_name = load_config(name)
+    assert by_name.to_dict() == load_config(f"{path}{':' + arg if arg else ''}").to_dict()
+    validate_config(by_name)  # enum fields; paths are placeholders in the paper configs
+
+
+def test_config_names_and_paths_fail_with_the_shipped_list(tmp_path):
+    from llark_jax.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match="did you mean --config tiny"):
+        resolve_config("tiyn")
+    with pytest.raises(ConfigError, match="config file not found: nope/tiny.py.*llark_7b"):
+        resolve_config("nope/tiny.py")
+    with pytest.raises(ConfigError, match="takes no argument"):
+        load_config("tiny:stage")
+    own = tmp_path / "tiny"  # an existing file wins over the shipped name
+    own.write_text("from llark_jax.config_base import base_config\n"
+                   "def get_config():\n    c = base_config()\n    c.seed = 7\n    return c\n")
+    assert load_config(str(own)).seed == 7 and load_config("tiny").seed == 0
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n")
+    with pytest.raises(ConfigError, match="broken.py"):
+        load_config(str(broken))
+
+
+@pytest.mark.parametrize("override, match", [
+    ("model.source=hug", "model.source='hug'"), ("model.trainable=most", "model.trainable"),
+    ("data.template=chatml", "data.template='chatml'"), ("sharding_rules=zero3", "sharding"),
+    ("train.loss_normalization=mean", "loss_normalization"),
+])
+def test_validate_config_names_the_field(override, match):
+    from llark_jax.config import ConfigError, validate_config
+
+    key, value = override.split("=")
+    config = load_config("tiny", [(key, value)])
+    with pytest.raises(ConfigError, match=match):
+        validate_config(config)
+
+
+def test_validate_config_checks_model_and_data_paths(tmp_path):
+    from llark_jax.config import ConfigError, validate_config
+
+    hf = load_config("tiny", [("model.source", "hf"), ("model.path", str(tmp_path / "x"))])
+    validate_config(hf)  # paths only with check_paths
+    with pytest.raises(ConfigError, match="no such directory"):
+        validate_config(hf, check_paths=True)
+    records = load_config("tiny", [("data.source", "tfrecord")])
+    with pytest.raises(ConfigError, match="needs data.path"):
+        validate_config(records, check_paths=True)

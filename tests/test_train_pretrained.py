@@ -7,10 +7,10 @@ from flax import nnx
 from tokenizer_fixtures import make_base_tokenizer
 from train_helpers import tiny_config
 
+from llark_jax.checkpoints.build import TokenIdMismatchError, resolve_config
 from llark_jax.checkpoints.hf import save_llama
 from llark_jax.model.llama import Llama, LlamaConfig
 from llark_jax.train.loop import train
-from llark_jax.checkpoints.build import TokenIdMismatchError, resolve_config
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_resumes_exactly(tmp_path, capl
             path.write_bytes(b"\x00garbage")
     with caplog.at_level(logging.WARNING):
         assert train(config, tmp_path) == 0  # same command again
-    assert "checkpoint step 6 is unusable" in caplog.text
+    assert "checkpoint step 6 failed its integrity check" in caplog.text
     assert (tmp_path / "checkpoints" / "6.corrupt").is_dir()
     second = read_metrics(tmp_path)
     assert [r["step"] for r in second] == [1, 2, 3, 4, 5, 6]

@@ -21,6 +21,7 @@ from data_prep.annotate import DEFAULT_MAX_CROP_S, MAX_ANNOTATION_S, annotate_fi
 from data_prep.clips import list_tracks
 from data_prep.stages.runner import options_tag, run_cached, write_report
 from llark_jax.audio.io import AudioError
+from llark_jax.errors import MissingInputError, UserError
 from llark_jax.io import read_jsonl, write_jsonl_atomic
 
 
@@ -62,9 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.output.is_dir():
+        raise UserError(f"--output {args.output}: is a directory (give a .jsonl file path)")
+    tracks = list_tracks(args.audio_dir, args.records)
+    if args.crops is not None and not args.crops.is_file():
+        raise MissingInputError(f"--crops {args.crops}: no such file")
     work = partial(annotate_track, max_seconds=args.max_seconds)
     cache_dir = args.output.with_name(f"{args.output.name}.cache") / options_tag(work.keywords)
-    result = run_cached(list_tracks(args.audio_dir, args.records), work,
+    result = run_cached(tracks, work,
                         key=lambda track: track[0], cache_dir=cache_dir, stage="annotate",
                         workers=args.workers, initializer=initialize_worker,
                         expected_errors=(AudioError,))

@@ -79,11 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    tracks = list_tracks(args.input_dir, args.records, audio_flag="--input-dir")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     work = partial(crop_track, output_dir=str(args.output_dir), crop_s=args.crop_seconds,
                    p_middle=args.p_middle, multicrop=args.multicrop,
                    min_clip_s=args.min_clip_seconds, seed=args.seed)
-    tracks = list_tracks(args.input_dir, args.records)
     result = run_cached(tracks, work, key=lambda track: track[0],
                         cache_dir=args.output_dir / ".cache" / f"crop-{options_tag(work.keywords)}",
                         stage="crop",

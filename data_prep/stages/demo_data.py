@@ -26,6 +26,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--eval-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.n_clips < 1 or args.seconds <= 0 or not 0 <= args.eval_fraction < 1:
+        parser.error("need --n-clips >= 1, --seconds > 0 and 0 <= --eval-fraction < 1")
     truths = build_dataset(args.output_dir, args.n_clips, args.seconds, args.seed,
                            args.eval_fraction)
     n_eval = sum(t.split == "eval" for t in truths)

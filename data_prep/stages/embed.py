@@ -30,7 +30,8 @@ from tqdm import tqdm
 from data_prep.stages.runner import Failure, StageResult, write_report
 from llark_jax.audio.encoders import available_encoders, get_encoder
 from llark_jax.audio.encoders.base import AudioEncoder, EncoderError
-from llark_jax.audio.io import SAMPLE_RATE, AudioError, list_audio_files, load_audio, resample
+from llark_jax.audio.io import SAMPLE_RATE, AudioError, load_audio, require_audio_files, resample
+from llark_jax.errors import UserError
 from llark_jax.io import atomic_output, write_json_atomic
 
 REPORT_STEM = "embed"  # the report is OUT/embed.report.json
@@ -79,7 +80,7 @@ def encoder_kwargs(args: argparse.Namespace) -> dict:
     for item in args.encoder_arg:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--encoder-arg expects KEY=VALUE, got {item!r}")
+            raise UserError(f"--encoder-arg expects KEY=VALUE, got {item!r}")
         try:
             kwargs[key] = json.loads(value)
         except ValueError:
@@ -143,9 +144,9 @@ def encode_clips(encoder: AudioEncoder, items: list[tuple[str, np.ndarray]],
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    paths = require_audio_files(args.audio_dir)[: args.limit or None]  # before loading a model
     encoder = get_encoder(args.encoder, **encoder_kwargs(args))
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    paths = list_audio_files(args.audio_dir)[: args.limit or None]
     failures: list[Failure] = []
     seen: dict[str, Path] = {}
     todo: list[tuple[str, Path]] = []

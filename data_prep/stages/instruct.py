@@ -15,6 +15,10 @@ requests in flight and never duplicates a clip. The filtered QA file (one line p
 and a report (counts, failures by reason, tokens, estimated cost, filter counts) is written
 beside it. Prompts, backends and filters are library code in `data_prep.instruct`; the chat
 client is `llark_jax.llm.client`.
+
+The API key never reaches a file: every string of every row, QA line and report field is passed
+through `llark_jax.llm.redact.Redactor` (the key raw, URL-encoded, JSON-escaped or base64 becomes
+`[REDACTED]`) before it is written, so an endpoint that echoes the key back leaks nothing.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from data_prep.instruct.backends import OfflineBackend, OpenAIBackend, ProvidedC
 from data_prep.instruct.captions import PROVIDED_CAPTION_FIELDS
 from data_prep.instruct.filters import MODES, QAFilter
 from data_prep.instruct.prompts import REASONING_TRACK_CAP, TASKS
+from llark_jax.errors import MissingInputError, UserError
 from llark_jax.io import write_json_atomic, write_jsonl_atomic
 from llark_jax.llm.client import API_KEY_ENV, ChatClient, RequestFailedError, RetryPolicy
+from llark_jax.llm.redact import Redactor
 
 # Uniform records carry `clip_id`; the others are the raw datasets' id columns (spec 5.1).
 ID_FIELDS = ("clip_id", "uri", "id", "example_id", "track.id", "ytid", "video_id")
@@ -111,9 +117,10 @@ def select_sample(records: list, max_samples: int | None, seed: int) -> list:
 class ResultLog:
     """Append-only JSONL of result rows; one `os.write` per row, torn last lines tolerated."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, redact: Redactor | None = None):
         self.path = path
         self.torn_lines = 0
+        self.redact = redact or Redactor.from_env(API_KEY_ENV)
 
     def read(self) -> dict[str, dict[str, Any]]:
         """key -> latest row, where a succeeded row is never replaced by a later failure."""
@@ -143,6 +150,7 @@ class ResultLog:
         return self
 
     def append(self, row: dict[str, Any]) -> None:
+        row = self.redact.json(row)
         os.write(self._fd, (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
 
     def __exit__(self, *exc: object) -> None:
@@ -179,7 +187,7 @@ async def _run_pending(pending, backend, task, dataset, log, concurrency, stats)
                        "retried": error.retried}
             except Exception as error:  # noqa: BLE001 - a bad record must not stop the batch
                 row = {**base, "status": "failed", "reason": type(error).__name__,
-                       "error": str(error)[:300], "attempts": 1}
+                       "error": log.redact(str(error))[:300], "attempts": 1}
             if row["status"] == "failed":
                 stats["failed"] += 1
                 stats["failures_by_reason"][row["reason"]] += 1
@@ -206,7 +214,7 @@ def estimate_cost(tokens_by_model: dict[str, Counter]) -> float | None:
 
 
 def write_filtered(items: list[WorkItem], rows: dict, output: Path, qa_filter: QAFilter,
-                   dataset: str) -> tuple[int, int]:
+                   dataset: str, redact: Redactor | None = None) -> tuple[int, int]:
     """Writes the filtered QA file atomically; returns (clips written, pairs written)."""
     lines = []
     for item in items:
@@ -217,6 +225,7 @@ def write_filtered(items: list[WorkItem], rows: dict, output: Path, qa_filter: Q
         if kept:
             lines.append({"clip_id": item.clip_id, "dataset": dataset, "task": row["task"],
                           "model": item.model, "qa": kept})
+    lines = (redact or Redactor.from_env(API_KEY_ENV)).json(lines)
     return write_jsonl_atomic(output, lines), sum(len(line["qa"]) for line in lines)
 
 
@@ -246,7 +255,7 @@ def run_job(records: list, backend: Backend, *, task: str, dataset: str, output:
         tokens_by_model.setdefault(item.model, Counter()).update(usage)
     qa_filter = QAFilter(filter_mode)
     output.parent.mkdir(parents=True, exist_ok=True)
-    clips, pairs = write_filtered(items, rows, output, qa_filter, dataset)
+    clips, pairs = write_filtered(items, rows, output, qa_filter, dataset, log.redact)
     outstanding = Counter(rows[i.key]["reason"] for i in items
                           if i.key in rows and rows[i.key]["status"] != "ok")
     return {
@@ -306,7 +315,7 @@ def make_backend(args: argparse.Namespace, kind: str):
         return OfflineBackend(args.task, args.seed)
     if kind == "provided":
         if args.dataset not in PROVIDED_CAPTION_FIELDS:
-            raise SystemExit(f"--backend provided needs one of {sorted(PROVIDED_CAPTION_FIELDS)}")
+            raise UserError(f"--backend provided needs one of {sorted(PROVIDED_CAPTION_FIELDS)}")
         return ProvidedCaptionBackend(args.dataset, args.seed)
     policy = RetryPolicy(max_attempts=args.max_attempts, timeout_s=args.timeout,
                          backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max)
@@ -318,11 +327,15 @@ def make_backend(args: argparse.Namespace, kind: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.metadata.is_file():
+        raise MissingInputError(f"--metadata {args.metadata}: no such file")
+    records, problems = read_metadata(args.metadata)
+    if not records and not problems:
+        raise MissingInputError(f"--metadata {args.metadata}: no records (empty file)")
     kind = choose_backend(args)
     if args.backend == "auto" and kind == "offline":
         print(f"{API_KEY_ENV} is not set: using the offline template backend", file=sys.stderr)
     backend = make_backend(args, kind)
-    records, problems = read_metadata(args.metadata)
     cap = args.max_samples
     if cap is None and args.task == "reasoning":
         cap = REASONING_TRACK_CAP
@@ -331,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     report = run_job(selected, backend, task=args.task, dataset=args.dataset, output=args.output,
                      log_path=log_path, concurrency=args.concurrency, filter_mode=args.filter_mode)
     report = {"records_read": len(records), "input_problems": dict(problems), **report}
-    write_json_atomic(args.output.with_name(args.output.name + ".report.json"), report)
+    write_json_atomic(args.output.with_name(args.output.name + ".report.json"),
+                      Redactor.from_env(API_KEY_ENV).json(report))
     print(json.dumps({k: report[k] for k in ("selected", "already_done", "succeeded", "failed",
                                               "outstanding_failures", "clips_written",
                                               "pairs_written", "estimated_cost_usd_all_runs")}))

@@ -17,6 +17,8 @@ from pathlib import Path
 from data_prep.datasets import ADAPTERS, load_adapter
 from data_prep.datasets.base import DatasetFormatError, JsonifyContext, RowSkip, TrackRecord
 from data_prep.stages.runner import Failure, StageResult, write_report
+from llark_jax import errors
+from llark_jax.errors import MissingInputError
 from llark_jax.io import write_jsonl_atomic
 
 
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if not args.root.is_dir():
+        raise MissingInputError(f"--root {args.root}: no such directory")
     started = time.monotonic()
     ctx = JsonifyContext(args.root, args.split, args.audio_root, args.output.parent, args.seed,
                          {"test_size": args.test_size})
@@ -68,7 +72,7 @@ def main(argv: list[str]) -> int:
         result = StageResult("jsonify", {}, [Failure(err.path, "DatasetFormatError", str(err),
                                                      expected=False)], {"records": 0}, 0.0)
         print(f"jsonify: {err} -> {write_report(args.output, result)}")
-        return 2
+        return errors.fail(str(err))
     write_jsonl_atomic(args.output, (r.to_json() for r in records), sort_keys=True)
     splits: dict[str, int] = {}
     for record in records:

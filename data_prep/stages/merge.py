@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llark_jax.errors import MissingInputError
 from llark_jax.io import read_jsonl, write_jsonl_atomic
 
 MADMOM_RENAMED = ("key", "chords")  # madmom's estimates also kept as `<field>_madmom`
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if not args.annotations.is_file():
+        raise MissingInputError(f"--annotations {args.annotations}: no such file")
     annotations = read_jsonl(args.annotations)
     rows = [merge_record(annotation) for annotation in annotations]
     write_jsonl_atomic(args.output, rows)

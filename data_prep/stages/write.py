@@ -26,6 +26,7 @@ from pathlib import Path
 
 from data_prep.records import write_records
 from llark_jax.data.records import EMBEDDING_DTYPES
+from llark_jax.errors import MissingInputError, UserError
 
 
 def main(argv: list[str]) -> int:
@@ -41,6 +42,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--embedding-dtype", default="bfloat16", choices=list(EMBEDDING_DTYPES))
     parser.add_argument("--dataset", default="unknown", help="for rows without a dataset field")
     args = parser.parse_args(argv)
+    for flag, path in [("--annotations", args.annotations), *(("--qa", q) for q in args.qa)]:
+        if not path.is_file():
+            raise MissingInputError(f"{flag} {path}: no such file")
+    if not args.embeddings.is_dir():
+        raise MissingInputError(f"--embeddings {args.embeddings}: no such directory")
+    if args.shard_size < 1:
+        raise UserError(f"--shard-size {args.shard_size}: must be at least 1")
     index = write_records(args.annotations, args.qa, args.embeddings, args.output_dir, args.split,
                           args.shard_size, args.encoder, args.embedding_dtype, args.dataset)
     summary = {k: index[k] for k in ("split", "encoder", "records", "qa_pairs", "tasks")}

@@ -7,11 +7,18 @@ soundfile), which reads wav/flac/ogg/aiff and, since 1.1, mp3, so no second deco
 Bad files raise an `AudioError` subclass that names the file and the reason; stage runners record
 it and carry on, `serve` turns it into an HTTP error.
 
+Compressed formats (MP3, Ogg, FLAC) state their length in a header (MP3: the Xing/Info frame)
+that a cut file keeps, and libsndfile reports that length. `probe_audio` therefore decodes such a
+file once (about 0.5 ms per second of audio; cached by path, size and mtime) and raises
+`TruncatedAudioError` when fewer samples come out than the header promises, so `crop`,
+`annotate`, `infer` and `serve` never record a cut file with its header's duration.
+
 The paper's crop rule, which only the offline stage applies, is in `data_prep.clips`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from pathlib import Path
@@ -19,11 +26,19 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from llark_jax.errors import MissingInputError
+
 SAMPLE_RATE = 44100
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 MAX_CHANNELS = 32
 MIN_SOURCE_RATE = 4000
 MAX_SOURCE_RATE = 384000
+# Formats whose header length is checked against the decoded stream, and the shortfall allowed
+# (decoders differ by up to a frame of encoder delay/padding; a truncated file misses far more).
+COMPRESSED_FORMATS = ("MP3", "OGG", "FLAC")
+TRUNCATION_TOLERANCE = (4096, 0.01)  # samples, fraction of the header's length
+# The shortest audio `infer` takes: one frame of the 10 Hz grid every encoder here produces.
+MIN_DURATION_S = 0.1
 
 
 class AudioError(Exception):
@@ -95,8 +110,37 @@ def _check_wav_truncation(path: Path) -> None:
             f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
 
 
+@functools.lru_cache(maxsize=512)
+def _decoded_frames(path: str, size: int, mtime_ns: int) -> tuple[int, str | None]:
+    """(frames the decoder delivers, the decoder's error if it stopped on one)."""
+    del size, mtime_ns  # cache key only: a rewritten file is decoded again
+    frames = 0
+    try:
+        with sf.SoundFile(path) as f:  # not `blocks()`: it pads a short read to the header's size
+            while block := len(f.read(1 << 16, dtype="float32", always_2d=True)):
+                frames += block
+    except (sf.LibsndfileError, RuntimeError) as err:
+        return frames, str(err)
+    return frames, None
+
+
+def _check_decoded_length(path: Path, info: sf._SoundFileInfo) -> None:
+    """Raise `TruncatedAudioError` when a compressed file decodes to less than its header says."""
+    stat = path.stat()
+    frames, error = _decoded_frames(str(path), stat.st_size, stat.st_mtime_ns)
+    samples, fraction = TRUNCATION_TOLERANCE
+    if frames >= info.frames - max(samples, fraction * info.frames) and error is None:
+        return
+    rate, stops = info.samplerate, f" (decoder: {error})" if error else ""
+    raise TruncatedAudioError(
+        path, f"decoded {frames / rate:.3f} s of the {info.frames / rate:.3f} s its {info.format} "
+              f"header promises: the file is cut short{stops}")
+
+
 def probe_audio(path: str | os.PathLike) -> sf._SoundFileInfo:
-    """Validate a file's container without decoding it; returns soundfile's info (rate, frames).
+    """Validate a file; returns soundfile's info (rate, frames). Containers with exact lengths
+    (WAV, AIFF) are checked from their headers; compressed streams are decoded once to check the
+    header's length (`COMPRESSED_FORMATS`).
 
     Raises the `AudioError` subclass describing the first problem found.
     """
@@ -118,7 +162,20 @@ def probe_audio(path: str | os.PathLike) -> sf._SoundFileInfo:
         )
     if info.frames <= 0:
         raise EmptyAudioError(path, "header is valid but holds no audio frames")
+    if info.format in COMPRESSED_FORMATS:
+        _check_decoded_length(path, info)
     return info
+
+
+def check_audio(path: str | os.PathLike, min_duration_s: float = MIN_DURATION_S) -> float:
+    """`probe_audio` plus a minimum length; returns the duration in seconds. What a command that
+    takes audio files checks before loading a model."""
+    info = probe_audio(path)
+    duration_s = info.frames / info.samplerate
+    if duration_s < min_duration_s:
+        raise TooShortAudioError(path, f"{duration_s:.4f} s ({info.frames} samples) is too "
+                                       f"short: the minimum is {min_duration_s} s")
+    return duration_s
 
 
 def audio_duration(path: str | os.PathLike) -> float:
@@ -162,6 +219,11 @@ def load_audio(
         raise UndecodableAudioError(path, f"decoding failed: {err}") from err
     if data_nc.shape[0] == 0:
         raise EmptyAudioError(path, f"no frames in [{start_s:.3f}, {end_s}) s")
+    samples, fraction = TRUNCATION_TOLERANCE
+    if data_nc.shape[0] < (last - first) - max(samples, fraction * (last - first)):
+        raise TruncatedAudioError(path, f"decoded {data_nc.shape[0]} of the {last - first} "
+                                        f"samples its header promises in [{start_s:.3f}, "
+                                        f"{end_s}) s")
     if not np.isfinite(data_nc).all():
         bad = int((~np.isfinite(data_nc)).sum())
         raise NonFiniteAudioError(path, f"{bad} NaN/inf samples")
@@ -174,3 +236,21 @@ def list_audio_files(directory: str | os.PathLike) -> list[Path]:
     """Audio files (by extension, case-insensitive) under ``directory``, recursively, sorted."""
     root = Path(directory)
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def require_audio_files(directory: str | os.PathLike, flag: str = "--audio-dir", *,
+                        files_only: bool = False) -> list[Path]:
+    """`list_audio_files` of a command's input folder. A missing folder, a file in its place or
+    a folder without audio files is a user mistake (`MissingInputError`, named by `flag`), never
+    an empty, successful run. Entries that are not files (a dangling link, a folder named
+    `x.wav`) stay in the list, for the stage to report as skipped, unless `files_only`."""
+    root = Path(directory)
+    if not root.exists():
+        raise MissingInputError(f"{flag} {directory}: no such directory")
+    if not root.is_dir():
+        raise MissingInputError(f"{flag} {directory}: not a directory")
+    files = [p for p in list_audio_files(root) if p.is_file() or not files_only]
+    if not files:
+        raise MissingInputError(f"{flag} {directory}: no audio files "
+                                f"({', '.join(sorted(AUDIO_EXTENSIONS))}, searched recursively)")
+    return files

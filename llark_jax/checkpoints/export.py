@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llark_jax import errors
 from llark_jax.checkpoints.hf import save_llama
 from llark_jax.checkpoints.safetensors_io import TensorEntry, write_safetensors
 from llark_jax.checkpoints.tokens import AUDIO_END_TOKEN, AUDIO_PATCH_TOKEN, AUDIO_START_TOKEN
@@ -223,8 +223,7 @@ def main(argv: list[str]) -> int:
     try:
         _check_paths(args.checkpoint, args.output, args.force)
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return errors.report(e)
     from llark_jax.checkpoints.model_dir import ModelDirError, load_model
 
     try:
@@ -238,7 +237,6 @@ def main(argv: list[str]) -> int:
         out = export_hf(loaded.model, loaded.tokenizer, args.output, dtype=args.dtype,
                         extra=extra)
     except (ExportError, ModelDirError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return errors.report(e)
     print(f"exported step {loaded.step} of {args.checkpoint} to {out} ({args.dtype})")
     return 0

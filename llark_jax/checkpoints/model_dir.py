@@ -15,7 +15,7 @@ when it starts, then checkpoints; a model directory (`save_model_dir`, `make dem
 reads either, so `infer`, `serve`, `eval`, `benchmark` and `export` take either.
 
 Parameters are restored onto one device (inference); only `params` and `rest` are read, never the
-optimizer moments.
+optimizer moments, and checked against the digests saved with them (`ModelDirError` if damaged).
 """
 
 from __future__ import annotations
@@ -125,6 +125,8 @@ def _checkpointer(directory: Path):
 
 def _restore_model(directory: Path, config: ml_collections.ConfigDict,
                    step: int | None) -> tuple[LLark, int]:
+    from llark_jax.train.checkpoint import CheckpointIntegrityError
+
     checkpointer = _checkpointer(directory)
     try:
         steps = checkpointer.steps()
@@ -137,9 +139,21 @@ def _restore_model(directory: Path, config: ml_collections.ConfigDict,
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                               {"params": params, "rest": rest})
-        state = checkpointer.restore_subtrees(step, target)
+        try:
+            state = checkpointer.restore_subtrees(step, target)  # digests verified
+        except CheckpointIntegrityError as err:
+            raise ModelDirError(str(err)) from err
     finally:
         checkpointer.close()
+    # A partial restore leaves arrays the checkpoint lacks as ShapeDtypeStructs: refuse them.
+    unrestored = [jax.tree_util.keystr(path) for path, leaf
+                  in jax.tree_util.tree_flatten_with_path(state)[0]
+                  if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if unrestored:
+        raise ModelDirError(
+            f"{directory}: checkpoint step {step} lacks {len(unrestored)} array(s) this config "
+            f"builds, e.g. {', '.join(unrestored[:3])} (checkpoints written before the decoder "
+            "layers were stacked hold them per layer, params/llama/layers/<i>/...)")
     return nnx.merge(graphdef, state["params"], state["rest"]), step
 
 

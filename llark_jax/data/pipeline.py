@@ -15,8 +15,14 @@ Order of one host's stream (epochs repeat forever):
 3. every example is tokenized by `tokenize_fn` (audio before/after the question by a seeded coin
    per example) and handed to the `Packer`, which emits batches (see `packing.py`).
 
-Bad records (corrupt frames, wrong embedding shape, bad JSON, empty QA), examples too long for a
-row and clips with more frames than T_a are skipped and counted in `counters`, never raised.
+Bad records (corrupt frames, wrong embedding shape, non-finite embeddings, bad JSON, empty QA,
+a feature width other than the model's), examples too long for a row and clips with more frames
+than T_a are skipped and counted in `counters`, never raised. Every bad record is logged once
+with its shard and byte offset (the start of its TFRecord frame) and kept in `bad_records` (the
+trainer's summary lists them); when nothing at all is usable, `NoUsableDataError` names the
+shards and what was wrong with them. `PipelineConfig.skip_clips` leaves clips out (the
+trainer's `data.skip_clips`), counted as `skipped_clip_examples`; `last_batch_clips()` names the
+clips of the latest batch (the trainer's NaN stop).
 
 State (`get_state()`): the cursor (epoch, window, position), the refs of the examples waiting in
 the packer and the counters; `set_state()` re-reads only the windows those refs point to.
@@ -27,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -36,11 +43,29 @@ import numpy as np
 
 from llark_jax.data.conversation import ExampleTooLong, audio_first_for, build_example
 from llark_jax.data.packing import Example, Packer, PackingConfig
-from llark_jax.data.records import ClipRecord, RecordError, decode_clip, read_payload, scan_offsets
+from llark_jax.data.records import ClipRecord, RecordError, decode_clip, read_payload, scan_frames
+from llark_jax.errors import UserError
 
 TokenizeFn = Callable[[str, str, int, bool], dict[str, Any]]
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # stored frames [T, D] -> audio tokens [T', D]
 STATE_VERSION = 1
+MAX_LISTED_BAD = 1000  # bad records kept (with shard and offset) for the run summary
+log = logging.getLogger(__name__)
+
+
+class BadRecordError(RecordError):
+    """A record that cannot be used, with where it is: `"{shard} @ byte {offset}: {reason}"`."""
+
+    def __init__(self, shard: str, offset: int, reason: str):
+        self.shard, self.offset, self.reason = shard, offset, reason
+        super().__init__(f"{shard} @ byte {offset}: {reason}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shard": self.shard, "offset": self.offset, "reason": self.reason}
+
+
+class NoUsableDataError(UserError, ValueError):
+    """The shards hold no usable example; the message names them and what was wrong."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +77,7 @@ class PipelineConfig:
     pool_size: int = 0  # examples kept waiting for the packer; 0 = 2 * B * S
     task_weights: dict[str, float] | None = None  # e.g. {"captioning": .15, "reasoning": .55, ...}
     task_counts: dict[str, int] | None = None  # epoch totals per task; default: the *-index.json
+    skip_clips: frozenset[str] = frozenset()  # clip ids left out (counted, summarised)
 
 
 def make_tokenize_fn(tokenizer: Any, template: Any, audio_token_ids: Any,
@@ -73,25 +99,46 @@ class _Source:
         if not self.files:
             raise FileNotFoundError(f"no TFRecord shards match {list(patterns)}")
         self.locations: list[tuple[int, int, int]] = []
-        self.framing_errors: list[str] = []
+        self.framing_errors: list[BadRecordError] = []
         for i, path in enumerate(self.files):
             with _open(path) as f:
-                offsets, error = scan_offsets(f, path)
+                offsets, bad = scan_frames(f)
             self.locations += [(i, off, n) for off, n in offsets]
-            if error:
+            if bad:
+                error = BadRecordError(path, bad[0], f"{bad[1]} (the rest of the shard cannot "
+                                                     "be read)")
+                log.warning("bad shard: %s: %s at byte %d (%d records before it are used)",
+                            path, bad[1], bad[0], len(offsets))
                 self.framing_errors.append(error)
         self._handles: dict[int, Any] = {}
+        if not self.locations:
+            problems = "; ".join(str(e) for e in self.framing_errors[:4]) or "every shard is empty"
+            raise NoUsableDataError(f"no readable record in {_names(self.files)}: {problems}")
+
+    def where(self, record: int) -> tuple[str, int]:
+        """(shard path, byte offset of the record's frame)."""
+        file_index, offset, _ = self.locations[record]
+        return self.files[file_index], offset - 12
 
     def fingerprint(self) -> list:
         counts = Counter(i for i, _, _ in self.locations)
         return [[os.path.basename(p), counts[i]] for i, p in enumerate(self.files)]
 
     def read(self, record: int) -> ClipRecord:
+        """The clip of record number `record`; `BadRecordError` (shard, offset, why) if unusable."""
         file_index, offset, length = self.locations[record]
         if file_index not in self._handles:
             self._handles[file_index] = _open(self.files[file_index])
         path = self.files[file_index]
-        return decode_clip(read_payload(self._handles[file_index], offset, length, path))
+        try:
+            payload = read_payload(self._handles[file_index], offset, length, path)
+        except RecordError as err:
+            raise BadRecordError(path, offset - 12, "corrupt record (payload CRC mismatch or "
+                                                    "short read)") from err
+        try:
+            return decode_clip(payload)
+        except RecordError as err:
+            raise BadRecordError(path, offset - 12, str(err)) from err
 
     def close(self) -> None:
         for handle in self._handles.values():
@@ -125,21 +172,31 @@ def clip_embeddings(patterns: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]
         source.close()
 
 
+def _names(files: Sequence[str], limit: int = 6) -> str:
+    more = f" and {len(files) - limit} more" if len(files) > limit else ""
+    return f"{len(files)} shard(s) ({', '.join(files[:limit])}{more})"
+
+
 def _open(path: str) -> Any:
-    """Local files with `open`; `gs://` and other remote paths through `tf.io.gfile` (lazy TF)."""
+    """Local files with `open`; `gs://` and other remote paths (`PROTOCOL://...`) through fsspec
+    (gcsfs for `gs://`; no TensorFlow). Random access: the reader seeks to record offsets."""
     if "://" not in path:
         return open(path, "rb")
-    import tensorflow as tf
+    import fsspec
 
-    return tf.io.gfile.GFile(path, "rb")
+    return fsspec.open(path, "rb").open()
 
 
 def _glob(pattern: str) -> list[str]:
+    """Paths matching `pattern`, remote ones with their `PROTOCOL://` prefix kept."""
     if "://" not in pattern:
         return glob.glob(pattern)
-    import tensorflow as tf
+    import fsspec
 
-    return tf.io.gfile.glob(pattern)
+    fs, _, paths = fsspec.core.get_fs_token_paths(pattern)
+    if not fsspec.core.has_magic(pattern):  # a plain path: itself if it exists
+        return [pattern] if fs.exists(paths[0]) else []
+    return [fs.unstrip_protocol(p) for p in paths]
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -168,6 +225,11 @@ class Pipeline:
         self.multiplicity = self._task_multiplicity()
         self.cursor = [0, 0, 0]  # epoch, window, position in the window's example list
         self.counters: Counter = Counter({"framing_errors": len(self.source.framing_errors)})
+        self.bad_records: list[dict[str, Any]] = []
+        self._reported: set[tuple[str, int]] = set()
+        for error in self.source.framing_errors:
+            self._note_bad(error, logged=True)
+        self.skipped_clips: set[str] = set()
         self.batches = 0
         self.last_examples: list[list[dict[str, Any]]] = []
         self._window: tuple[tuple[int, int], list[ClipRecord | None], list] | None = None
@@ -175,6 +237,27 @@ class Pipeline:
         self._examples_at_epoch_start: int | None = 0  # None: epoch entered by set_state
 
     # ------------------------------------------------------------ stream of examples
+
+    def _note_bad(self, error: BadRecordError, logged: bool = False) -> None:
+        """Logs a bad record once and keeps it for the summary (the first MAX_LISTED_BAD)."""
+        key = (error.shard, error.offset)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        if not logged:
+            log.warning("bad record skipped: %s", error)
+        if len(self.bad_records) < MAX_LISTED_BAD:
+            self.bad_records.append(error.as_dict())
+
+    def last_batch_clips(self) -> list[dict[str, Any]]:
+        """{clip_id, shard, offset} of every clip in the latest batch, in order, once each."""
+        found: dict[str, dict[str, Any]] = {}
+        for row in self.last_examples:
+            for meta in row:
+                shard, offset = self.source.where(meta["record"])
+                found.setdefault(meta["clip_id"], {"clip_id": meta["clip_id"], "shard": shard,
+                                                   "offset": offset})
+        return list(found.values())
 
     def _task_multiplicity(self) -> dict[str, float] | None:
         weights = self.config.task_weights
@@ -199,9 +282,10 @@ class Pipeline:
         for record in clip_ids:
             try:
                 records.append(self.source.read(int(record)))
-            except RecordError:
+            except BadRecordError as err:
                 records.append(None)
                 self.counters["bad_records"] += count
+                self._note_bad(err)
         rng = _rng(self.config.seed, 2, epoch, window)
         examples = []
         for slot, clip in enumerate(records):
@@ -226,8 +310,16 @@ class Pipeline:
         slot, qa_index, copy = examples[position]
         clip = records[slot]
         pair = clip.qa[qa_index]
+        record = int(self._host_clips(epoch)[window * self.config.window_clips + slot])
+        if clip.clip_id in self.config.skip_clips:
+            self.counters["skipped_clip_examples"] += 1
+            self.skipped_clips.add(clip.clip_id)
+            return None
         if clip.embedding.shape[1] != self.packer.config.embed_dim:
             self.counters["wrong_embed_dim"] += 1
+            self._note_bad(BadRecordError(
+                *self.source.where(record), f"clip {clip.clip_id}: {clip.embedding.shape[1]}-dim "
+                f"features, the model's audio_dim is {self.packer.config.embed_dim}"))
             return None
         audio_first = audio_first_for(self.config.seed,
                                       f"{clip.clip_id}/{qa_index}/{epoch}/{copy}")
@@ -238,7 +330,7 @@ class Pipeline:
             self.counters["too_long"] += 1
             return None
         meta = {"clip_id": clip.clip_id, "qa_index": qa_index, "copy": copy, "epoch": epoch,
-                "task": pair.task, "audio_first": audio_first}
+                "task": pair.task, "audio_first": audio_first, "record": record}
         example = Example(tokens["input_ids"], tokens["labels"], [audio_td],
                           list(tokens["audio_patch_starts"]), tuple(ref), meta)
         if not self.packer.config.fits(example):
@@ -247,13 +339,24 @@ class Pipeline:
             return None
         return example
 
+    def _clip_at(self, ref: tuple[int, int, int]) -> ClipRecord:
+        epoch, window, position = ref
+        _, records, examples = self._window_at(epoch, window, count=False)
+        return records[examples[position][0]]
+
     def _next_example(self) -> Example:
         while True:
             epoch, window, position = self.cursor
             if window * self.config.window_clips >= len(self._host_clips(epoch)):
                 if self._examples_at_epoch_start == self.counters["examples"]:
-                    raise RuntimeError(f"epoch {epoch} of host {self.process_index} produced no "
-                                       f"usable example; counters: {dict(self.counters)}")
+                    bad = "; ".join(f"{b['shard']} @ byte {b['offset']}: {b['reason']}"
+                                    for b in self.bad_records[:3])
+                    more = f" (+{len(self.bad_records) - 3} more)" if len(
+                        self.bad_records) > 3 else ""
+                    raise NoUsableDataError(
+                        f"epoch {epoch} of host {self.process_index} produced no usable example "
+                        f"from {_names(self.source.files)}; counters: "
+                        f"{dict(self.counters)}{'; bad records: ' + bad + more if bad else ''}")
                 self.cursor = [epoch + 1, 0, 0]
                 self.counters["epochs_completed"] += 1
                 self._examples_at_epoch_start = self.counters["examples"]
@@ -302,6 +405,7 @@ class Pipeline:
             "pool": [[*e.ref, e.waited] for e in self.packer.pool],
             "counters": dict(self.counters), "batches": self.batches,
             "tokens": [self.packer.tokens, self.packer.capacity],
+            "bad_records": self.bad_records, "skipped_clips": sorted(self.skipped_clips),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -313,10 +417,15 @@ class Pipeline:
         if mismatched:
             raise ValueError(f"pipeline state does not match this pipeline: {mismatched}")
         self.counters = Counter(state["counters"])
+        for bad in state.get("bad_records", []):
+            self._note_bad(BadRecordError(bad["shard"], bad["offset"], bad["reason"]), logged=True)
+        self.skipped_clips |= set(state.get("skipped_clips", []))
         pool = []
         for epoch, window, position, waited in sorted(state["pool"], key=lambda r: r[:3]):
             example = self._materialize((epoch, window, position))
             if example is None:
+                if self._clip_at((epoch, window, position)).clip_id in self.config.skip_clips:
+                    continue  # waiting in the saved pool, now skipped (data.skip_clips)
                 raise ValueError(f"state refers to an unusable example {[epoch, window, position]}")
             example.waited = waited
             pool.append(example)

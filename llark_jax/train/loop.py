@@ -4,7 +4,13 @@ Rerunning the same command resumes from the newest usable checkpoint in `W/check
 (params, optimizer state, step and input-pipeline state), so a killed run continues exactly where
 its last checkpoint left off. SIGTERM (preemption) saves a checkpoint at the current step and
 exits with status 143. A NaN/inf loss stops the run (status 1) without saving, so the newest
-checkpoint is the last good one.
+checkpoint is the last good one; the error names the step's clips and writes them to
+`W/nan_step_<N>_clips.txt`, which `--config.data.skip_clips=@FILE` skips on the rerun.
+
+A config that does not fit the workdir's checkpoints stops in one `error:` line naming the
+fields, before anything is written (`llark_jax.train.resume`); `--restart` moves the old run
+aside and starts over. Damaged checkpoints (integrity digests, `llark_jax.train.checkpoint`) are
+set aside loudly and the previous one resumes.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import argparse
 import itertools
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -23,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from llark_jax import errors
 from llark_jax.checkpoints.build import (
     abstract_model,
     build_model,
@@ -38,12 +46,22 @@ from llark_jax.checkpoints.model_dir import (
     template_for,
     write_manifest,
 )
-from llark_jax.config import ConfigError, config_to_json, load_config, split_overrides
+from llark_jax.config import (
+    ConfigError,
+    config_to_json,
+    load_config,
+    split_overrides,
+    validate_config,
+)
 from llark_jax.data.batch import NDIMS as batch_ndims
 from llark_jax.data.features import FeatureSpec, spec_from_config
 from llark_jax.model.sharding import logical_rules
 from llark_jax.model.trainable import count_trainable, gradient_mask
-from llark_jax.train.checkpoint import TrainCheckpointer
+from llark_jax.train.checkpoint import (
+    InputStateMismatchError,
+    TrainCheckpointer,
+    gather_input_states,
+)
 from llark_jax.train.flops import train_flops_per_step
 from llark_jax.train.mesh import (
     batch_sharding,
@@ -54,6 +72,7 @@ from llark_jax.train.mesh import (
 )
 from llark_jax.train.metrics import MetricsWriter
 from llark_jax.train.optim import make_optimizer, trainable_labels
+from llark_jax.train.resume import check_resumable, move_previous_run
 from llark_jax.train.step import (
     check_all_scored,
     init_train_state,
@@ -78,6 +97,21 @@ class RecordsMismatchError(ValueError):
 
 def _shard_patterns(config: ml_collections.ConfigDict) -> list[str]:
     return [p for p in config.data.path.split(",") if p]
+
+
+def skip_clips(value: str) -> frozenset[str]:
+    """`data.skip_clips`: comma-separated clip ids, or `@FILE` with one clip id per line (text
+    after `#` is a comment; the NaN stop writes such a file)."""
+    value = (value or "").strip()
+    if not value:
+        return frozenset()
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise ConfigError(f"data.skip_clips: no such file {path}")
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        return frozenset(line for line in lines if line)
+    return frozenset(c.strip() for c in value.split(",") if c.strip())
 
 
 def feature_spec(config: ml_collections.ConfigDict, workdir: Path) -> FeatureSpec:
@@ -113,6 +147,9 @@ def make_batches(config: ml_collections.ConfigDict, tokenizer: Any = None,
                  features: FeatureSpec | None = None):
     """The input iterator named by `config.data.source` (must expose get_state/set_state)."""
     if config.data.source == "synthetic":
+        if skip_clips(config.data.get("skip_clips", "")):
+            raise ConfigError("data.skip_clips needs data.source=tfrecord (synthetic batches "
+                              "have no clips)")
         m = config.model
         spec = SyntheticSpec(
             batch_size=config.data.batch_size,
@@ -144,7 +181,8 @@ def tfrecord_batches(config: ml_collections.ConfigDict, tokenizer: Any, features
                             embed_dim=config.model.audio_dim)
     weights = d.task_weights.to_dict() or None
     pipeline_config = PipelineConfig(files=tuple(_shard_patterns(config)), packing=packing,
-                                     seed=config.seed, task_weights=weights)
+                                     seed=config.seed, task_weights=weights,
+                                     skip_clips=skip_clips(d.get("skip_clips", "")))
     tokenize = make_tokenize_fn(tokenizer, template_for(d, tokenizer),
                                 AudioTokenIds.from_tokenizer(tokenizer), d.seq_len)
     pipeline = Pipeline(pipeline_config, tokenize, feature_fn=features.apply)
@@ -283,17 +321,23 @@ class _StopFlag:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> int:
+def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+          restart: bool = False) -> int:
     """Trains (or resumes) in `workdir`; returns the process exit status.
 
     First the config is resolved against the model source (`resolve_config`: dims, vocabulary,
-    audio token ids) and the feature pipeline fixed (`feature_spec`); both are written to the
-    workdir's manifest with the tokenizer, so the workdir is a loadable model from the first
-    checkpoint on (`llark_jax.checkpoints.model_dir`).
+    audio token ids) and checked against the workdir's checkpoints (`check_resumable`: a change
+    of the state's structure stops here, before anything is written); then the feature pipeline
+    is fixed (`feature_spec`) and both are written to the workdir's manifest with the tokenizer,
+    so the workdir is a loadable model from the first checkpoint on
+    (`llark_jax.checkpoints.model_dir`). `restart` moves the previous run aside first.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if restart:
+        move_previous_run(workdir)
     config, tokenizer = resolve_config(config)
+    check_resumable(config, workdir)
     features = feature_spec(config, workdir)
     batches = make_batches(config, tokenizer, features)
     if jax.process_index() == 0:
@@ -320,13 +364,27 @@ def _run(config, setup: TrainSetup, workdir: Path, batches: Any) -> int:
     total = config.train.steps
     ckpt = TrainCheckpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                              async_save=config.train.async_checkpoint)
-    restored = ckpt.restore_latest(setup.abstract_state_with_shardings())
+    try:
+        restored = ckpt.restore_latest(setup.abstract_state_with_shardings())
+    except BaseException:
+        ckpt.close()
+        raise
     if restored is None:
         start, state = 0, setup.fresh_state()
+        if (workdir / "metrics.jsonl").is_file() and (workdir / "metrics.jsonl").stat().st_size:
+            log.warning("no checkpoint in %s yet: starting from step 0 (metrics.jsonl is "
+                        "rewritten)", workdir)
         log.info("starting fresh in %s", workdir)
     else:
         start, state, input_state = restored
-        batches.set_state(input_state)
+        try:
+            batches.set_state(input_state)
+        except ValueError as err:
+            ckpt.close()
+            raise InputStateMismatchError(
+                f"the input state saved at step {start} does not fit this run's data ({err}); "
+                f"resume with the data it was trained on, use a new --workdir, or pass "
+                f"--restart") from err
         log.info("resumed from step %d in %s", start, workdir)
     trainable = count_trainable(state["params"], setup.grad_mask)
     log.info("%d steps, %d trainable parameters (%s)", total, trainable, config.model.trainable)
@@ -338,7 +396,7 @@ def _run(config, setup: TrainSetup, workdir: Path, batches: Any) -> int:
                            is_primary=jax.process_index() == 0)
     stop = _StopFlag()
     tokens_per_step = config.data.batch_size * config.data.seq_len
-    status, began = 0, time.perf_counter()
+    status, began, diverged = 0, time.perf_counter(), None
     try:
         for step in range(start, total):
             batch = to_global_batch(next(batches), setup.mesh)
@@ -347,12 +405,11 @@ def _run(config, setup: TrainSetup, workdir: Path, batches: Any) -> int:
             metrics = jax.device_get(metrics)
             elapsed = time.perf_counter() - step_began
             if not math.isfinite(float(metrics["loss"])):
-                kept = ckpt.steps()
-                raise TrainingDiverged(
-                    f"loss is {float(metrics['loss'])} at step {step + 1}; stopping. The newest "
-                    f"checkpoint (step {kept[-1] if kept else 'none'}) is the last good one.")
+                raise TrainingDiverged(_diverged_message(
+                    float(metrics["loss"]), step + 1, ckpt.steps(), batches, workdir))
             check_all_scored(metrics, config.train.head_positions, step + 1)
-            writer.write(step + 1, {k: metrics[k] for k in ("loss", "lr", "grad_norm")},
+            writer.write(step + 1, {**{k: metrics[k] for k in ("loss", "lr", "grad_norm")},
+                                    **_input_metrics(batches)},
                          step_time=elapsed, tokens=tokens_per_step)
             done = step + 1
             if done % config.train.checkpoint_every == 0 or done == total or stop.requested:
@@ -362,25 +419,74 @@ def _run(config, setup: TrainSetup, workdir: Path, batches: Any) -> int:
                 status = EXIT_PREEMPTED
                 break
     except TrainingDiverged as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
+        diverged = err
         status = EXIT_NAN
     finally:
         stop.restore()
-        writer.close()
+        writer.close()  # ends the progress bar's line first
         ckpt.close()
         if hasattr(batches, "close"):
             batches.close()
+    if status == EXIT_NAN:
+        log.error("%s", diverged)
+        print(f"error: {diverged}", file=sys.stderr, flush=True)
     if status == 0:
         _write_summary(workdir, total, start, time.perf_counter() - began, trainable, batches)
         print(f"trained {total} steps in {workdir} (metrics: {workdir / 'metrics.jsonl'})")
+        bad = getattr(batches, "bad_records", None)
+        if bad and jax.process_index() == 0:
+            print(f"input: {len(bad)} unreadable or unusable record(s) in "
+                  f"{len({b['shard'] for b in bad})} shard(s) were skipped (listed in "
+                  f"{workdir / SUMMARY})")
     return status
+
+
+# Per-step metrics of the input pipeline (cumulative; 0 for synthetic batches).
+INPUT_METRICS = {
+    "skipped_records": ("framing_errors", "bad_records", "wrong_embed_dim"),
+    "skipped_examples": ("too_long", "too_many_frames"),
+    "skipped_clip_examples": ("skipped_clip_examples",),
+}
+
+
+def _input_metrics(batches: Any) -> dict[str, int]:
+    counters = getattr(batches, "counters", None)
+    if counters is None:
+        return {}
+    return {name: sum(counters.get(k, 0) for k in keys) for name, keys in INPUT_METRICS.items()}
+
+
+def _diverged_message(loss: float, step: int, kept: list[int], batches: Any,
+                      workdir: Path) -> str:
+    """The NaN stop's one line: step, last good checkpoint and, for records, the step's clips
+    (all hosts) with their shards, written to `W/nan_step_<step>_clips.txt` for
+    `data.skip_clips`."""
+    text = (f"loss is {loss} at step {step}; stopping. The newest checkpoint "
+            f"(step {kept[-1] if kept else 'none'}) is the last good one.")
+    describe = getattr(batches, "last_batch_clips", None)
+    if describe is None:
+        return text
+    clips = [c for part in gather_input_states({"clips": describe()}) for c in part["clips"]]
+    clips = list({c["clip_id"]: c for c in clips}.values())
+    path = workdir / f"nan_step_{step}_clips.txt"
+    if jax.process_index() == 0:
+        from llark_jax.io import atomic_write_text
+
+        atomic_write_text(path, f"# clips of the batch of step {step} (loss {loss})\n" + "".join(
+            f"{c['clip_id']}  # {c['shard']} @ byte {c['offset']}\n" for c in clips))
+    named = ", ".join(f"{c['clip_id']} ({os.path.basename(c['shard'])} @ byte {c['offset']})"
+                      for c in clips[:8])
+    more = f" and {len(clips) - 8} more" if len(clips) > 8 else ""
+    return (f"{text} The step's batch held {len(clips)} clip(s): {named}{more} (listed in "
+            f"{path}). If a clip is at fault, rerun with --config.data.skip_clips=@{path} to "
+            f"skip them; if not, lower optim.peak_lr.")
 
 
 def _write_summary(workdir: Path, total: int, start: int, seconds: float, trainable: int,
                    batches: Any) -> None:
     """`W/train_summary.json`: steps, loop seconds, trainable parameters and the input
-    pipeline's counters (examples, skipped records and why, epochs, packing density)."""
+    pipeline's counters (examples, skipped records and why, epochs, packing density), every
+    bad record with its shard and byte offset, and the clips skipped by `data.skip_clips`."""
     if jax.process_index() != 0:
         return
     from llark_jax.io import write_json_atomic
@@ -389,7 +495,9 @@ def _write_summary(workdir: Path, total: int, start: int, seconds: float, traina
                "trainable_params": trainable}
     if hasattr(batches, "counters"):
         summary.update(input_counters=dict(batches.counters), epochs_seen=batches.epoch,
-                       non_pad_fraction=batches.non_pad_fraction)
+                       non_pad_fraction=batches.non_pad_fraction,
+                       bad_records=list(getattr(batches, "bad_records", [])),
+                       skipped_clips=sorted(getattr(batches, "skipped_clips", ())))
     write_json_atomic(workdir / SUMMARY, summary)
 
 
@@ -406,6 +514,10 @@ def main(argv: list[str]) -> int:
     multihost.add_argument("--coordinator_port", type=int, help="coordinator port")
     multihost.add_argument("--num_processes", type=int, help="number of processes")
     multihost.add_argument("--process_id", type=int, help="index of this process")
+    parser.add_argument("--restart", action="store_true",
+                        help="move the workdir's previous run to W/previous/<time>/ and start "
+                             "over (needed after a config change of the model's structure, or "
+                             "when every checkpoint was set aside as damaged)")
     args = parser.parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("absl", "orbax"):
@@ -414,7 +526,9 @@ def main(argv: list[str]) -> int:
                                  args.coordinator_port)
     try:
         config = load_config(args.config, overrides)
-        return train(config, args.workdir)
-    except (ConfigError, RecordsMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        validate_config(config, check_paths=True)
+        if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+            raise ConfigError(f"--workdir {args.workdir}: exists and is not a directory")
+        return train(config, args.workdir, restart=args.restart)
+    except (ConfigError, RecordsMismatchError, errors.UserError) as err:
+        return errors.report(err)

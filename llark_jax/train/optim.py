@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from llark_jax.config import ConfigError
+
 TRAINED, FROZEN, PROJECTOR = "trained", "frozen", "projector"
 
 
@@ -37,7 +39,8 @@ def make_schedule(optim_cfg: ml_collections.ConfigDict, total_steps: int) -> opt
     """Linear warmup from 0 to `optim.peak_lr`, then half-cosine to 0 at `total_steps`."""
     warmup = warmup_steps_for(optim_cfg, total_steps)
     if not 0 <= warmup < total_steps:
-        raise ValueError(f"warmup steps {warmup} must be in [0, total steps {total_steps})")
+        raise ConfigError(f"warmup steps {warmup} must be in [0, total steps {total_steps}): "
+                          "set --config.optim.warmup_steps (or warmup_ratio) below train.steps")
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=optim_cfg.peak_lr,

@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
     except (IndexError, ValueError):
         parser.error(f"--mesh {args.mesh!r}: expected AXIS=SIZE[,AXIS=SIZE...]")
 
-    from llark_jax.config import load_config
+    from llark_jax.config import load_config, validate_config
     from llark_jax.train.mesh import parse_mesh_flag
 
     sizes = parse_mesh_flag(args.mesh)
@@ -124,5 +124,6 @@ def main(argv: list[str]) -> int:
         parser.error("--mesh sizes must be explicit positive numbers for planning")
 
     config = load_config(args.config, overrides)
+    validate_config(config)
     print(format_plan(plan(config, sizes, mfu=args.mfu)))
     return 0
