@@ -70,23 +70,22 @@ def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, 
 
     cos, sin = rotary_tables(positions, inverse_frequencies(cfg.head_dim, cfg.rope_theta,
                                                             cfg.rope_scaling))
-    layer_defs = [nnx.split(layer, nnx.Param, ...) for layer in model.llama.layers]
-    layer_gd = layer_defs[0][0]
+    from llark_jax.model.llama import _scan_layers
 
-    def layers_loss(layer_params, x):
-        for (_, _, lrest), lp in zip(layer_defs, layer_params, strict=True):
-            x = nnx.merge(layer_gd, lp, lrest)(x, cos, sin, seg)[0]
+    layer_gd, layer_params, layer_rest = nnx.split(model.llama.layers, nnx.Param, ...)
+
+    def layers_loss(layer_params, x):  # the stacked layers, scanned as in the model
+        stacked = nnx.merge(layer_gd, layer_params, layer_rest)
+        x = _scan_layers(stacked, x, cos, sin, seg, remat=cfg.remat, unroll=not cfg.scan_layers)
         return jnp.sum(x.astype(jnp.float32))
 
     layers = jax.jit(jax.grad(layers_loss, argnums=(0, 1)))
-    layer_params = [lp for _, lp, _ in layer_defs]
 
     head_gd, head_params, head_rest = nnx.split(model.llama, nnx.Param, ...)
 
     def head_loss(hp, x):
         llama = nnx.merge(head_gd, hp, head_rest)
-        x_bkd = jnp.take_along_axis(x, at_bk[..., None], axis=1)
-        return masked_lm_loss_at(llama._logits(llama.final_norm(x_bkd)), targets_bk, valid_bk)[0]
+        return masked_lm_loss_at(llama._head(x, at_bk), targets_bk, valid_bk)[0]
 
     head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
 

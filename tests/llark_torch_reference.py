@@ -10,6 +10,7 @@ there are several), then the causal-LM loss: shift by one, `CrossEntropyLoss()` 
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import torch
 from flax import nnx
@@ -47,7 +48,7 @@ class TorchLLark(torch.nn.Module):
         hf.embed_tokens.weight.copy_(_t(p["embed"][...]))
         hf.norm.weight.copy_(_t(p["final_norm"]["scale"][...]))
         for i, layer in enumerate(hf.layers):
-            src = p["layers"][i]
+            src = jax.tree.map(lambda stacked, i=i: stacked[i], p["layers"])  # row i of [L, ...]
             attn, mlp = src["attn"], src["mlp"]
             layer.self_attn.q_proj.weight.copy_(_t(attn["q"][...]).reshape(d, n * h).T)
             layer.self_attn.k_proj.weight.copy_(_t(attn["k"][...]).reshape(d, k * h).T)

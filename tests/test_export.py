@@ -72,9 +72,10 @@ def _tiny_llark(tokenizer, spec: dict, seed: int = 0) -> LLark:
                   temporal_pool=spec["temporal_pool"], audio_layers=spec["audio_layers"],
                   rngs=nnx.Rngs(seed + 1))
     rng = np.random.default_rng(seed)
-    for norm in [model.llama.final_norm] + [n for layer in model.llama.layers
-                                            for n in (layer.input_norm, layer.post_attn_norm)]:
-        norm.scale.set_value(jnp.asarray(1 + 0.2 * rng.normal(size=64), jnp.float32))
+    layers = model.llama.layers  # stacked: norm scales [L, 64]
+    for norm in (model.llama.final_norm, layers.input_norm, layers.post_attn_norm):
+        shape = norm.scale.get_value().shape
+        norm.scale.set_value(jnp.asarray(1 + 0.2 * rng.normal(size=shape), jnp.float32))
     if model.projector.layer_mix is not None:
         model.projector.layer_mix.logits.set_value(
             jnp.asarray(rng.normal(size=spec["audio_layers"]), jnp.float32))

@@ -96,9 +96,9 @@ def test_load_onto_mesh_matches_unsharded():
     path = cached_checkpoint("gqa_untied_5e5")
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
     sharded = load_llama(path, mesh=mesh)
-    q = sharded.layers[0].attn.q
-    assert param_logical_axes(q) == ("embed", "heads", "head_dim")
-    assert q[...].sharding.spec == PartitionSpec("fsdp", "tensor", None)
+    q = sharded.layers.attn.q  # all layers stacked [L, embed, heads, head_dim]
+    assert param_logical_axes(q) == ("layers", "embed", "heads", "head_dim")
+    assert q[...].sharding.spec == PartitionSpec(None, "fsdp", "tensor", None)
     assert len(q[...].addressable_shards) == 8
     ids, mask = random_batch(V, [64, 50, 64, 33])
 

@@ -120,11 +120,16 @@ def test_temporal_pool_masked_mean(tok):
         model.project_audio(jnp.asarray(audio[:, :, :5]))
 
 
-def test_from_llama_extends_tokenizer_and_model(tok):
+def test_token_extension_then_llark_on_a_pretrained_llama(tok):
+    from llark_jax.checkpoints.tokens import extend_with_llark_tokens
+
     base = make_base_tokenizer()
     cfg = LlamaConfig(vocab_size=len(base), hidden_size=32, intermediate_size=64, num_layers=1,
                       num_heads=2, num_kv_heads=1, head_dim=16, vocab_multiple=128)
-    model = LLark.from_llama(Llama(cfg, rngs=nnx.Rngs(0)), base, 12, rngs=nnx.Rngs(1))
+    llama = Llama(cfg, rngs=nnx.Rngs(0))
+    extended = extend_with_llark_tokens(llama, base)
+    model = LLark(llama, 12, audio_patch_id=extended.patch, audio_start_id=extended.start,
+                  audio_end_id=extended.end, rngs=nnx.Rngs(1))
     ids = conv.AudioTokenIds.from_tokenizer(base)
     assert ids == conv.AudioTokenIds.from_tokenizer(tok)  # same order as the test fixture
     assert (model.audio_patch_id, model.audio_start_id, model.audio_end_id) == (

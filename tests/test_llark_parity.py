@@ -65,7 +65,8 @@ def test_loss_and_logits_match_reference(setup):
 def test_gradients_match_reference(setup):
     s = setup
     g, ref = s["grads"], s["ref"]
-    hf, ours = ref.lm.model.layers[1], g["llama"]["layers"][1]
+    hf = ref.lm.model.layers[1]
+    ours = jax.tree.map(lambda stacked: stacked[1], g["llama"]["layers"])  # row 1 of [L, ...]
     d = s["model"].llama.config.hidden_size
     pairs = {
         "projector.kernel": (g["projector"]["kernel"][...], ref.mm_projector.weight.grad.T),

@@ -35,12 +35,13 @@ def test_sharded_losses_equal_single_device(mesh, gate_spec, single_device_losse
     np.testing.assert_allclose(losses, single_device_losses, rtol=2e-5, atol=0)
     assert losses[-1] != losses[0]  # training actually moved the parameters
 
-    gate = state["params"]["llama"]["layers"][0]["mlp"]["gate"][...]  # [embed 32, mlp 64]
-    assert gate.sharding.spec == gate_spec
+    layers = state["params"]["llama"]["layers"]  # stacked: [L, ...], the layer axis unsplit
+    gate = layers["mlp"]["gate"][...]  # [layers 2, embed 32, mlp 64]
+    assert gate.sharding.spec == P(None, *gate_spec)
     fsdp, tensor = setup.mesh.shape["fsdp"], setup.mesh.shape["tensor"]
-    assert gate.sharding.shard_shape(gate.shape) == (32 // fsdp, 64 // tensor)
-    q = state["params"]["llama"]["layers"][1]["attn"]["q"][...]  # [embed, heads 4, head_dim]
-    assert q.sharding.shard_shape(q.shape) == (32 // fsdp, 4 // tensor, 8)
+    assert gate.sharding.shard_shape(gate.shape) == (2, 32 // fsdp, 64 // tensor)
+    q = layers["attn"]["q"][...]  # [layers, embed, heads 4, head_dim]
+    assert q.sharding.shard_shape(q.shape) == (2, 32 // fsdp, 4 // tensor, 8)
     # Adam's first moment of a trained weight is sharded like the weight itself.
     mu = jax.tree.leaves(state["opt_state"][1].inner_states["trained"].inner_state[0].mu)
     assert any(getattr(leaf, "sharding", None) == gate.sharding and leaf.shape == gate.shape
@@ -57,7 +58,7 @@ def test_accumulation_with_data_parallel_rules_matches_full_batch(single_device_
                               sharding_rules="data_parallel")
     _, state, losses = run_steps(accumulated, {"data": 4}, STEPS, devices=jax.devices()[:4])
     np.testing.assert_allclose(losses, single_device_losses, rtol=2e-5)
-    gate = state["params"]["llama"]["layers"][0]["mlp"]["gate"][...]
+    gate = state["params"]["llama"]["layers"]["mlp"]["gate"][...]
     assert gate.sharding.shard_shape(gate.shape) == gate.shape  # replicated
 
 

@@ -2,19 +2,25 @@
 
 Loading reads one tensor at a time (safetensors are memory-mapped), casts it, and places it on its
 target sharding when a mesh is given; the module itself is built abstractly (`nnx.eval_shape`), so
-no random full-size copy is ever materialised. HF Llama q/k weights are already in rotate-half
-layout, so the mapping is a transpose/reshape only (bit exact both ways):
+no random full-size copy is ever materialised. The decoder layers are stacked ([L, ...] arrays,
+`llark_jax.model.llama`): HF layer i is row i, written into a zero-initialised stacked array on
+its target sharding by a donated in-place update, so host memory holds one tensor at a time. HF
+Llama q/k weights are already in rotate-half layout, so the mapping is a transpose/reshape only
+(bit exact both ways):
 
-    model.embed_tokens.weight [V, D]            -> embed [V, D]
-    layers.i.self_attn.{q,k,v}_proj.weight [N*H, D] -> layers[i].attn.{q,k,v} [D, N, H]
-    layers.i.self_attn.o_proj.weight [D, N*H]   -> layers[i].attn.o [N, H, D]
-    layers.i.mlp.{gate,up,down}_proj.weight     -> layers[i].mlp.{gate,up,down} (transposed)
-    layers.i.{input,post_attention}_layernorm   -> layers[i].{input,post_attn}_norm.scale
+    model.embed_tokens.weight [V, D]                -> embed [V, D]
+    layers.i.self_attn.{q,k,v}_proj.weight [N*H, D] -> layers.attn.{q,k,v}[i] [D, N, H]
+    layers.i.self_attn.o_proj.weight [D, N*H]       -> layers.attn.o[i] [N, H, D]
+    layers.i.mlp.{gate,up,down}_proj.weight         -> layers.mlp.{gate,up,down}[i] (transposed)
+    layers.i.{input,post_attention}_layernorm       -> layers.{input,post_attn}_norm.scale[i]
     model.norm.weight -> final_norm.scale;  lm_head.weight [V, D] -> lm_head [D, V]
+
+Saving writes the same names back (one HF tensor per layer row), sharded with an index when asked.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -26,11 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llark_jax.checkpoints.safetensors_io import TensorEntry, iter_tensors, write_safetensors
 from llark_jax.model.llama import Llama, LlamaConfig, param_logical_axes
-from llark_jax.model.sharding import DEFAULT_RULES, Rules, named_sharding
+from llark_jax.model.sharding import DEFAULT_RULES, Rules, logical_to_spec
 
 _LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _LAYER_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -56,16 +62,17 @@ class CheckpointError(ValueError):
     """A checkpoint that does not match the Llama layout (names the offending file/tensor)."""
 
 
-def hf_name_to_path(name: str) -> tuple[tuple[Any, ...], str] | None:
-    """HF tensor name -> (module path in `Llama`, transform kind); None for ignored tensors."""
+def hf_name_to_path(name: str) -> tuple[tuple[str, ...], str, int | None] | None:
+    """HF tensor name -> (param path in `Llama`, transform kind, layer row or None for
+    non-layer tensors); None for ignored tensors."""
     if _IGNORED.match(name):
         return None
     if name in _TOP_KEYS:
-        return _TOP_KEYS[name]
+        return (*_TOP_KEYS[name], None)
     m = _LAYER_RE.fullmatch(name)
     if m and m.group(2) in _LAYER_KEYS:
         path, kind = _LAYER_KEYS[m.group(2)]
-        return ("layers", int(m.group(1)), *path), kind
+        return ("layers", *path), kind, int(m.group(1))
     raise CheckpointError(f"unexpected tensor {name!r} in a Llama checkpoint")
 
 
@@ -99,16 +106,32 @@ def to_hf(x: np.ndarray, kind: str, vocab_size: int) -> np.ndarray:
     return x
 
 
-def _variable(model: nnx.Module, path: tuple[Any, ...]) -> nnx.Variable:
-    node: Any = model
-    for key in path:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
-
-
 def abstract_llama(config: LlamaConfig) -> Llama:
     """A `Llama` whose parameters are `ShapeDtypeStruct`s (nothing allocated)."""
     return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+
+
+@functools.cache
+def _row_setter(sharding: NamedSharding | None):
+    """jit(stacked [L, ...], row [...], i) -> stacked with row i replaced; stacked is donated."""
+    return jax.jit(lambda stacked, row, i: jax.lax.dynamic_update_index_in_dim(stacked, row, i, 0),
+                   donate_argnums=0, out_shardings=sharding)
+
+
+def _place(value: np.ndarray, mesh: Mesh | None, spec: PartitionSpec) -> jax.Array:
+    return jnp.asarray(value) if mesh is None else jax.device_put(value, NamedSharding(mesh, spec))
+
+
+def _set_layer_row(var: nnx.Param, row: np.ndarray, layer: int, mesh: Mesh | None,
+                   spec: PartitionSpec) -> None:
+    """Writes row `layer` of a stacked param in place (zeros on its sharding before the first)."""
+    sharding = None if mesh is None else NamedSharding(mesh, spec)
+    stacked = var.get_value()
+    if not isinstance(stacked, jax.Array):  # still the abstract ShapeDtypeStruct
+        stacked = jax.jit(lambda: jnp.zeros(stacked.shape, stacked.dtype),
+                          out_shardings=sharding)()
+    row_array = _place(row, mesh, PartitionSpec(*spec[1:]))
+    var.set_value(_row_setter(sharding)(stacked, row_array, np.int32(layer)))
 
 
 def fill_llama(
@@ -120,25 +143,33 @@ def fill_llama(
 ) -> Llama:
     """Builds a `Llama` from (HF name, array) pairs, one tensor at a time, placed on `mesh`."""
     model = abstract_llama(config)
-    missing = {path for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)}
+    params = {path: v for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)}
+    missing = {(path, i) for path in params
+               for i in (range(config.num_layers) if path[0] == "layers" else [None])}
     for name, w in tensors:
         target = hf_name_to_path(name)
         if target is None or (name == "lm_head.weight" and config.tie_word_embeddings):
             continue
-        path, kind = target
-        var = _variable(model, path)
+        path, kind, layer = target
+        var = params[path]
         shape = tuple(var.get_value().shape)
-        value = np.asarray(to_flax(np.asarray(w), kind, shape), dtype=config.param_dtype)
-        if value.shape != shape:
-            raise CheckpointError(f"tensor {name}: shape {w.shape} does not fit {shape}")
-        if mesh is not None:
-            sharding = named_sharding(mesh, rules or DEFAULT_RULES, param_logical_axes(var), shape)
-            var.set_value(jax.device_put(value, sharding))
+        if layer is not None and not 0 <= layer < config.num_layers:
+            raise CheckpointError(f"tensor {name}: no layer {layer} in a {config.num_layers}-"
+                                  "layer config")
+        target_shape = shape if layer is None else shape[1:]
+        value = np.asarray(to_flax(np.asarray(w), kind, target_shape), dtype=config.param_dtype)
+        if value.shape != target_shape:
+            raise CheckpointError(f"tensor {name}: shape {w.shape} does not fit {target_shape}")
+        spec = (PartitionSpec(*[None] * len(shape)) if mesh is None else logical_to_spec(
+            param_logical_axes(var), rules or DEFAULT_RULES, mesh=mesh, shape=shape))
+        if layer is None:
+            var.set_value(_place(value, mesh, spec))
         else:
-            var.set_value(jnp.asarray(value))
-        missing.discard(path)
+            _set_layer_row(var, value, layer, mesh, spec)
+        missing.discard((path, layer))
     if missing:
-        raise CheckpointError(f"checkpoint lacks tensors for {sorted(map(str, missing))}")
+        names = sorted(".".join(p) + ("" if i is None else f"[{i}]") for p, i in missing)
+        raise CheckpointError(f"checkpoint lacks tensors for {names}")
     return model
 
 
@@ -187,22 +218,30 @@ def load_llama(
 
 
 def _hf_entries(model: Llama) -> list[TensorEntry]:
+    """One safetensors entry per HF tensor (a stacked layer param gives L entries, row i each)."""
     cfg = model.config
     top = {path: name for name, (path, _) in _TOP_KEYS.items()}
+    suffixes = {path: suffix for suffix, (path, _) in _LAYER_KEYS.items()}
     entries = []
     for path, var in nnx.iter_graph(model):
         if not isinstance(var, nnx.Param):
             continue
-        if path in top:
-            name = top[path]
-        else:
-            suffix = next(k for k, (p, _) in _LAYER_KEYS.items() if p == path[2:])
-            name = f"model.layers.{path[1]}.{suffix}"
-        kind = hf_name_to_path(name)[1]
         value = var.get_value()
-        fetch = lambda v=value, k=kind: to_hf(np.asarray(jax.device_get(v)), k, cfg.vocab_size)
-        shape = jax.eval_shape(lambda v, k=kind: to_hf(v, k, cfg.vocab_size), value).shape
-        entries.append(TensorEntry(name, tuple(shape), np.dtype(value.dtype), fetch))
+        if path in top:
+            rows = [(top[path], None)]
+        else:
+            rows = [(f"model.layers.{i}.{suffixes[path[1:]]}", i) for i in range(cfg.num_layers)]
+        row_struct = jax.ShapeDtypeStruct(value.shape[1:], value.dtype)
+        for name, i in rows:
+            kind = hf_name_to_path(name)[1]
+
+            def fetch(v=value, i=i, k=kind) -> np.ndarray:  # row i sliced only when written
+                return to_hf(np.asarray(jax.device_get(v if i is None else v[i])), k,
+                             cfg.vocab_size)
+
+            struct = value if i is None else row_struct
+            shape = jax.eval_shape(lambda a, k=kind: to_hf(a, k, cfg.vocab_size), struct).shape
+            entries.append(TensorEntry(name, tuple(shape), np.dtype(value.dtype), fetch))
     return sorted(entries, key=lambda e: e.name)
 
 

@@ -1,29 +1,36 @@
 """Llama decoder in Flax NNX with the numerics of Hugging Face `LlamaForCausalLM`.
 
-Parameter tree (names are stable; trainable-set masks select by path):
+Parameter tree (names are stable; trainable-set masks select by path). The L decoder layers are
+one `DecoderLayer` whose parameters are stacked on a leading layer axis (logical name `layers`),
+as MaxText's scanned layers; `llark_jax.checkpoints.hf` maps HF `model.layers.<i>.*` to row i:
 
     embed                         [vocab, embed]            (padded_vocab_size rows)
-    layers[i].attn.{q,k,v}        [embed, heads|kv_heads, head_dim]
-    layers[i].attn.o              [heads, head_dim, embed]
-    layers[i].mlp.{gate,up}       [embed, mlp];  layers[i].mlp.down [mlp, embed]
-    layers[i].{input_norm,post_attn_norm}.scale   [embed]
+    layers.attn.{q,k,v}           [layers, embed, heads|kv_heads, head_dim]
+    layers.attn.o                 [layers, heads, head_dim, embed]
+    layers.mlp.{gate,up}          [layers, embed, mlp];  layers.mlp.down [layers, mlp, embed]
+    layers.{input_norm,post_attn_norm}.scale   [layers, embed]
     final_norm.scale              [embed]
     lm_head                       [embed, vocab]            (absent when tie_word_embeddings)
 
 Each `nnx.Param` carries its logical axis names in the `out_sharding` metadata (eager sharding off),
 see `param_logical_axes` and `llark_jax.model.sharding`.
 
+The layers run as one `lax.scan` over the stacked parameters (`_scan_layers`): rolled when
+`scan_layers` (one compiled body: big models), unrolled otherwise (faster on CPU for small
+models); the body is `jax.checkpoint`ed when `remat`. Nothing is restacked per step. The KV-cache
+path (`_scan_layers_cached`) scans (layer params, cache k[l], cache v[l]) and returns the new k/v
+stacked. `jax.named_scope`s (embed, layer/attention, layer/mlp, final_norm, lm_head) label
+profiler traces.
+
 Dtype policy: params stored in `param_dtype`; matmuls in `dtype`; attention scores, softmax and
 RMSNorm statistics in float32; logits float32.
 
-Masks: a query attends a key iff key slot <= query slot (causal), both have the same segment id, and
-the key's segment id is not 0 (padding). `segment_ids` [B, T] int32 (0 = padding) packs several
-sequences in a row; HF-style `attention_mask` (1 = token) serves as segment ids when none given.
-Default positions restart at 0 in each segment.
-Without a cache, T > 128 and T a multiple of `ATTENTION_BLOCK` (128), attention runs in causal
-query blocks: block [s, e) scores keys [0, e) only (the blocks above the diagonal are all masked),
-so n blocks compute (n+1)/2n of the scores (62% at T = 512), with the same output on every
-non-padding token.
+Masks (`llark_jax.model.attention`): a query attends a key iff key slot <= query slot (causal),
+both have the same segment id, and the key's segment id is not 0 (padding). `segment_ids` [B, T]
+int32 (0 = padding) packs several sequences in a row; HF-style `attention_mask` (1 = token) serves
+as segment ids when none given. Default positions restart at 0 in each segment. Without a cache,
+T > 128 and T a multiple of `ATTENTION_BLOCK` (128), attention runs in causal query blocks
+(`attention.causal_attention`), same output on every non-padding token.
 
 KV cache (`KVCache`, `init_cache`): k/v [L, B, S_max, kv_heads, head_dim] (post-RoPE), the segment
 id of every cache slot [B, S_max] (0 = empty or padding) and one shared write `index`. A call with a
@@ -36,9 +43,6 @@ each row continues at its own length. One sequence per row when a cache is used.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Mapping
 from typing import Any
 
 import flax.struct
@@ -46,97 +50,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llark_jax.model.attention import (
+    MASK_VALUE,
+    allowed_keys,
+    causal_attention,
+    masked_attention,
+    segment_positions,
+)
+from llark_jax.model.llama_config import LlamaConfig
 from llark_jax.model.rope import apply_rotary, inverse_frequencies, rotary_tables
 from llark_jax.model.sharding import constrain
 
-MASK_VALUE = -1e30  # finite, so fully masked (padding) query rows stay NaN-free
-
-
-@dataclasses.dataclass(frozen=True)
-class LlamaConfig:
-    """Llama hyperparameters (HF config.json names in `from_hf_dict`)."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rope_theta: float = 10000.0
-    rope_scaling: dict | None = None
-    rms_norm_eps: float = 1e-5
-    tie_word_embeddings: bool = False
-    max_position_embeddings: int = 2048
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    remat: bool = False
-    scan_layers: bool = False  # lax.scan over stacked layer weights (no-cache path): fast compile
-    vocab_multiple: int = 1  # pad embed/lm_head rows to a multiple of this (e.g. 128)
-    initializer_range: float = 0.02
-
-    def __hash__(self) -> int:  # rope_scaling is a dict; configs live in (hashable) graphdefs
-        return hash(json.dumps(self.to_hf_dict(), sort_keys=True) + str(self.dtype)
-                    + str(self.param_dtype)
-                    + str((self.remat, self.scan_layers, self.vocab_multiple)))
-
-    @property
-    def padded_vocab_size(self) -> int:
-        m = self.vocab_multiple
-        return (self.vocab_size + m - 1) // m * m
-
-    @classmethod
-    def from_hf_dict(cls, d: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
-        """Reads an HF Llama config.json dict (transformers 4.x `rope_scaling` or 5.x
-        `rope_parameters`)."""
-        if d.get("attention_bias") or d.get("mlp_bias"):
-            raise ValueError("Llama config with attention_bias/mlp_bias is not supported")
-        if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported hidden_act {d.get('hidden_act')!r}")
-        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
-        theta = float(rope.pop("rope_theta", d.get("rope_theta", 10000.0)))
-        kind = rope.get("rope_type", rope.get("type", "default"))
-        heads = int(d["num_attention_heads"])
-        fields = dict(
-            vocab_size=int(d["vocab_size"]),
-            hidden_size=int(d["hidden_size"]),
-            intermediate_size=int(d["intermediate_size"]),
-            num_layers=int(d["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(d.get("num_key_value_heads") or heads),
-            head_dim=int(d.get("head_dim") or d["hidden_size"] // heads),
-            rope_theta=theta,
-            rope_scaling=None if kind == "default" else rope,
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-            initializer_range=float(d.get("initializer_range", 0.02)),
-        )
-        fields.update(overrides)
-        return cls(**fields)
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """The HF (transformers 5.x) config.json dict of this config."""
-        rope = {"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta}
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": self.rms_norm_eps,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "max_position_embeddings": self.max_position_embeddings,
-            "initializer_range": self.initializer_range,
-            "rope_parameters": rope,
-            "attention_bias": False,
-            "mlp_bias": False,
-        }
+ATTENTION_BLOCK = 128  # query rows per block of the cache-less causal attention (read at trace)
 
 
 @flax.struct.dataclass
@@ -161,15 +86,6 @@ def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype: Any = None)
     )
 
 
-def segment_positions(segment_ids_bt: jax.Array) -> jax.Array:
-    """Positions [B, T] that restart at 0 wherever the segment id changes."""
-    t = jnp.arange(segment_ids_bt.shape[1], dtype=jnp.int32)[None, :]
-    changed_bt = segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]
-    first_b1 = jnp.ones((segment_ids_bt.shape[0], 1), bool)
-    starts = jnp.concatenate([first_b1, changed_bt], axis=1)
-    return t - jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
-
-
 def _param(init: jax.Array, logical_axes: tuple[str, ...]) -> nnx.Param:
     return nnx.Param(init, out_sharding=logical_axes, eager_sharding=False)
 
@@ -180,7 +96,7 @@ def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], config: LlamaConfig) -> jax.
 
 
 def param_logical_axes(variable: nnx.Variable) -> tuple[str, ...]:
-    """The logical axis names a parameter was created with."""
+    """The logical axis names a parameter was created with (stacked layers: `layers` first)."""
     return tuple(variable.get_metadata()["out_sharding"])
 
 
@@ -197,24 +113,8 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(x_btd.dtype) * normed.astype(x_btd.dtype)
 
 
-ATTENTION_BLOCK = 128  # query rows per block of the cache-less causal attention
-
-
-def _masked_attention(q_btkgh, keys_bskh, values_bskh, allowed_bts) -> jax.Array:
-    """softmax(q·k/sqrt(H) where allowed, else MASK_VALUE) · v -> [B, T, K, G, H].
-
-    Scores and softmax in float32; q [B,T,K,G,H], keys/values [B,S,K,H], allowed [B,T,S] bool.
-    """
-    scale = q_btkgh.shape[-1] ** -0.5
-    scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, keys_bskh,
-                              preferred_element_type=jnp.float32) * scale
-    scores_bkgts = jnp.where(allowed_bts[:, None, None], scores_bkgts, MASK_VALUE)
-    probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(q_btkgh.dtype)
-    return jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, values_bskh)
-
-
 class Attention(nnx.Module):
-    """Grouped-query self-attention with rotate-half RoPE and an optional KV cache."""
+    """Grouped-query self-attention with rotate-half RoPE and an optional KV cache (one layer)."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
@@ -226,8 +126,12 @@ class Attention(nnx.Module):
         self.v = _param(_normal(rngs, (d, k, h), config), ("embed", "kv_heads", "head_dim"))
         self.o = _param(_normal(rngs, (n, h, d), config), ("heads", "head_dim", "embed"))
 
-    def __call__(self, x_btd, cos_bth, sin_bth, segment_ids_bt, layer_cache):
-        """x [B,T,D] -> ([B,T,D], updated (k, v) of this layer [B,S,K,H] or None)."""
+    def __call__(self, x_btd, cos_bth, sin_bth, segment_ids_bt, layer_cache=None):
+        """x [B,T,D] -> (out [B,T,D], this layer's updated cache (k, v) [B,S,K,H] or None).
+
+        `layer_cache`: (k [B,S,K,H], v [B,S,K,H], segment ids of the slots after this call
+        [B,S], write index): the T new keys/values go to slots [index, index + T).
+        """
         cfg = self.config
         dt = cfg.dtype
         q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, self.q[...].astype(dt))
@@ -236,11 +140,13 @@ class Attention(nnx.Module):
         q_btnh = apply_rotary(q_btnh, cos_bth, sin_bth)
         q_btnh = constrain(q_btnh, ("batch", "length", "heads", "head_dim"))
         k_btkh = apply_rotary(k_btkh, cos_bth, sin_bth)
+        b, t = x_btd.shape[:2]
+        q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, -1, cfg.head_dim)
 
-        t = x_btd.shape[1]
         if layer_cache is None:
-            keys_bskh, values_bskh, key_seg_bs = k_btkh, v_btkh, segment_ids_bt
-            q_slot_t, k_slot_s = jnp.arange(t), jnp.arange(t)
+            slots_t = jnp.arange(t)
+            allowed_bts = allowed_keys(slots_t, slots_t, segment_ids_bt, segment_ids_bt)
+            out_btkgh = causal_attention(q_btkgh, k_btkh, v_btkh, allowed_bts, ATTENTION_BLOCK)
             new_layer_cache = None
         else:
             cache_k, cache_v, key_seg_bs, index = layer_cache
@@ -248,34 +154,18 @@ class Attention(nnx.Module):
                                                      (0, index, 0, 0))
             values_bskh = jax.lax.dynamic_update_slice(cache_v, v_btkh.astype(cache_v.dtype),
                                                        (0, index, 0, 0))
-            q_slot_t, k_slot_s = index + jnp.arange(t), jnp.arange(cache_k.shape[1])
+            allowed_bts = allowed_keys(index + jnp.arange(t), jnp.arange(cache_k.shape[1]),
+                                       segment_ids_bt, key_seg_bs)
+            out_btkgh = masked_attention(q_btkgh, keys_bskh.astype(dt), values_bskh.astype(dt),
+                                         allowed_bts)
             new_layer_cache = (keys_bskh, values_bskh)
-
-        allowed_bts = (
-            (k_slot_s[None, None, :] <= q_slot_t[None, :, None])
-            & (key_seg_bs[:, None, :] == segment_ids_bt[:, :, None])
-            & (key_seg_bs[:, None, :] != 0)
-        )
-        groups = cfg.num_heads // cfg.num_kv_heads
-        q_btkgh = q_btnh.reshape(*q_btnh.shape[:2], cfg.num_kv_heads, groups, cfg.head_dim)
-        keys_bskh, values_bskh = keys_bskh.astype(dt), values_bskh.astype(dt)
-        if layer_cache is None and t > ATTENTION_BLOCK and t % ATTENTION_BLOCK == 0:
-            # Causal: query block [s, e) attends keys [0, e) only; the score blocks above the
-            # diagonal (masked anyway) are never computed. Same result on every real token.
-            out_btkgh = jnp.concatenate([
-                _masked_attention(q_btkgh[:, s:e], keys_bskh[:, :e], values_bskh[:, :e],
-                                  allowed_bts[:, s:e, :e])
-                for s, e in ((s, s + ATTENTION_BLOCK) for s in range(0, t, ATTENTION_BLOCK))
-            ], axis=1)
-        else:
-            out_btkgh = _masked_attention(q_btkgh, keys_bskh, values_bskh, allowed_bts)
         out_btnh = out_btkgh.reshape(q_btnh.shape)
         out_btd = jnp.einsum("btnh,nhd->btd", out_btnh, self.o[...].astype(dt))
         return out_btd, new_layer_cache
 
 
 class MLP(nnx.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)) (one layer)."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         d, f = config.hidden_size, config.intermediate_size
@@ -293,7 +183,12 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm attention block + pre-norm MLP block, both residual."""
+    """Pre-norm attention block + pre-norm MLP block, both residual.
+
+    `Llama.layers` is one DecoderLayer built by `stacked_layers`: every parameter [L, ...]. Its
+    `__call__` runs one layer, i.e. on a module merged from one row of that state (as the scans
+    below do).
+    """
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         self.input_norm = RMSNorm(config)
@@ -302,40 +197,75 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(self, x_btd, cos_bth, sin_bth, segment_ids_bt, layer_cache=None):
-        attn_btd, new_layer_cache = self.attn(
-            self.input_norm(x_btd), cos_bth, sin_bth, segment_ids_bt, layer_cache
-        )
-        x_btd = constrain(x_btd + attn_btd, ("batch", "length", "embed"))
-        mlp_btd = self.mlp(self.post_attn_norm(x_btd))
-        x_btd = constrain(x_btd + mlp_btd, ("batch", "length", "embed"))
+        """x [B,T,D] -> (x [B,T,D], updated layer cache or None); see `Attention.__call__`."""
+        with jax.named_scope("attention"):
+            attn_btd, new_layer_cache = self.attn(
+                self.input_norm(x_btd), cos_bth, sin_bth, segment_ids_bt, layer_cache
+            )
+            x_btd = constrain(x_btd + attn_btd, ("batch", "length", "embed"))
+        with jax.named_scope("mlp"):
+            mlp_btd = self.mlp(self.post_attn_norm(x_btd))
+            x_btd = constrain(x_btd + mlp_btd, ("batch", "length", "embed"))
         return x_btd, new_layer_cache
 
 
-def _run_layer(layer: DecoderLayer, x_btd, cos_bth, sin_bth, segment_ids_bt):
-    return layer(x_btd, cos_bth, sin_bth, segment_ids_bt)[0]
+def stacked_layers(config: LlamaConfig, rngs: nnx.Rngs) -> DecoderLayer:
+    """`config.num_layers` layers as one DecoderLayer with a leading `layers` axis on every param.
 
-
-_run_layer_remat = nnx.remat(_run_layer)
-
-
-def _scan_layers(layers: nnx.List, x_btd, cos_bth, sin_bth, segment_ids_bt, remat: bool):
-    """Runs identical decoder layers as one `lax.scan` over their stacked weights.
-
-    XLA then compiles the layer body once instead of L times (a 32-layer 7B step compiles in
-    seconds). The weights keep their per-layer parameter paths; the stack is a transient [L, ...]
-    copy made inside the step, and gradients flow back to each layer's parameters through it.
+    `nnx.vmap` over L split keys: each row draws the same init distribution a lone layer does.
     """
-    graphdef = nnx.graphdef(layers[0])
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(layer) for layer in layers])
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def create(layer_rngs: nnx.Rngs) -> DecoderLayer:
+        return DecoderLayer(config, rngs=layer_rngs)
+
+    return create(rngs)
+
+
+def _scan_layers(layers: DecoderLayer, x_btd, cos_bth, sin_bth, segment_ids_bt, *, remat: bool,
+                 unroll: bool) -> jax.Array:
+    """x [B,T,D] through all L layers (no cache): one `lax.scan` over the stacked params.
+
+    Rolled (`unroll=False`, `scan_layers=True`): XLA compiles the layer body once (a 32-layer 7B
+    step compiles in seconds) and keeps one layer's gathered weights live. Unrolled: straight-line
+    code over static rows of the same arrays, 6-9% faster on CPU for small models (SmolLM2-135M
+    train step, measured). Either way nothing is restacked: row l of each [L, ...] param is read
+    where it lies and its gradient lands in row l. `remat`: the body is `jax.checkpoint`ed (only
+    the carry x is saved per layer).
+    """
+    graphdef, stacked = nnx.split(layers)
 
     def body(h_btd, layer_state):
-        layer = nnx.merge(graphdef, layer_state)
-        return _run_layer(layer, h_btd, cos_bth, sin_bth, segment_ids_bt), None
+        with jax.named_scope("layer"):
+            h_btd, _ = nnx.merge(graphdef, layer_state)(h_btd, cos_bth, sin_bth, segment_ids_bt)
+        return h_btd, None
 
-    if remat:
-        body = jax.checkpoint(body)
-    x_btd, _ = jax.lax.scan(body, x_btd, stacked)
-    return x_btd
+    body = jax.checkpoint(body) if remat else body
+    return jax.lax.scan(body, x_btd, stacked, unroll=unroll)[0]
+
+
+def _scan_layers_cached(layers: DecoderLayer, x_btd, cos_bth, sin_bth, segment_ids_bt,
+                        cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """x [B,T,D] through all L layers with the KV cache -> (x, cache advanced by T slots).
+
+    One rolled `lax.scan` over (layer params, cache k[l], cache v[l]) [B,S,K,H]; its stacked
+    outputs are the new k/v [L,B,S,K,H]. Rolled whatever `scan_layers` says: 32 greedy SmolLM2
+    tokens ran 1.9x slower unrolled on CPU (measured).
+    """
+    graphdef, stacked = nnx.split(layers)
+    t = x_btd.shape[1]
+    seg_bs = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids_bt, (0, cache.index))
+
+    def body(h_btd, xs):
+        layer_state, k_bskh, v_bskh = xs
+        with jax.named_scope("layer"):
+            h_btd, kv = nnx.merge(graphdef, layer_state)(
+                h_btd, cos_bth, sin_bth, segment_ids_bt, (k_bskh, v_bskh, seg_bs, cache.index))
+        return h_btd, kv
+
+    x_btd, (k_lbskh, v_lbskh) = jax.lax.scan(body, x_btd, (stacked, cache.k, cache.v))
+    return x_btd, KVCache(k=k_lbskh, v=v_lbskh, segment_ids=seg_bs, index=cache.index + t)
 
 
 class Llama(nnx.Module):
@@ -345,15 +275,16 @@ class Llama(nnx.Module):
         self.config = config
         v, d = config.padded_vocab_size, config.hidden_size
         self.embed = _param(_normal(rngs, (v, d), config), ("vocab", "embed"))
-        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.layers = stacked_layers(config, rngs)
         self.final_norm = RMSNorm(config)
         if not config.tie_word_embeddings:
             self.lm_head = _param(_normal(rngs, (d, v), config), ("embed", "vocab"))
 
     def embed_tokens(self, input_ids_bt: jax.Array) -> jax.Array:
         """Token ids [B, T] -> embeddings [B, T, D] in the compute dtype."""
-        x_btd = jnp.take(self.embed[...], input_ids_bt, axis=0).astype(self.config.dtype)
-        return constrain(x_btd, ("batch", "length", "embed"))
+        with jax.named_scope("embed"):
+            x_btd = jnp.take(self.embed[...], input_ids_bt, axis=0).astype(self.config.dtype)
+            return constrain(x_btd, ("batch", "length", "embed"))
 
     def decode_embeddings(
         self,
@@ -384,48 +315,35 @@ class Llama(nnx.Module):
                 positions_bt = positions_bt + jnp.sum(cache.segment_ids != 0, axis=1)[:, None]
         rope_freqs = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         cos_bth, sin_bth = rotary_tables(positions_bt, rope_freqs)
-
         x_btd = constrain(x_btd.astype(cfg.dtype), ("batch", "length", "embed"))
-        new_k, new_v = [], []
-        if cache is not None:
-            cache_seg_bs = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids_bt,
-                                                        (0, cache.index))
-        if cache is None and cfg.scan_layers:
-            x_btd = _scan_layers(self.layers, x_btd, cos_bth, sin_bth, segment_ids_bt, cfg.remat)
-        for i, layer in enumerate(self.layers if cache is not None or not cfg.scan_layers else []):
-            if cache is not None:
-                layer_cache = (cache.k[i], cache.v[i], cache_seg_bs, cache.index)
-                x_btd, (k_bskh, v_bskh) = layer(x_btd, cos_bth, sin_bth, segment_ids_bt,
-                                                layer_cache)
-                new_k.append(k_bskh)
-                new_v.append(v_bskh)
-            elif cfg.remat:
-                x_btd = _run_layer_remat(layer, x_btd, cos_bth, sin_bth, segment_ids_bt)
-            else:
-                x_btd = _run_layer(layer, x_btd, cos_bth, sin_bth, segment_ids_bt)
+        per_token = (cos_bth, sin_bth, segment_ids_bt)
+        if cache is None:
+            x_btd = _scan_layers(self.layers, x_btd, *per_token, remat=cfg.remat,
+                                 unroll=not cfg.scan_layers)
+        else:
+            x_btd, cache = _scan_layers_cached(self.layers, x_btd, *per_token, cache)
+        return self._head(x_btd, logits_at), cache
+
+    def _head(self, x_btd: jax.Array, logits_at: jax.Array | None) -> jax.Array:
+        """Final norm + LM head on x [B,T,D] (only at `logits_at`) -> logits [B,T|K,V] f32."""
+        cfg = self.config
         if logits_at is not None:
             at_bk = logits_at[:, None] if logits_at.ndim == 1 else logits_at
             x_btd = jnp.take_along_axis(x_btd, at_bk[..., None], axis=1)  # [B, K, D]
-        x_btd = self.final_norm(x_btd)
-        logits_btv = self._logits(x_btd)
-        if cache is None:
-            return logits_btv, None
-        new_cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), segment_ids=cache_seg_bs,
-                            index=cache.index + t)
-        return logits_btv, new_cache
-
-    def _logits(self, x_btd: jax.Array) -> jax.Array:
-        cfg = self.config
-        if cfg.tie_word_embeddings:
-            logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.embed[...].astype(cfg.dtype),
-                                    preferred_element_type=jnp.float32)
-        else:
-            logits_btv = jnp.einsum("btd,dv->btv", x_btd, self.lm_head[...].astype(cfg.dtype),
-                                    preferred_element_type=jnp.float32)
-        if cfg.padded_vocab_size != cfg.vocab_size:
-            real_v = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
-            logits_btv = jnp.where(real_v, logits_btv, MASK_VALUE)
-        return constrain(logits_btv, ("batch", "length", "vocab"))
+        with jax.named_scope("final_norm"):
+            x_btd = self.final_norm(x_btd)
+        with jax.named_scope("lm_head"):
+            if cfg.tie_word_embeddings:
+                logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.embed[...].astype(cfg.dtype),
+                                        preferred_element_type=jnp.float32)
+            else:
+                logits_btv = jnp.einsum("btd,dv->btv", x_btd,
+                                        self.lm_head[...].astype(cfg.dtype),
+                                        preferred_element_type=jnp.float32)
+            if cfg.padded_vocab_size != cfg.vocab_size:
+                real_v = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
+                logits_btv = jnp.where(real_v, logits_btv, MASK_VALUE)
+            return constrain(logits_btv, ("batch", "length", "vocab"))
 
     def __call__(
         self,

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llark_jax.checkpoints.tokens import extend_with_llark_tokens
 from llark_jax.model.layer_mix import LayerMix
 from llark_jax.model.llama import Llama
 
@@ -110,25 +109,6 @@ class LLark(nnx.Module):
         self.audio_end_id = audio_end_id
         self.temporal_pool = temporal_pool
 
-    @classmethod
-    def from_llama(
-        cls,
-        llama: Llama,
-        tokenizer,
-        audio_dim: int,
-        *,
-        temporal_pool: int = 1,
-        audio_layers: int = 0,
-        rngs: nnx.Rngs,
-        seed: int = 0,
-    ) -> LLark:
-        """Extends `llama` and `tokenizer` in place with the LLark tokens (reference init rules,
-        `llark_jax.checkpoints.tokens`) and wraps them with a fresh projector."""
-        ids = extend_with_llark_tokens(llama, tokenizer, seed=seed)
-        return cls(llama, audio_dim, audio_patch_id=ids.patch, audio_start_id=ids.start,
-                   audio_end_id=ids.end, temporal_pool=temporal_pool,
-                   audio_layers=audio_layers, rngs=rngs)
-
     def project_audio(self, audio: jax.Array, audio_mask: jax.Array | None = None) -> jax.Array:
         """audio [B,S,T_a,D] or [B,T_a,D] -> frames [B, S*T_a/pool, E].
 
@@ -139,16 +119,17 @@ class LLark(nnx.Module):
             audio = audio[:, None]
             audio_mask = None if audio_mask is None else audio_mask[:, None]
         b, s, t, _ = audio.shape
-        frames_bste = self.projector(audio)
         p = self.temporal_pool
-        if p > 1:
-            if t % p:
-                raise ValueError(f"T_a={t} is not a multiple of temporal_pool={p}")
-            grouped = frames_bste.reshape(b, s, t // p, p, -1)
-            w = jnp.ones((b, s, t), grouped.dtype) if audio_mask is None else audio_mask
-            w = w.astype(grouped.dtype).reshape(b, s, t // p, p, 1)
-            frames_bste = (grouped * w).sum(3) / jnp.maximum(w.sum(3), 1)
-        return frames_bste.reshape(b, -1, frames_bste.shape[-1])
+        if p > 1 and t % p:
+            raise ValueError(f"T_a={t} is not a multiple of temporal_pool={p}")
+        with jax.named_scope("projector"):
+            frames_bste = self.projector(audio)
+            if p > 1:
+                grouped = frames_bste.reshape(b, s, t // p, p, -1)
+                w = jnp.ones((b, s, t), grouped.dtype) if audio_mask is None else audio_mask
+                w = w.astype(grouped.dtype).reshape(b, s, t // p, p, 1)
+                frames_bste = (grouped * w).sum(3) / jnp.maximum(w.sum(3), 1)
+            return frames_bste.reshape(b, -1, frames_bste.shape[-1])
 
     def embed_inputs(
         self,
@@ -165,12 +146,13 @@ class LLark(nnx.Module):
         if audio is None:
             return x_bte
         frames_bfe = self.project_audio(audio, audio_mask)
-        is_patch_bt = input_ids == self.audio_patch_id
-        if audio_frame_index is None:
-            audio_frame_index = jnp.cumsum(is_patch_bt, axis=1) - 1
-        index_bt = jnp.clip(audio_frame_index, 0, frames_bfe.shape[1] - 1).astype(jnp.int32)
-        spliced_bte = jnp.take_along_axis(frames_bfe, index_bt[..., None], axis=1)
-        return jnp.where(is_patch_bt[..., None], spliced_bte.astype(x_bte.dtype), x_bte)
+        with jax.named_scope("splice"):
+            is_patch_bt = input_ids == self.audio_patch_id
+            if audio_frame_index is None:
+                audio_frame_index = jnp.cumsum(is_patch_bt, axis=1) - 1
+            index_bt = jnp.clip(audio_frame_index, 0, frames_bfe.shape[1] - 1).astype(jnp.int32)
+            spliced_bte = jnp.take_along_axis(frames_bfe, index_bt[..., None], axis=1)
+            return jnp.where(is_patch_bt[..., None], spliced_bte.astype(x_bte.dtype), x_bte)
 
     def __call__(
         self,

@@ -1,8 +1,9 @@
-"""Logical axis names -> mesh axes (ARCHITECTURE.md decision 2).
+"""Logical axis names -> mesh axes (docs/architecture.md, decision 2).
 
-Model code names the axes of every parameter and key activation with logical names (`vocab, embed,
-mlp, heads, kv_heads, head_dim, batch, length`). A rules table, chosen per config, maps each logical
-name to a mesh axis, a tuple of mesh axes, or None (replicated):
+Model code names the axes of every parameter and key activation with logical names (`layers, vocab,
+embed, mlp, heads, kv_heads, head_dim, batch, length`; `layers` is the leading axis of the stacked
+decoder-layer parameters). A rules table, chosen per config, maps each logical name to a mesh
+axis, a tuple of mesh axes, or None (replicated):
 
     rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("head_dim", None))
 
@@ -26,6 +27,7 @@ Rules = Sequence[tuple[str, MeshAxes]]
 
 # A sensible default for meshes with axes ("data", "fsdp", "tensor"); axes a mesh lacks are dropped.
 DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
+    ("layers", None),
     ("batch", ("data", "fsdp")),
     ("length", None),
     ("embed", "fsdp"),

@@ -4,6 +4,11 @@ Parameter groups (by path): `projector`, `embed`, `layers` (all decoder layers),
 `lm_head`. A preset maps each group to trainable (True), frozen (False) or "rows" (only the
 embedding rows of `token_ids` train: a float32 [V,1] mask).
 
+The decoder layers are stacked (`llark_jax.model.llama`: every `layers` param is [L, ...]), so a
+bool on `layers` trains or freezes all L of them; selecting single layers means a row mask of the
+same kind on the leading axis, float32 [L, 1, ...] (`apply_mask` broadcasts it and
+`count_trainable` counts rows of any such leading-axis mask).
+
 | preset                 | projector | layers | final_norm | lm_head | embed rows              |
 |------------------------|-----------|--------|------------|---------|-------------------------|
 | `llark_reference`      | train     | train  | train      | frozen  | `<audio_start>/<end>`   |

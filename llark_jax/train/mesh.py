@@ -1,7 +1,7 @@
 """Device mesh `("data", "fsdp", "tensor")`, multi-host start-up and logical-axis rules tables.
 
-Model code names axes logically (`vocab, embed, mlp, heads, kv_heads, head_dim, batch, length`);
-a rules table maps each logical name to mesh axes. Three tables ship:
+Model code names axes logically (`layers, vocab, embed, mlp, heads, kv_heads, head_dim, batch,
+length`); a rules table maps each logical name to mesh axes. Three tables ship:
 
 - `fsdp`: parameters sharded along `embed` over `fsdp` (ZeRO-3 style), heads/mlp/vocab over
   `tensor` (a no-op when the tensor axis has size 1, the 7B default). A dimension a mesh axis does
@@ -10,7 +10,8 @@ a rules table maps each logical name to mesh axes. Three tables ship:
 - `fsdp_tensor`: the same table; it is named separately so configs state their intent.
 - `data_parallel`: every parameter replicated, only the batch is split.
 
-Batches are always split over `("data", "fsdp")`.
+Batches are always split over `("data", "fsdp")`. The stacked decoder-layer axis `layers` is never
+split (the layer scan reads one row per step; a pipeline axis would be the place to split it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 _FSDP_RULES: Rules = (
+    ("layers", None),  # stacked decoder layers: every device holds its shard of all L rows
     ("batch", BATCH_AXES),
     ("length", None),
     ("vocab", "tensor"),
