@@ -61,9 +61,10 @@ def _serve_and_export(model: Path, workdir: Path) -> None:
         assert server.stop() == 0
     hf = workdir / "hf"
     export = subprocess.run([sys.executable, "-m", "llark_jax", "export", "--checkpoint",
-                             str(model), "--output", str(hf)], capture_output=True, text=True,
-                            timeout=600)
+                             str(model), "--output", str(hf), "--verify"],
+                            capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr[-3000:]
+    assert "verify: max|diff|" in export.stdout  # torch logits within the fp32 contract
     AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(hf)
     assert tokenizer.convert_tokens_to_ids("<audio_patch>") not in (None, tokenizer.unk_token_id)

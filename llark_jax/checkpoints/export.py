@@ -1,6 +1,7 @@
 """Export a LLark model to a Hugging Face directory that PyTorch loads without llark_jax.
 
     python -m llark_jax export --checkpoint PATH --output OUT [--dtype float32|bfloat16] [--force]
+        [--verify]
 
 PATH is a training workdir or a model directory (`llark_jax.checkpoints.model_dir.load_model`).
 OUT receives:
@@ -31,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="dtype of the exported weights (default float32)")
     parser.add_argument("--force", action="store_true",
                         help="write into an existing non-empty output directory")
+    parser.add_argument("--verify", action="store_true",
+                        help="load the export in PyTorch and compare its logits with the Flax "
+                             "model's on a templated example (needs torch; fp32 must meet the "
+                             "1e-4 relative contract)")
     return parser
 
 
@@ -239,4 +245,15 @@ def main(argv: list[str]) -> int:
     except (ExportError, ModelDirError) as e:
         return errors.report(e)
     print(f"exported step {loaded.step} of {args.checkpoint} to {out} ({args.dtype})")
+    if args.verify:
+        from llark_jax.checkpoints.export_check import verify_export
+
+        check = verify_export(loaded, out, args.dtype)
+        print(f"verify: max|diff| {check['max_abs_diff']:.3g} at max|logit| "
+              f"{check['max_abs_logit']:.3g} ({check['relative']:.2g} relative), top-1 "
+              f"{check['top1_agreement']:.1%} over {check['tokens']} tokens")
+        if not check["ok"]:
+            print("error: the exported model's logits differ from the Flax model's beyond the "
+                  "fp32 contract", file=sys.stderr)
+            return 1
     return 0
