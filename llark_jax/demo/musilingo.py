@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from llark_jax.config import load_config, split_overrides, validate_config
+from llark_jax.config import split_overrides
 from llark_jax.demo import run as demo
 from llark_jax.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
@@ -325,24 +323,5 @@ def main(argv: list[str]) -> int:
         if action.dest == "steps":
             action.help = "stage-2 steps (config.train.steps; stage 1: --config.pretrain.steps)"
     args = parser.parse_args(rest)
-    flags = [(key, convert(getattr(args, name)))
-             for name, (key, convert) in demo.FLAG_TO_CONFIG.items()
-             if getattr(args, name) is not None]
-    config = load_config(args.config, flags + overrides)
-    validate_config(config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in ("absl", "orbax", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    began = time.perf_counter()
-    try:
-        report = MusiLingoDemo(config, args.workdir).run(args.stop_after)
-    except demo.StageFailed as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if report is None:
-        print(f"stopped after stage {args.stop_after}; rerun without --stop-after to continue")
-        return 0
-    print("\n" + summary_table(report))
-    print(f"\nreport: {args.workdir / 'report.md'} ({time.perf_counter() - began:.0f} s this run)")
-    print(demo.next_steps(args.workdir))
-    return 0
+    config = demo.config_from_args(args, overrides)
+    return demo.run_and_report(MusiLingoDemo(config, args.workdir), args, summary_table)

@@ -305,6 +305,16 @@ def main(argv: list[str]) -> int:
 
         return musilingo_main(argv)
     args = build_parser().parse_args(rest)
+    from llark_jax.demo.report import summary_table
+
+    return run_and_report(Demo(config_from_args(args, overrides), args.workdir), args,
+                          summary_table)
+
+
+def config_from_args(args: argparse.Namespace,
+                     overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
+    """The demo config: `--config` with the flag shortcuts and `--config.*` overrides applied,
+    validated; logging set up for a run."""
     flags = [(key, convert(getattr(args, name))) for name, (key, convert) in FLAG_TO_CONFIG.items()
              if getattr(args, name) is not None]
     config = load_config(args.config, flags + overrides)
@@ -312,17 +322,21 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("absl", "orbax", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return config
+
+
+def run_and_report(runner: Demo, args: argparse.Namespace,
+                   summary_table: Callable[[dict], str]) -> int:
+    """Runs the stages up to `--stop-after`, then prints the summary table and next steps."""
     began = time.perf_counter()
     try:
-        report = Demo(config, args.workdir).run(args.stop_after)
+        report = runner.run(args.stop_after)
     except StageFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if report is None:
         print(f"stopped after stage {args.stop_after}; rerun without --stop-after to continue")
         return 0
-    from llark_jax.demo.report import summary_table
-
     print("\n" + summary_table(report))
     print(f"\nreport: {args.workdir / 'report.md'} ({time.perf_counter() - began:.0f} s this run)")
     print(next_steps(args.workdir))
