@@ -149,7 +149,7 @@ def test_audio_layers_mix_in_the_projector_and_train_under_projector_only():
                        rngs=nnx.Rngs(0))
 
     config = tiny_config(model__audio_layers="4", model__trainable="projector_only")
-    setup, state, losses = run_steps(config, {"fsdp": 1}, 3, devices=jax.devices()[:1])
+    setup, state, losses = run_steps(config, {"fsdp": 1}, 10, devices=jax.devices()[:1])
     with logical_rules(setup.mesh, setup.rules):  # the same (seeded) initial state again
         before = _param_paths(setup.fresh_state()["params"])
     after = _param_paths(state["params"])
@@ -158,7 +158,7 @@ def test_audio_layers_mix_in_the_projector_and_train_under_projector_only():
     assert not np.allclose(after["projector/kernel"], before["projector/kernel"])
     frozen = [k for k in before if not k.startswith("projector/")]
     assert frozen and all(np.array_equal(after[k], before[k]) for k in frozen)
-    assert losses[-1] < losses[0]
+    assert losses[-3:].mean() < losses[:3].mean()  # per-step batches differ: compare means
 
 
 def test_served_model_dir_keeps_the_layer_mix(tmp_path):
