@@ -58,10 +58,18 @@ def tiny_model(seed: int = 0) -> tuple[LLark, object]:
     return model, tokenizer
 
 
-def make_model_dir(directory: Path, seed: int = 0) -> Path:
+def make_model_dir(directory: Path, seed: int = 0, endless: bool = False) -> Path:
     """A servable model directory of `tiny_model(seed)`: mel features pooled by 5, FastChat v0
-    with `SYSTEM_PROMPT`, named `MODEL_NAME`."""
+    with `SYSTEM_PROMPT`, named `MODEL_NAME`. `endless`: the LM-head columns of EOS and of the
+    stop sequence's first token are zeroed, so their logit is always 0 while the peaked random
+    logits put another token above it: a greedy answer always runs to `max_tokens`."""
     model, tokenizer = tiny_model(seed)
+    if endless:
+        from llark_jax.data.conversation import get_template, stop_ids
+
+        stop = stop_ids(tokenizer, get_template("fastchat_v0"))
+        head = model.llama.lm_head
+        head[...] = head[...].at[:, [tokenizer.eos_token_id, stop[0]]].set(0.0)
     return new_model_dir(directory, model, tokenizer,
                          FeatureSpec(encoder="mel", pool=FEATURE_POOL), model_name=MODEL_NAME,
                          template="fastchat_v0", system_prompt=SYSTEM_PROMPT)

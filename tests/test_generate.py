@@ -14,7 +14,9 @@ from llark_jax.infer.generate import (
     Generator,
     Prompt,
     PromptTooLong,
+    RowSettings,
     SamplingConfig,
+    _generate_batch,
     bucket_length,
 )
 from llark_jax.model.llama import Llama, LlamaConfig
@@ -141,3 +143,31 @@ def test_llark_audio_prompt_equals_uncached():
     for prompt, output in zip(prompts, outputs, strict=True):
         assert PATCH not in output.token_ids  # else the uncached reference would splice it
         assert output.token_ids == uncached_greedy(model, prompt.input_ids, N_NEW, prompt.audio)
+
+
+def test_row_buckets_step_buckets_and_per_row_settings(llama):
+    """Three prompts in a generator of up to 8 rows run as one 4-row batch (never 8 copies); each
+    row keeps its own token limit, temperature, top-p and seed inside one compiled program, and
+    equals the prompt generated alone with those settings."""
+    prompts = random_prompts([5, 23, 9], seed=5)
+    rows = [RowSettings(3), RowSettings(N_NEW, temperature=0.9, top_p=0.8, seed=3),
+            RowSettings(7, temperature=1.2, seed=4)]
+    generator = Generator(llama, SamplingConfig(max_new_tokens=N_NEW), batch_size=8,
+                          length_buckets=BUCKETS, batch_buckets=(1, 2, 4), step_buckets=(8,))
+    assert generator.batch_buckets == (1, 2, 4, 8) and generator.step_buckets == (8, N_NEW)
+    outputs = generator.generate(prompts, rows=rows)
+    assert generator.rows_computed == 4
+    for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
+        config = SamplingConfig(max_new_tokens=row.max_new_tokens, temperature=row.temperature,
+                                top_p=row.top_p, seed=row.seed)
+        alone = Generator(llama, config, batch_size=1, length_buckets=BUCKETS)
+        assert outputs[i] == alone.generate([prompt], keys=[i])[0]
+        assert len(outputs[i].token_ids) == row.max_new_tokens  # "length" at its own limit
+    compiled = _generate_batch._cache_size()
+    other = [RowSettings(2, temperature=0.3, top_p=0.5, seed=9), RowSettings(10), RowSettings(1)]
+    assert [len(o.token_ids) for o in generator.generate(prompts, rows=other)] == [2, 10, 1]
+    assert _generate_batch._cache_size() == compiled  # new settings, same program (12 steps)
+    generator.generate(prompts[:1], rows=[RowSettings(2)])
+    assert generator.rows_computed == 9  # one prompt: one row
+    with pytest.raises(ValueError, match="max_new_tokens 13"):
+        generator.generate(prompts[:1], rows=[RowSettings(N_NEW + 1)])

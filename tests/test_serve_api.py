@@ -268,8 +268,8 @@ def test_page_upload_ask_answer_screenshot(server, client, tmp_path):
 def test_sigterm_finishes_in_flight_request_then_exits(server, client):
     result: dict = {}
 
-    def ask() -> None:  # a new max_tokens value compiles first: seconds in flight
-        reply = client.chat.completions.create(model=MODEL_NAME, max_tokens=MAX_TOKENS + 3,
+    def ask() -> None:  # a new max_tokens bucket (128) compiles first: seconds in flight
+        reply = client.chat.completions.create(model=MODEL_NAME, max_tokens=MAX_TOKENS + 100,
                                                messages=audio_message(wav_bytes(clip())))
         result["answer"] = reply.choices[0].message.content
 

@@ -1,5 +1,6 @@
-"""Serving pieces in-process (no server): request parsing, prompt building, stream text pieces,
-micro-batching (grouping, batch size, cancellation, draining on close)."""
+"""Serving pieces in-process (no server): request parsing (JSON bytes, fields, limits), prompt
+building, stream text pieces, stream cancellation, micro-batching (grouping, batch size,
+cancellation, draining on close, the capacity check), bucket sets and the loopback check."""
 
 from __future__ import annotations
 
@@ -14,9 +15,15 @@ from serve_helpers import FEATURE_POOL, MODEL_NAME, SYSTEM_PROMPT, make_model_di
 
 from llark_jax.checkpoints.model_dir import load_model
 from llark_jax.data import conversation as conv
-from llark_jax.serve.batcher import BatcherClosed, MicroBatcher
-from llark_jax.serve.chat_request import RequestError, parse_chat_request
-from llark_jax.serve.engine import Engine, Sampling, TextStream
+from llark_jax.serve.batcher import BatcherClosed, MicroBatcher, QueueFull
+from llark_jax.serve.chat_request import (
+    MAX_JSON_DEPTH,
+    RequestError,
+    parse_chat_request,
+    parse_json_body,
+)
+from llark_jax.serve.cli import is_loopback
+from llark_jax.serve.engine import Engine, Sampling, TextStream, power_buckets
 
 LIMITS = dict(default_max_tokens=16, max_tokens_limit=64, max_clips=2)
 
@@ -60,12 +67,68 @@ def test_parse_multi_turn_with_system_audio_and_file():
         ({"messages": [{"role": "user", "content": "a"}], "max_tokens": 65}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "a"}], "temperature": 3}, "temperature"),
         ({"messages": [{"role": "user", "content": "a"}], "seed": "1"}, "seed"),
+        ({"messages": [{"role": "user", "content": "a"}], "max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "a"}], "max_tokens": True}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "a"}], "max_tokens": 2.0}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "a"}], "max_completion_tokens": 0,
+          "max_tokens": 5}, "max_completion_tokens"),
+        ({"messages": [{"role": "user", "content": "a"}], "n": True}, "n"),
+        ({"messages": [{"role": "user", "content": "a"}], "stream": 1}, "stream"),
+        ({"messages": [{"role": "user", "content": "a"}], "model": 7}, "model"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+         "messages[0].content[0]"),
     ],
 )
 def test_parse_rejects_with_400_naming_the_field(body, param):
     with pytest.raises(RequestError) as err:
         parse_chat_request(body, **LIMITS)
     assert err.value.status == 400 and err.value.param == param
+
+
+def test_parse_max_tokens_precedence_and_text_byte_limit():
+    body = {"messages": [{"role": "user", "content": "caf\u00e9"}], "max_tokens": 5}
+    assert parse_chat_request(body, **LIMITS).max_tokens == 5
+    assert parse_chat_request({**body, "max_completion_tokens": 7}, **LIMITS).max_tokens == 7
+    assert parse_chat_request({**body, "max_tokens": None}, **LIMITS).max_tokens == 16
+    assert parse_chat_request(body, **LIMITS, max_text_bytes=5).exchanges  # 5 UTF-8 bytes
+    with pytest.raises(RequestError) as err:
+        parse_chat_request(body, **LIMITS, max_text_bytes=4)
+    assert (err.value.status, err.value.code) == (400, "context_length_exceeded")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{", "Expecting"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+        (b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1), "nested deeper"),
+        (b'{"a": "\\ud800"}', "lone surrogate"),
+        (b'{"\\udfff": 1}', "lone surrogate"),
+        (b'{"a": "\xff"}', "not UTF-8"),
+        (b'{"a": ' + b"1" * 5000 + b"}", "digits"),
+    ],
+)
+def test_parse_json_body_refuses_with_400(raw, reason):
+    with pytest.raises(RequestError) as err:
+        parse_json_body(raw)
+    assert err.value.status == 400 and err.value.code == "invalid_json"
+    assert reason in err.value.message
+
+
+def test_parse_json_body_accepts_pairs_and_depth_limit():
+    assert parse_json_body('{"t": "\\ud83c\\udfb5 \u266f"}'.encode()) == {"t": "\U0001f3b5 \u266f"}
+    nested = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    assert parse_json_body(nested) is not None
+
+
+def test_buckets_and_loopback():
+    assert power_buckets(8) == (1, 2, 4, 8) and power_buckets(6) == (1, 2, 4, 6)
+    assert power_buckets(1024, 16) == (16, 32, 64, 128, 256, 512, 1024)
+    assert power_buckets(10, 16) == (10,)
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "", "192.168.1.5", "example.org"):
+        assert not is_loopback(host), host
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +150,12 @@ def test_prompt_places_every_clip_and_ends_with_assistant_prefix(engine):
     patches = np.flatnonzero(prompt.input_ids == engine.audio_ids.patch)
     assert prompt.audio_frame_index[patches].tolist() == [0, 1, 2, 3, 6, 7, 8, 9, 10, 11]
     assert "Tempo?" in tok.decode(ids) and "A minor." in tok.decode(ids)
-    assert chat.batch_key == (Sampling(8), (2, 6, 160))
+    # sampling settings and token limits are per row: only the audio shape splits batches
+    assert chat.batch_key == ("batch", (2, 6, 160))
+    other = engine.build_prompt([("Key?", "")], clips, Sampling(30, temperature=0.7, seed=3))
+    assert other.batch_key == chat.batch_key
     text_only = engine.build_prompt([("Hello", "")], [], Sampling(8))
-    assert text_only.prompt.audio is None and text_only.batch_key == (Sampling(8), None)
+    assert text_only.prompt.audio is None and text_only.batch_key == ("batch", None)
 
 
 def test_text_stream_pieces_join_to_the_decoded_answer(engine):
@@ -124,6 +190,24 @@ def test_stream_decoder_equals_generator_and_holds_back_stop_tokens(engine):
     out = engine.stream_decoder.decode(chat.prompt, config, released.append)
     first = next(i for i in range(len(free) - 1) if tuple(free[i : i + 2]) == stop)
     assert out.finish_reason == "stop" and out.token_ids == free[:first] == released
+
+
+def test_stream_decoder_stops_when_cancelled(engine):
+    """A set cancel event (the client left) ends the decode before the next step."""
+    chat = engine.build_prompt([("What is the key?", "")], [], Sampling(12))
+    cancel = threading.Event()
+    released: list[int] = []
+
+    def on_token(token: int) -> None:
+        released.append(token)
+        if len(released) == 2:
+            cancel.set()
+
+    config = dataclasses.replace(engine.sampling_config(Sampling(12)), stop_sequences=())
+    out = engine.stream_decoder.decode(chat.prompt, config, on_token, cancel)
+    full = engine.stream_decoder.decode(chat.prompt, config, lambda _: None)
+    assert out.finish_reason == "cancelled" and len(full.token_ids) > 3
+    assert out.token_ids == full.token_ids[: len(out.token_ids)] and len(out.token_ids) == 2
 
 
 def test_micro_batcher_groups_by_key_and_respects_batch_size():
@@ -183,6 +267,36 @@ def test_micro_batcher_drops_cancelled_work_and_drains_on_close():
 
     assert asyncio.run(main()) == ["first", "kept"]
     assert seen == ["first", "kept"]
+
+
+def test_micro_batcher_capacity_check():
+    gate, started = threading.Event(), threading.Event()
+
+    def run_batch(items):
+        started.set()
+        gate.wait(10)
+        return list(items)
+
+    batcher = MicroBatcher(run_batch, key=lambda item: 0, max_batch=1, max_wait_s=0.0,
+                           max_queue=1)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        running = asyncio.create_task(batcher.submit("running"))
+        assert await loop.run_in_executor(None, started.wait, 10)  # the worker runs it
+        batcher.check_capacity()  # nothing waits yet
+        queued = asyncio.create_task(batcher.submit("queued"))
+        await asyncio.sleep(0)  # let the task queue its item
+        assert batcher.pending == 1
+        with pytest.raises(QueueFull):
+            batcher.check_capacity()
+        gate.set()
+        return await asyncio.gather(running, queued)
+
+    assert asyncio.run(main()) == ["running", "queued"]
+    batcher.close(10)
+    with pytest.raises(BatcherClosed):
+        batcher.check_capacity()
 
 
 def _params(model) -> list[np.ndarray]:

@@ -9,17 +9,32 @@ Routes (details and error codes in docs/serving.md):
     POST /v1/chat/completions   OpenAI chat completions, `stream` via server-sent events
 
 Every error is OpenAI-shaped JSON `{"error": {"message", "type", "param", "code"}}`; unexpected
-exceptions become 500 with a generic message (details only in the server log).
+exceptions become 500 with a generic message (details only in the server log). JSON bodies must
+be `Content-Type: application/json` (UTF-8): anything else is 415, so a cross-site page cannot
+post a "simple" `text/plain` request to a keyless local server.
+
+A chat request is checked cheapest first: body size (aiohttp), content type and charset, JSON
+(parsed off the event loop), fields and the UTF-8 size of its text (`max_text_bytes`, before any
+tokenizing), model name, queue capacity (503 before any audio is decoded), audio (header bounds,
+then decoding and encoding, off the event loop), then the prompt is tokenized on the tokenizer
+thread and queued. A client that disconnects while waiting or streaming is noticed within
+`DISCONNECT_POLL_S` or at the next write: its queued request is dropped, its streamed decode is
+cancelled, and one INFO line is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hmac
 import json
 import logging
+import resource
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -31,12 +46,22 @@ from aiohttp import web
 from llark_jax.infer.generate import PromptTooLong, bucket_length
 from llark_jax.serve.audio_input import AudioFeaturizer, AudioInputError, decode_base64_audio
 from llark_jax.serve.batcher import BatcherClosed, MicroBatcher, QueueFull
-from llark_jax.serve.chat_request import ChatRequest, RequestError, parse_chat_request
-from llark_jax.serve.engine import Engine, Sampling, TextStream
+from llark_jax.serve.chat_request import (
+    ChatRequest,
+    RequestError,
+    parse_chat_request,
+    parse_json_body,
+)
+from llark_jax.serve.engine import Engine, Sampling, TextStream, compile_stats
 
 log = logging.getLogger("llark_jax.serve")
 STATIC_DIR = Path(__file__).parent / "static"
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+DISCONNECT_POLL_S = 0.25  # how often a waiting handler checks that its client is still there
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer was complete."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +74,7 @@ class ServerLimits:
     default_max_tokens: int = 256
     max_tokens_limit: int = 1024
     request_timeout_s: float = 120.0
+    max_text_bytes: int = 64 * 1024  # UTF-8 text of all messages, checked before tokenizing
 
 
 @dataclasses.dataclass
@@ -60,6 +86,11 @@ class ServerState:
     api_key: str | None
     in_flight: int = 0  # chat requests being handled
     files: OrderedDict = dataclasses.field(default_factory=OrderedDict)
+    disconnects: int = 0  # chat requests whose client left before the answer was complete
+    # tokenizing runs here, one prompt at a time (bounded by max_text_bytes; off the event loop)
+    tokenizer_thread: concurrent.futures.ThreadPoolExecutor = dataclasses.field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="llark-tokenize"))
 
 
 STATE = web.AppKey("state", ServerState)
@@ -102,11 +133,53 @@ async def auth_middleware(request: web.Request, handler):
     return await handler(request)
 
 
-async def _json_body(request: web.Request):
+def _check_json_content_type(request: web.Request) -> None:
+    """`application/json`, UTF-8 (or no charset) only: 415 for other media types and charsets,
+    400 for a charset that does not exist."""
+    if request.content_type != "application/json":
+        raise RequestError(415, "unsupported_media_type", "the body must be JSON sent as "
+                           f"'Content-Type: application/json', not {request.content_type!r}")
+    charset = request.charset
+    if charset is None:
+        return
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RequestError(400, "invalid_json", f"the body is not valid JSON: {err}") from None
+        name = codecs.lookup(charset).name
+    except LookupError:
+        raise RequestError(400, "invalid_request_error",
+                           f"unknown charset {charset[:40]!r} in Content-Type") from None
+    if name != "utf-8":
+        raise RequestError(415, "unsupported_media_type",
+                           f"JSON must be UTF-8; charset {charset[:40]!r} is not supported")
+
+
+async def _json_body(request: web.Request):
+    """The parsed JSON body (413 over the size limit, 415/400 as in `_check_json_content_type`
+    and `parse_json_body`); parsing runs off the event loop."""
+    _check_json_content_type(request)
+    raw = await request.read()
+    return await asyncio.get_running_loop().run_in_executor(None, parse_json_body, raw)
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _wait_for_client(request: web.Request, task: asyncio.Future, deadline: float):
+    """Waits for `task` until the loop time `deadline`, checking every DISCONNECT_POLL_S that the
+    client is still connected: TimeoutError / ClientGone (the task is cancelled then)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        remaining = deadline - loop.time()
+        done, _ = await asyncio.wait({task}, timeout=max(0, min(remaining, DISCONNECT_POLL_S)))
+        if done:
+            return task.result()
+        if _client_gone(request):
+            task.cancel()
+            raise ClientGone
+        if remaining <= DISCONNECT_POLL_S:
+            task.cancel()
+            raise TimeoutError
 
 
 async def _features(state: ServerState, data: bytes) -> np.ndarray:
@@ -139,15 +212,20 @@ async def _chat_completions(request: web.Request, state: ServerState) -> web.Str
     limits = state.limits
     chat = parse_chat_request(
         await _json_body(request), default_max_tokens=limits.default_max_tokens,
-        max_tokens_limit=limits.max_tokens_limit, max_clips=limits.max_clips)
+        max_tokens_limit=limits.max_tokens_limit, max_clips=limits.max_clips,
+        max_text_bytes=limits.max_text_bytes)
     name = state.engine.served.model_name
     if chat.model != name:
         raise RequestError(404, "model_not_found", f"model {chat.model!r} is not served; "
                                                    f"this server serves {name!r}", "model")
+    with _service_errors(limits):
+        state.batcher.check_capacity()  # a full queue answers 503 before any audio is decoded
     clips = await _clip_features(state, chat)
     sampling = Sampling(chat.max_tokens, chat.temperature, chat.top_p, chat.seed)
+    build = functools.partial(state.engine.build_prompt, chat.exchanges, clips, sampling,
+                              chat.system_prompt)
     try:
-        prompt = state.engine.build_prompt(chat.exchanges, clips, sampling, chat.system_prompt)
+        prompt = await asyncio.get_running_loop().run_in_executor(state.tokenizer_thread, build)
         bucket_length(len(prompt.prompt.input_ids), state.engine.length_buckets)
     except PromptTooLong as err:
         raise RequestError(400, "context_length_exceeded", str(err), "messages") from None
@@ -156,9 +234,16 @@ async def _chat_completions(request: web.Request, state: ServerState) -> web.Str
     common = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
     if chat.stream:
         return await _stream(request, state, prompt, common, chat.include_usage)
-    with _service_errors(limits):
-        generation = await asyncio.wait_for(state.batcher.submit(prompt),
-                                            limits.request_timeout_s)
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(state.batcher.submit(prompt))
+    try:
+        with _service_errors(limits):
+            generation = await _wait_for_client(request, task,
+                                                loop.time() + limits.request_timeout_s)
+    except ClientGone:
+        state.disconnects += 1
+        log.info("client disconnected before its answer: %s dropped", common["id"])
+        return web.Response(status=499)  # nobody reads it
     message = {"role": "assistant", "content": state.engine.decode(generation.token_ids)}
     return web.json_response({
         **common, "object": "chat.completion", "usage": _usage(prompt, generation),
@@ -188,33 +273,43 @@ def _service_errors(limits: ServerLimits):
 
 async def _stream(request, state: ServerState, prompt, common: dict, include_usage: bool):
     """Server-sent events as tokens are decoded: role chunk, text chunks, finish chunk, optional
-    usage chunk, [DONE]. Errors before the first token are ordinary HTTP errors."""
+    usage chunk, [DONE]. Errors before the first token are ordinary HTTP errors. When the client
+    disconnects (noticed while waiting, or as a failed write) the decode is cancelled and one
+    INFO line is logged."""
     loop = asyncio.get_running_loop()
     tokens: asyncio.Queue = asyncio.Queue()
+    cancel = threading.Event()
     prompt = dataclasses.replace(
-        prompt, on_token=lambda t: loop.call_soon_threadsafe(tokens.put_nowait, t))
+        prompt, cancel=cancel,
+        on_token=lambda t: loop.call_soon_threadsafe(tokens.put_nowait, t))
     task = asyncio.ensure_future(state.batcher.submit(prompt))
     deadline = loop.time() + state.limits.request_timeout_s
+    sent = 0
 
     async def next_token() -> int | None:
         """The next released token, None once generation has finished."""
+        if not tokens.empty():
+            return tokens.get_nowait()
         getter = asyncio.ensure_future(tokens.get())
-        done, _ = await asyncio.wait({getter, task}, timeout=max(0, deadline - loop.time()),
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        if task in done:
-            task.result()  # raises the generation's error
-            return tokens.get_nowait() if not tokens.empty() else None
-        task.cancel()
-        raise TimeoutError
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED,
+                                             timeout=max(0, min(remaining, DISCONNECT_POLL_S)))
+                if getter in done:
+                    return getter.result()
+                if task in done:
+                    task.result()  # raises the generation's error
+                    return tokens.get_nowait() if not tokens.empty() else None
+                if _client_gone(request):
+                    raise ClientGone
+                if remaining <= DISCONNECT_POLL_S:
+                    raise TimeoutError
+        finally:
+            getter.cancel()
 
-    with _service_errors(state.limits):
-        first = await next_token()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
-    await response.prepare(request)
 
     async def send(delta: dict, finish_reason: str | None = None) -> None:
         chunk = {**common, "object": "chat.completion.chunk",
@@ -222,28 +317,41 @@ async def _stream(request, state: ServerState, prompt, common: dict, include_usa
                               "logprobs": None}]}
         await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
-    await send({"role": "assistant", "content": ""})
-    text = TextStream(state.engine)
-    token = first
     try:
-        while token is not None:
-            if delta := text.push(token):
-                await send({"content": delta})
-            token = await next_token()
-    except TimeoutError:  # the response has started: end it with a finish reason
-        await send({}, "length")
-    else:
-        generation = task.result()
-        if rest := text.finish(generation.token_ids):
-            await send({"content": rest})
-        await send({}, FINISH[generation.finish_reason])
-        if include_usage:
-            chunk = {**common, "object": "chat.completion.chunk", "choices": [],
-                     "usage": _usage(prompt, generation)}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-    await response.write(b"data: [DONE]\n\n")
-    await response.write_eof()
-    return response
+        with _service_errors(state.limits):
+            first = await next_token()
+        await response.prepare(request)
+        await send({"role": "assistant", "content": ""})
+        text = TextStream(state.engine)
+        token = first
+        try:
+            while token is not None:
+                sent += 1
+                if delta := text.push(token):
+                    await send({"content": delta})
+                token = await next_token()
+        except TimeoutError:  # the response has started: end it with a finish reason
+            await send({}, "length")
+        else:
+            generation = task.result()
+            if rest := text.finish(generation.token_ids):
+                await send({"content": rest})
+            await send({}, FINISH[generation.finish_reason])
+            if include_usage:
+                chunk = {**common, "object": "chat.completion.chunk", "choices": [],
+                         "usage": _usage(prompt, generation)}
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except (ClientGone, ConnectionResetError):  # aiohttp's ClientConnectionResetError included
+        state.disconnects += 1
+        log.info("client disconnected from stream %s after %d tokens: generation cancelled",
+                 common["id"], sent)
+    finally:
+        if not task.done():  # disconnect, timeout, shutdown: stop the work for nobody
+            cancel.set()  # a running decode stops before its next step
+            task.cancel()  # a queued request is dropped
+    return response if response.prepared else web.Response(status=499)
 
 
 def _file_object(file_id: str, entry: dict) -> dict:
@@ -298,12 +406,24 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [model]})
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """Status and counters: requests in flight and queued, batches and rows run (`rows`: requests;
+    `computed_rows`: rows the accelerator ran, padding included), streamed decodes cancelled by a
+    disconnect, client disconnects, XLA compilations, resident and peak memory."""
     state = request.app[STATE]
-    return web.json_response({"status": "ok", "model": state.engine.served.model_name,
-                              "in_flight": state.in_flight, "queued": state.batcher.pending,
-                              "batches": state.batcher.batches_run,
-                              "rows": state.batcher.rows_run})
+    engine = state.engine
+    return web.json_response({
+        "status": "ok", "model": engine.served.model_name, "in_flight": state.in_flight,
+        "queued": state.batcher.pending, "batches": state.batcher.batches_run,
+        "rows": state.batcher.rows_run, "computed_rows": engine.rows_computed,
+        "cancelled": engine.cancelled, "disconnects": state.disconnects, **compile_stats(),
+        "rss_mb": round(_rss_mb(), 1),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -320,6 +440,7 @@ async def _shutdown(app: web.Application) -> None:
     await asyncio.get_running_loop().run_in_executor(None, state.batcher.close,
                                                      state.limits.request_timeout_s)
     state.featurizer.close()
+    state.tokenizer_thread.shutdown(wait=False)
     log.info("shut down after %d batches (%d rows)", state.batcher.batches_run,
              state.batcher.rows_run)
 

@@ -6,6 +6,8 @@ request becomes a path) and read with `llark_jax.audio.io` (libsndfile: wav, fla
 mp3, aiff), whose typed `AudioError`s become HTTP errors:
 
     more than `max_audio_bytes`                  -> 413 audio_too_large
+    more than `max_audio_samples` frames x channels
+      (read from the header, before decoding)     -> 413 audio_too_large
     0 bytes, truncated, undecodable, no frames,
     NaN/inf, all-zero, bad channel count/rate     -> 422 invalid_audio
     longer than `max_audio_seconds`               -> 422 audio_too_long
@@ -42,10 +44,21 @@ class AudioInputError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class AudioLimits:
-    """Per-clip bounds (bytes of the encoded file, seconds of audio)."""
+    """Per-clip bounds (bytes of the encoded file, seconds of audio).
+
+    The decoded size is bounded too, from the header before any sample is read: frames x
+    channels at most `max_audio_seconds` of mono audio at the highest accepted sample rate
+    (`llark_jax.audio.io.MAX_SOURCE_RATE`, 384 kHz), i.e. 46 MB of float32 for 30 s. A 30 s,
+    8-channel, 384 kHz file (367 MB decoded) is refused; 30 s of 192 kHz stereo is accepted."""
 
     max_audio_bytes: int = 10 * 2**20
     max_audio_seconds: float = 30.0
+
+    @property
+    def max_audio_samples(self) -> int:
+        from llark_jax.audio.io import MAX_SOURCE_RATE
+
+        return int(self.max_audio_seconds * MAX_SOURCE_RATE)
 
 
 def decode_base64_audio(data: str, limits: AudioLimits) -> bytes:
@@ -97,10 +110,17 @@ class AudioFeaturizer:
         with open(path, "wb") as f:
             f.write(data)
         try:
-            seconds = audio.audio_duration(path)
+            info = audio.probe_audio(path)  # the header only: nothing decoded yet
+            seconds = info.frames / info.samplerate
             if seconds > self.limits.max_audio_seconds:
                 raise AudioInputError(422, "audio_too_long", f"audio is {seconds:.1f} s long; "
                                       f"the limit is {self.limits.max_audio_seconds:g} s")
+            samples = info.frames * info.channels
+            if samples > self.limits.max_audio_samples:
+                raise AudioInputError(
+                    413, "audio_too_large", f"audio would decode to {samples} samples "
+                    f"({info.frames} frames x {info.channels} channels at {info.samplerate} Hz); "
+                    f"the limit is {self.limits.max_audio_samples} samples")
             waveform = audio.load_audio(path)
         except audio.AudioError as err:
             reason = err.reason.replace(path, "the upload")  # no server paths in replies

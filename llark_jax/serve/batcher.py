@@ -62,12 +62,17 @@ class MicroBatcher:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    async def submit(self, item: Any) -> Any:
-        """Queues `item` and waits for its result (cancel the await to give up)."""
+    def check_capacity(self) -> None:
+        """Raises `BatcherClosed` or `QueueFull` when `submit` would (callers run it before
+        expensive preparation such as decoding audio)."""
         if self._closed:
             raise BatcherClosed("the server is shutting down")
         if self._queue.qsize() >= self.max_queue:
             raise QueueFull(f"{self._queue.qsize()} requests are already waiting")
+
+    async def submit(self, item: Any) -> Any:
+        """Queues `item` and waits for its result (cancel the await to give up)."""
+        self.check_capacity()
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._queue.put((item, future))
         return await asyncio.wrap_future(future)

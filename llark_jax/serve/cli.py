@@ -3,7 +3,9 @@
 Loads the model once (a model directory or a training workdir, `llark_jax.checkpoints.model_dir`),
 then serves the OpenAI-compatible API and the chat page (`llark_jax.serve.app`) until SIGINT or
 SIGTERM. `--port 0` picks a free port.
-The line `serving http://HOST:PORT` is printed (and flushed) once the socket is bound.
+The line `serving http://HOST:PORT` is printed (and flushed) once the socket is bound. Binding a
+host that is not a loopback address without `--api-key-env` logs a WARNING (anyone who can reach
+the port can use the model).
 On a signal the server stops accepting connections, lets queued and running batches finish
 (up to `--request-timeout` seconds) and exits with status 0.
 """
@@ -13,11 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
 import sys
 
+from llark_jax import errors
+from llark_jax.errors import UserError
 from llark_jax.serve.audio_input import AudioLimits
 
 log = logging.getLogger("llark_jax.serve")
@@ -42,6 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="how long the first request of a batch waits for company")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503")
     p.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit")
+    p.add_argument("--max-text-kb", type=float, default=64.0,
+                   help="UTF-8 text of all messages of a request, checked before tokenizing")
     p.add_argument("--max-audio-mb", type=float, default=limits.max_audio_bytes / 2**20,
                    help="encoded size limit per clip")
     p.add_argument("--max-audio-seconds", type=float, default=limits.max_audio_seconds)
@@ -65,7 +72,7 @@ def build_state(args: argparse.Namespace):
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            raise SystemExit(f"--api-key-env {args.api_key_env}: the variable is unset or empty")
+            raise UserError(f"--api-key-env {args.api_key_env}: the variable is unset or empty")
     tokenizer = None
     if args.tokenizer:
         from transformers import AutoTokenizer
@@ -80,10 +87,11 @@ def build_state(args: argparse.Namespace):
     featurizer = AudioFeaturizer(served.features, audio_limits)
     audio_dim = served.model.projector.audio_dim
     if featurizer.encoder.dim != audio_dim:
-        raise SystemExit(f"encoder {served.features.encoder!r} gives {featurizer.encoder.dim} "
+        raise UserError(f"encoder {served.features.encoder!r} gives {featurizer.encoder.dim} "
                          f"features per frame; the model's projector takes {audio_dim}")
     engine = Engine(served, batch_size=args.batch_size,
-                    clip_tokens=featurizer.max_tokens_per_clip)
+                    clip_tokens=featurizer.max_tokens_per_clip,
+                    max_new_tokens=args.max_tokens_limit)
     batcher = MicroBatcher(engine.generate, lambda prompt: prompt.batch_key,
                            max_batch=args.batch_size, max_wait_s=args.batch_wait_ms / 1000,
                            max_queue=args.max_queue)
@@ -91,11 +99,21 @@ def build_state(args: argparse.Namespace):
         max_request_bytes=int(args.max_request_mb * 2**20), max_clips=args.max_clips,
         max_files=args.max_files,
         default_max_tokens=args.default_max_tokens, max_tokens_limit=args.max_tokens_limit,
-        request_timeout_s=args.request_timeout,
+        request_timeout_s=args.request_timeout, max_text_bytes=int(args.max_text_kb * 1024),
     )  # fmt: skip
     log.info("loaded %s (step %d) from %s", served.model_name, served.step, args.checkpoint)
     return ServerState(engine=engine, featurizer=featurizer, batcher=batcher, limits=limits,
                        api_key=api_key)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"; False for "", 0.0.0.0, :: and other names."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -103,11 +121,19 @@ async def serve(args: argparse.Namespace) -> None:
 
     from llark_jax.serve.app import make_app
 
+    if not is_loopback(args.host) and not args.api_key_env:
+        log.warning("binding %r, which is not a loopback address, without --api-key-env: anyone "
+                    "who can reach this port can use the model (pass --api-key-env VAR, or bind "
+                    "127.0.0.1)", args.host)
     app = make_app(build_state(args))
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=args.request_timeout)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as err:  # port taken, address not on this host, no permission
+        await runner.cleanup()
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
     port = runner.addresses[0][1]
     print(f"serving http://{args.host}:{port}", flush=True)
     stop = asyncio.Event()
@@ -129,7 +155,6 @@ def main(argv: list[str]) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         asyncio.run(serve(args))
-    except ModelDirError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ModelDirError, UserError) as err:
+        return errors.report(err)
     return 0

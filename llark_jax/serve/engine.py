@@ -6,14 +6,22 @@ is cut off), so a served prompt is token-for-token the prompt the model was trai
 of a conversation go into its first user turn, audio before the question (`audio_first`), each as
 `<audio_start>` + n x `<audio_patch>` + `<audio_end>` with n = audio tokens of that clip.
 
-Each clip's features are zero-padded to the server's longest allowed clip, so every batch has the
-same audio shape and XLA compiles once per (prompt-length bucket, number of clips, sampling
-settings); padded frames are never referenced by a patch token.
+Compiled programs form a small fixed set: each clip's features are zero-padded to the server's
+longest allowed clip (padded frames are never referenced by a patch token), a batch has 1, 2, 4,
+... or `batch_size` rows (the smallest that holds the requests queued; never `batch_size` copies
+of one request), and the decode loop runs for a step bucket (powers of two from 16 up to the
+`max_new_tokens` limit) that holds the batch's largest `max_tokens`; each row stops at its own
+limit and the loop ends when every row is done. Temperature, top-p and seed are per-row traced
+values, so requests with different sampling settings share a batch and a program. XLA compiles
+once per (rows, prompt-length bucket, step bucket, clips per request); `compile_stats()` counts
+the compilations of this process.
 
 Generation goes through `llark_jax.infer.generate.Generator` with `keys=[0]` per request and the
-request's seed as `SamplingConfig.seed`, so an answer does not depend on which other requests
-share its batch: it equals `Generator(model, config).generate([prompt], keys=[0])`. A streamed
-request (`ChatPrompt.on_token`) is decoded alone by `StreamDecoder`, which gives the same tokens.
+request's own `RowSettings` (token limit, temperature, top-p, seed), so an answer does not depend
+on which other requests share its batch: it equals
+`Generator(model, config).generate([prompt], keys=[0])` with the request's settings in `config`.
+A streamed request (`ChatPrompt.on_token`) is decoded alone by `StreamDecoder`, which gives the
+same tokens and stops early when its `cancel` event is set (the client disconnected).
 """
 
 from __future__ import annotations
@@ -31,14 +39,59 @@ from llark_jax.infer.generate import (
     Generation,
     Generator,
     Prompt,
+    RowSettings,
     SamplingConfig,
 )
 from llark_jax.serve.stream_decode import StreamDecoder
 
+MIN_STEP_BUCKET = 16
+
+
+def power_buckets(limit: int, low: int = 1) -> tuple[int, ...]:
+    """Powers of two from `low` below `limit`, then `limit`: (1, 2, 4, 8) for 8, (16, 32, 48)
+    for limit 48 and low 16."""
+    buckets, size = [], low
+    while size < limit:
+        buckets.append(size)
+        size *= 2
+    return (*buckets, limit)
+
+
+class _CompileCounter:
+    """XLA backend compilations of this process (a `jax.monitoring` listener, registered once)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self._registered = False
+        self._lock = threading.Lock()
+
+    def register(self) -> None:
+        with self._lock:
+            if self._registered:
+                return
+            import jax
+
+            jax.monitoring.register_event_duration_secs_listener(self._on_event)
+            self._registered = True
+
+    def _on_event(self, event: str, duration: float, **_) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+            self.seconds += duration
+
+
+_COMPILES = _CompileCounter()
+
+
+def compile_stats() -> dict:
+    """{"compiles", "compile_seconds"} of this process since the first `Engine`."""
+    return {"compiles": _COMPILES.count, "compile_seconds": round(_COMPILES.seconds, 3)}
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """The per-request decoding settings that select a compiled generator."""
+    """One request's decoding settings."""
 
     max_new_tokens: int
     temperature: float = 0.0
@@ -49,19 +102,22 @@ class Sampling:
 @dataclasses.dataclass(frozen=True)
 class ChatPrompt:
     """A conversation ready to generate: prompt ids, audio and the batching key. With `on_token`
-    (a streamed request) it is decoded alone, token by token (`StreamDecoder`)."""
+    (a streamed request) it is decoded alone, token by token (`StreamDecoder`), until done or
+    until `cancel` is set."""
 
     prompt: Prompt
     sampling: Sampling
     on_token: Callable[[int], None] | None = dataclasses.field(default=None, compare=False)
+    cancel: threading.Event | None = dataclasses.field(default=None, compare=False)
 
     @property
     def batch_key(self) -> tuple:
-        """Requests with equal keys may share a compiled batch."""
+        """Requests with equal keys may share a batch: same audio shape (sampling settings and
+        token limits are per row)."""
         if self.on_token is not None:
             return ("stream", id(self))
         audio = self.prompt.audio
-        return (self.sampling, None if audio is None else audio.shape)
+        return ("batch", None if audio is None else audio.shape)
 
 
 class Engine:
@@ -69,13 +125,17 @@ class Engine:
 
     Args:
       served: the loaded workdir or model directory (`llark_jax.checkpoints.model_dir`).
-      batch_size: rows per compiled batch.
+      batch_size: the most rows per batch.
       clip_tokens: audio tokens of the longest allowed clip (features are padded to it).
+      max_new_tokens: the largest `max_tokens` a request may ask for.
     """
 
-    def __init__(self, served: LoadedModel, *, batch_size: int, clip_tokens: int):
+    def __init__(self, served: LoadedModel, *, batch_size: int, clip_tokens: int,
+                 max_new_tokens: int = 1024):
+        _COMPILES.register()
         self.served = served
         self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
         pool = served.model.temporal_pool
         self.clip_frames = -(-clip_tokens // pool) * pool  # features per padded clip
         self.audio_ids = conv.AudioTokenIds(served.model.audio_start_id,
@@ -84,11 +144,23 @@ class Engine:
         self.stop = tuple(conv.stop_ids(served.tokenizer, served.template))
         eos = served.tokenizer.eos_token_id
         self.eos_ids = () if eos is None else (int(eos),)
-        self._generators: dict[Sampling, Generator] = {}
-        self._lock = threading.Lock()
         self.pad_id = served.tokenizer.pad_token_id or 0
         self.length_buckets = DEFAULT_BUCKETS
-        self.stream_decoder = StreamDecoder(served.model, self.length_buckets, self.pad_id)
+        self.batch_buckets = power_buckets(batch_size)
+        self.step_buckets = power_buckets(max_new_tokens, min(MIN_STEP_BUCKET, max_new_tokens))
+        self.generator = Generator(
+            served.model, self.sampling_config(Sampling(max_new_tokens)),
+            batch_size=batch_size, length_buckets=self.length_buckets, pad_id=self.pad_id,
+            batch_buckets=self.batch_buckets, step_buckets=self.step_buckets)
+        self.stream_decoder = StreamDecoder(served.model, self.length_buckets, self.pad_id,
+                                            self.step_buckets)
+        self.stream_rows = 0  # streamed requests decoded (each is one row)
+        self.cancelled = 0  # streamed decodes stopped because their client left
+
+    @property
+    def rows_computed(self) -> int:
+        """Batch rows run (padding rows included) + streamed rows."""
+        return self.generator.rows_computed + self.stream_rows
 
     def sampling_config(self, sampling: Sampling) -> SamplingConfig:
         """The `SamplingConfig` a request's settings map to (template stop sequence + EOS)."""
@@ -136,24 +208,21 @@ class Engine:
                                        self.clip_frames // pool)
         return ChatPrompt(Prompt(ids, audio, index), sampling)
 
-    def generator(self, sampling: Sampling) -> Generator:
-        """The (cached) generator of one sampling setting."""
-        with self._lock:
-            if sampling not in self._generators:
-                self._generators[sampling] = Generator(
-                    self.served.model, self.sampling_config(sampling),
-                    batch_size=self.batch_size, length_buckets=self.length_buckets,
-                    pad_id=self.pad_id)
-            return self._generators[sampling]
-
     def generate(self, prompts: Sequence[ChatPrompt]) -> list[Generation]:
         """Generates for prompts that share one `batch_key` (at most `batch_size` of them)."""
         first = prompts[0]
         if first.on_token is not None:
             config = self.sampling_config(first.sampling)
-            return [self.stream_decoder.decode(first.prompt, config, first.on_token)]
-        generator = self.generator(first.sampling)
-        return generator.generate([p.prompt for p in prompts], keys=[0] * len(prompts))
+            self.stream_rows += 1
+            generation = self.stream_decoder.decode(first.prompt, config, first.on_token,
+                                                    first.cancel)
+            if generation.finish_reason == "cancelled":
+                self.cancelled += 1
+            return [generation]
+        rows = [RowSettings(p.sampling.max_new_tokens, p.sampling.temperature, p.sampling.top_p,
+                            p.sampling.seed) for p in prompts]
+        return self.generator.generate([p.prompt for p in prompts], keys=[0] * len(prompts),
+                                       rows=rows)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.served.tokenizer.decode(list(token_ids), skip_special_tokens=True)

@@ -10,12 +10,19 @@ length, LLark splice, per-prompt PRNG stream `fold_in(fold_in(PRNGKey(seed), 0),
 Stop sequences: a token that could begin (or continue) the template's stop sequence is held back
 until the sequence is either completed (the held tokens are dropped: finish "stop") or broken
 (they are released), so clients never see part of the `"\\n### "` separator.
+
+Compiled programs: the cache is sized for the smallest of `step_buckets` that holds the request's
+`max_new_tokens` (the loop still stops at the request's own limit), and temperature and top-p are
+traced arguments, so the stream path compiles once per (length bucket, step bucket, audio shape)
+whatever the sampling settings. A set `cancel` event (the client disconnected) ends the decode
+before the next step (finish "cancelled").
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,22 +58,24 @@ def _step(graphdef, state, token_b, cache):
     return logits_btv[:, 0], cache
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _sample(logits_bv, keys_b2, step, temperature: float, top_p: float):
+@jax.jit
+def _sample(logits_bv, keys_b2, step, temperature, top_p):
     return next_token(logits_bv, keys_b2, step, temperature, top_p)
 
 
 class StreamDecoder:
     """Decodes one LLark prompt token by token (see the module docstring)."""
 
-    def __init__(self, model, length_buckets, pad_id: int):
+    def __init__(self, model, length_buckets, pad_id: int, step_buckets: Sequence[int] = ()):
         self.graphdef, self.state = nnx.split(model)
         self.length_buckets = tuple(length_buckets)
+        self.step_buckets = tuple(sorted(step_buckets))
         self.pad_id = pad_id
 
-    def decode(self, prompt: Prompt, config: SamplingConfig,
-               on_token: Callable[[int], None]) -> Generation:
-        """Calls `on_token(id)` for every released token; returns the whole `Generation`."""
+    def decode(self, prompt: Prompt, config: SamplingConfig, on_token: Callable[[int], None],
+               cancel: threading.Event | None = None) -> Generation:
+        """Calls `on_token(id)` for every released token; returns the whole `Generation`
+        (finish "cancelled", with the tokens decoded so far, once `cancel` is set)."""
         n = len(prompt.input_ids)
         t = bucket_length(n, self.length_buckets)
         ids = np.full((1, t), self.pad_id, np.int32)
@@ -78,16 +87,21 @@ class StreamDecoder:
             index = np.zeros((1, t), np.int32)
             index[0, :n] = prompt.audio_frame_index
             index = jnp.asarray(index)
+        steps = config.max_new_tokens
+        if self.step_buckets and steps <= self.step_buckets[-1]:
+            steps = bucket_length(steps, self.step_buckets)
         logits, cache = _prefill(self.graphdef, self.state, jnp.asarray(ids), jnp.asarray(mask),
-                                 audio, index, t + config.max_new_tokens)
+                                 audio, index, t + steps)
         base = jax.random.key_data(jax.random.PRNGKey(config.seed))
         keys = jnp.stack([jax.random.fold_in(base, 0)])
         stops = [tuple(s) for s in config.stop_sequences]
         out: list[int] = []
         released = 0
+        temperature, top_p = np.float32(config.temperature), np.float32(config.top_p)
         for step in range(config.max_new_tokens):
-            token = int(_sample(logits, keys, step, float(config.temperature),
-                                float(config.top_p))[0])
+            if cancel is not None and cancel.is_set():
+                return Generation(out, "cancelled")
+            token = int(_sample(logits, keys, np.int32(step), temperature, top_p)[0])
             if token in config.eos_ids:
                 return Generation(out, "eos")
             out.append(token)
