@@ -15,6 +15,7 @@ from serve_helpers import FEATURE_POOL, MODEL_NAME, SYSTEM_PROMPT, make_model_di
 
 from llark_jax.checkpoints.model_dir import load_model
 from llark_jax.data import conversation as conv
+from llark_jax.infer.generate import RowSettings
 from llark_jax.serve.batcher import BatcherClosed, MicroBatcher, QueueFull
 from llark_jax.serve.chat_request import (
     MAX_JSON_DEPTH,
@@ -23,7 +24,7 @@ from llark_jax.serve.chat_request import (
     parse_json_body,
 )
 from llark_jax.serve.cli import is_loopback
-from llark_jax.serve.engine import Engine, Sampling, TextStream, power_buckets
+from llark_jax.serve.engine import Engine, TextStream, power_buckets
 
 LIMITS = dict(default_max_tokens=16, max_tokens_limit=64, max_clips=2)
 
@@ -141,7 +142,7 @@ def test_prompt_places_every_clip_and_ends_with_assistant_prefix(engine):
     rng = np.random.default_rng(0)
     clips = [rng.normal(size=(4, 160)).astype(np.float32),
              rng.normal(size=(6, 160)).astype(np.float32)]
-    chat = engine.build_prompt([("Key?", "A minor."), ("Tempo?", "")], clips, Sampling(8))
+    chat = engine.build_prompt([("Key?", "A minor."), ("Tempo?", "")], clips, RowSettings(8))
     prompt, tok = chat.prompt, engine.served.tokenizer
     ids = prompt.input_ids.tolist()
     prefix = tok.encode(engine.served.template.assistant_prefix, add_special_tokens=False)
@@ -152,9 +153,9 @@ def test_prompt_places_every_clip_and_ends_with_assistant_prefix(engine):
     assert "Tempo?" in tok.decode(ids) and "A minor." in tok.decode(ids)
     # sampling settings and token limits are per row: only the audio shape splits batches
     assert chat.batch_key == ("batch", (2, 6, 160))
-    other = engine.build_prompt([("Key?", "")], clips, Sampling(30, temperature=0.7, seed=3))
+    other = engine.build_prompt([("Key?", "")], clips, RowSettings(30, temperature=0.7, seed=3))
     assert other.batch_key == chat.batch_key
-    text_only = engine.build_prompt([("Hello", "")], [], Sampling(8))
+    text_only = engine.build_prompt([("Hello", "")], [], RowSettings(8))
     assert text_only.prompt.audio is None and text_only.batch_key == ("batch", None)
 
 
@@ -176,7 +177,7 @@ def test_stream_decoder_equals_generator_and_holds_back_stop_tokens(engine):
     tokens of a stop sequence are never released."""
     rng = np.random.default_rng(2)
     clips = [rng.normal(size=(5, 160)).astype(np.float32)]
-    for sampling in (Sampling(12), Sampling(12, temperature=0.9, top_p=0.8, seed=5)):
+    for sampling in (RowSettings(12), RowSettings(12, temperature=0.9, top_p=0.8, seed=5)):
         chat = engine.build_prompt([("What is the key?", "")], clips, sampling)
         [batched] = engine.generate([chat])
         released: list[int] = []
@@ -194,7 +195,7 @@ def test_stream_decoder_equals_generator_and_holds_back_stop_tokens(engine):
 
 def test_stream_decoder_stops_when_cancelled(engine):
     """A set cancel event (the client left) ends the decode before the next step."""
-    chat = engine.build_prompt([("What is the key?", "")], [], Sampling(12))
+    chat = engine.build_prompt([("What is the key?", "")], [], RowSettings(12))
     cancel = threading.Event()
     released: list[int] = []
 
@@ -203,7 +204,7 @@ def test_stream_decoder_stops_when_cancelled(engine):
         if len(released) == 2:
             cancel.set()
 
-    config = dataclasses.replace(engine.sampling_config(Sampling(12)), stop_sequences=())
+    config = dataclasses.replace(engine.sampling_config(RowSettings(12)), stop_sequences=())
     out = engine.stream_decoder.decode(chat.prompt, config, on_token, cancel)
     full = engine.stream_decoder.decode(chat.prompt, config, lambda _: None)
     assert out.finish_reason == "cancelled" and len(full.token_ids) > 3
@@ -395,5 +396,5 @@ def test_model_dir_round_trip_and_training_workdir(tmp_path):
     for a, b in zip(ours, saved, strict=True):
         np.testing.assert_array_equal(a, b)
     chat = Engine(workdir, batch_size=1, clip_tokens=4).build_prompt(
-        [("Key?", "")], [np.ones((3, 160), np.float32)], Sampling(4))
+        [("Key?", "")], [np.ones((3, 160), np.float32)], RowSettings(4))
     assert list(chat.prompt.input_ids).count(ids.patch) == 3

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from aiohttp import web
 
-from llark_jax.infer.generate import PromptTooLong, bucket_length
+from llark_jax.infer.generate import PromptTooLong, RowSettings, bucket_length
 from llark_jax.serve.audio_input import AudioFeaturizer, AudioInputError, decode_base64_audio
 from llark_jax.serve.batcher import BatcherClosed, MicroBatcher, QueueFull
 from llark_jax.serve.chat_request import (
@@ -52,7 +52,7 @@ from llark_jax.serve.chat_request import (
     parse_chat_request,
     parse_json_body,
 )
-from llark_jax.serve.engine import Engine, Sampling, TextStream, compile_stats
+from llark_jax.serve.engine import Engine, TextStream, compile_stats
 
 log = logging.getLogger("llark_jax.serve")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -221,7 +221,7 @@ async def _chat_completions(request: web.Request, state: ServerState) -> web.Str
     with _service_errors(limits):
         state.batcher.check_capacity()  # a full queue answers 503 before any audio is decoded
     clips = await _clip_features(state, chat)
-    sampling = Sampling(chat.max_tokens, chat.temperature, chat.top_p, chat.seed)
+    sampling = RowSettings(chat.max_tokens, chat.temperature, chat.top_p, chat.seed)
     build = functools.partial(state.engine.build_prompt, chat.exchanges, clips, sampling,
                               chat.system_prompt)
     try:

@@ -90,23 +90,13 @@ def compile_stats() -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sampling:
-    """One request's decoding settings."""
-
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
 class ChatPrompt:
     """A conversation ready to generate: prompt ids, audio and the batching key. With `on_token`
     (a streamed request) it is decoded alone, token by token (`StreamDecoder`), until done or
     until `cancel` is set."""
 
     prompt: Prompt
-    sampling: Sampling
+    sampling: RowSettings
     on_token: Callable[[int], None] | None = dataclasses.field(default=None, compare=False)
     cancel: threading.Event | None = dataclasses.field(default=None, compare=False)
 
@@ -149,7 +139,7 @@ class Engine:
         self.batch_buckets = power_buckets(batch_size)
         self.step_buckets = power_buckets(max_new_tokens, min(MIN_STEP_BUCKET, max_new_tokens))
         self.generator = Generator(
-            served.model, self.sampling_config(Sampling(max_new_tokens)),
+            served.model, self.sampling_config(RowSettings(max_new_tokens)),
             batch_size=batch_size, length_buckets=self.length_buckets, pad_id=self.pad_id,
             batch_buckets=self.batch_buckets, step_buckets=self.step_buckets)
         self.stream_decoder = StreamDecoder(served.model, self.length_buckets, self.pad_id,
@@ -162,7 +152,7 @@ class Engine:
         """Batch rows run (padding rows included) + streamed rows."""
         return self.generator.rows_computed + self.stream_rows
 
-    def sampling_config(self, sampling: Sampling) -> SamplingConfig:
+    def sampling_config(self, sampling: RowSettings) -> SamplingConfig:
         """The `SamplingConfig` a request's settings map to (template stop sequence + EOS)."""
         return SamplingConfig(
             max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
@@ -174,7 +164,7 @@ class Engine:
         self,
         exchanges: Sequence[tuple[str, str]],
         clips: Sequence[np.ndarray],
-        sampling: Sampling,
+        sampling: RowSettings,
         system_prompt: str | None = None,
     ) -> ChatPrompt:
         """`exchanges` = [(question, answer), ..., (last question, "")]; clips: features [T, D].
@@ -219,8 +209,7 @@ class Engine:
             if generation.finish_reason == "cancelled":
                 self.cancelled += 1
             return [generation]
-        rows = [RowSettings(p.sampling.max_new_tokens, p.sampling.temperature, p.sampling.top_p,
-                            p.sampling.seed) for p in prompts]
+        rows = [p.sampling for p in prompts]
         return self.generator.generate([p.prompt for p in prompts], keys=[0] * len(prompts),
                                        rows=rows)
 
