@@ -25,7 +25,6 @@ projector it starts from was trained on them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -53,13 +52,6 @@ ROWS = (("captioning", "stage 1", "stage1/caption"), ("captioning", "final", "fi
         ("QA (3 prompts)", "final", "final/qa"))
 
 
-def config_hash(config: ml_collections.ConfigDict, stage: str) -> str:
-    """Hash of the config entries this stage and all earlier ones depend on."""
-    data = {key: config[key].to_dict() if hasattr(config[key], "to_dict") else config[key]
-            for name in STAGES[: STAGES.index(stage) + 1] for key in STAGE_KEYS.get(name, ())}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def first_sentence(caption: str) -> str:
     """"A piece in D major at ... saxophone. The harmony moves ..." -> the first sentence (key,
     tempo, meter, instruments: 27-38 SmolLM2 tokens, about MusiLingo's 32-token caption cap)."""
@@ -69,29 +61,8 @@ def first_sentence(caption: str) -> str:
 class MusiLingoDemo(demo.Demo):
     """The LLark demo's data stages, then MusiLingo's two stages, eval and report."""
 
-    def run(self, stop_after: str = "report") -> dict[str, Any] | None:
-        self.path("stages").mkdir(parents=True, exist_ok=True)
-        self.path("work").mkdir(exist_ok=True)
-        fresh = False
-        for index, stage in enumerate(STAGES):
-            marker, digest = self.path("stages", f"{stage}.json"), config_hash(self.config, stage)
-            done = json.loads(marker.read_text()) if marker.exists() else None
-            tag = f"[{index + 1}/{len(STAGES)}] {stage}"
-            if not fresh and done and done.get("config_hash") == digest and stage != "report":
-                self.stage_seconds[stage] = done["seconds"]
-                self.reused.append(stage)
-                print(f"{tag}: done before ({done['seconds']:.0f} s), reused", flush=True)
-            else:
-                fresh = True
-                print(f"{tag} ...", flush=True)
-                began = time.perf_counter()
-                info = getattr(self, f"stage_{stage}")() or {}
-                self.stage_seconds[stage] = seconds = time.perf_counter() - began
-                write_json_atomic(marker, {**info, "seconds": seconds, "config_hash": digest})
-                print(f"{tag}: {seconds:.1f} s", flush=True)
-            if stage == stop_after:
-                break
-        return self.state.get("report")
+    stages = STAGES
+    stage_keys = STAGE_KEYS
 
     def stage_captions(self) -> dict:
         """Stage-1 data: one caption per clip as a `metadata.qa` pair with an empty question
@@ -138,7 +109,7 @@ class MusiLingoDemo(demo.Demo):
         from llark_jax.train.loop import SUMMARY, train
 
         workdir = self.path("train", RUNS[stage][0])
-        stamp, digest = workdir / "demo_config_hash", config_hash(self.config, stage)
+        stamp, digest = workdir / "demo_config_hash", self.config_hash(stage)
         if workdir.exists() and (not stamp.exists() or stamp.read_text() != digest):
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -69,20 +69,13 @@ def _run(stage: str, args: list[str]) -> None:
         raise StageFailed(f"stage {stage}: `{' '.join(command[1:])}` exited with {status}")
 
 
-def _config_hash(config: ml_collections.ConfigDict, stage: str) -> str:
-    """Hash of the config entries this stage and all earlier ones depend on."""
-    data = {}
-    for name in STAGES[: STAGES.index(stage) + 1]:
-        for key in STAGE_KEYS.get(name, ()):
-            node: Any = config
-            for part in key.split("."):
-                node = node[part]
-            data[key] = node.to_dict() if hasattr(node, "to_dict") else node
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class Demo:
-    """Runs the stages in `workdir` with `config`; `state` carries the report."""
+    """Runs the stages in `workdir` with `config`; `state` carries the report. `stages` and
+    `stage_keys` (the config entries each stage's output depends on) are class attributes, so a
+    demo of another recipe (`llark_jax.demo.musilingo`) adds stages without another loop."""
+
+    stages: tuple[str, ...] = STAGES
+    stage_keys: dict[str, tuple[str, ...]] = STAGE_KEYS
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         self.config = config
@@ -94,31 +87,44 @@ class Demo:
     def path(self, *parts: str) -> Path:
         return self.workdir.joinpath(*parts)
 
+    def config_hash(self, stage: str) -> str:
+        """Hash of the config entries this stage and all earlier ones depend on."""
+        data = {}
+        for name in self.stages[: self.stages.index(stage) + 1]:
+            for key in self.stage_keys.get(name, ()):
+                node: Any = self.config
+                for part in key.split("."):
+                    node = node[part]
+                data[key] = node.to_dict() if hasattr(node, "to_dict") else node
+        text = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def run(self, stop_after: str = "report") -> dict[str, Any] | None:
         (self.path("stages")).mkdir(parents=True, exist_ok=True)
         self.path("work").mkdir(exist_ok=True)
         fresh = False
-        for index, stage in enumerate(STAGES):
+        stages = self.stages
+        for index, stage in enumerate(stages):
             marker = self.path("stages", f"{stage}.json")
-            digest = _config_hash(self.config, stage)
+            digest = self.config_hash(stage)
             done = json.loads(marker.read_text()) if marker.exists() else None
             if not fresh and done is not None and done.get("config_hash") == digest \
                     and stage != "report":
                 self.stage_seconds[stage] = done["seconds"]
                 self.reused.append(stage)
-                print(f"[{index + 1}/{len(STAGES)}] {stage}: done before "
+                print(f"[{index + 1}/{len(stages)}] {stage}: done before "
                       f"({done['seconds']:.0f} s), reused", flush=True)
                 if stage == stop_after:
                     break
                 continue
             fresh = True
-            print(f"[{index + 1}/{len(STAGES)}] {stage} ...", flush=True)
+            print(f"[{index + 1}/{len(stages)}] {stage} ...", flush=True)
             began = time.perf_counter()
             info = getattr(self, f"stage_{stage}")() or {}
             seconds = time.perf_counter() - began
             self.stage_seconds[stage] = seconds
             write_json_atomic(marker, {**info, "seconds": seconds, "config_hash": digest})
-            print(f"[{index + 1}/{len(STAGES)}] {stage}: {seconds:.1f} s", flush=True)
+            print(f"[{index + 1}/{len(stages)}] {stage}: {seconds:.1f} s", flush=True)
             if stage == stop_after:
                 break
         return self.state.get("report")
@@ -211,7 +217,7 @@ class Demo:
 
         workdir = self.path("train")
         stamp = workdir / "demo_config_hash"
-        digest = _config_hash(self.config, "train")
+        digest = self.config_hash("train")
         if workdir.exists() and (not stamp.exists() or stamp.read_text() != digest):
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
