@@ -72,6 +72,5 @@ def get_config() -> ml_collections.ConfigDict:
     o.clip_norm = 1.0
 
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    config.sharding_rules = "fsdp"
     config.metrics.peak_flops_per_device = 989e12  # H100 SXM dense bf16
     return config

@@ -200,17 +200,20 @@ def _choice(config: ml_collections.ConfigDict, key: str, allowed: Any) -> None:
 def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = False) -> None:
     """Rejects, with a `ConfigError` naming the field, values the run would only trip over later
     (after imports and compiles): unknown model/data sources, trainable presets, templates,
-    sharding rules, loss normalisations; with `check_paths`, a missing `model.path` for hf/gguf
+    logical-axis rules, loss normalisations; with `check_paths`, a missing `model.path` for hf/gguf
     sources and tfrecord data without `data.path`."""
     from llark_jax.data.conversation import TOKENIZER_TEMPLATE_NAME, get_template
     from llark_jax.model.trainable import PRESETS
-    from llark_jax.train.mesh import RULES_TABLES
+    from llark_jax.train.mesh import rules_of
     from llark_jax.train.step import NORMALIZATIONS
 
     _choice(config, "model.source", ("random", "hf", "gguf"))
     _choice(config, "data.source", ("synthetic", "tfrecord"))
     _choice(config, "model.trainable", PRESETS)
-    _choice(config, "sharding_rules", RULES_TABLES)
+    try:
+        rules_of(config)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"logical_axis_rules: {err}") from None
     _choice(config, "train.loss_normalization", NORMALIZATIONS)
     template = config.data.get("template")
     if template and template != TOKENIZER_TEMPLATE_NAME:

@@ -9,11 +9,13 @@ here, so a typo is an error, not a silently ignored key. Sections:
   turns stored encoder frames into audio tokens (`feature_pool`, `standardize`); the same feature
   spec is saved with the model, so inference reproduces it (`llark_jax.data.features`).
 - `train`, `optim`: the loop, checkpoints and AdamW + warmup-cosine.
-- `mesh`, `sharding_rules`, `metrics`.
+- `mesh` (axis sizes), `logical_axis_rules` (logical axis -> mesh axes, as MaxText's), `metrics`.
 """
 
 import ml_collections
 from ml_collections import config_dict
+
+from llark_jax.model.sharding import DEFAULT_RULES, rules_to_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -92,7 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.clip_norm = 1.0
 
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    config.sharding_rules = "fsdp"  # fsdp | fsdp_tensor | data_parallel
+    # [[logical_name, mesh_axes], ...] (`llark_jax.model.sharding`): FSDP by default; every name
+    # but `batch` -> None is data parallel (docs/training.md).
+    config.logical_axis_rules = rules_to_config(DEFAULT_RULES)
 
     config.metrics = ml_collections.ConfigDict()
     config.metrics.peak_flops_per_device = 0.0  # FLOP/s; 0 = unknown (mfu reported as 0)

@@ -25,7 +25,7 @@ from llark_jax.checkpoints.build import build_model
 from llark_jax.checkpoints.model_dir import load_model
 from llark_jax.demo.musilingo import STAGES
 from llark_jax.io import read_jsonl
-from llark_jax.train.mesh import make_mesh, rules_for
+from llark_jax.train.mesh import make_mesh, rules_of
 
 MINI = ["--system", "musilingo", "--n-clips", "8", "--seconds", "3", "--steps", "3",
         "--config.pretrain.steps=3", "--config.dataset.eval_fraction=0.5",
@@ -79,7 +79,7 @@ def test_mini_musilingo_demo(tmp_path: Path) -> None:
 
     # the LM is the base model, bit for bit, after both stages (projector only)
     c = final.config
-    _, base, _ = build_model(c.model, make_mesh(c.mesh.to_dict()), rules_for(c.sharding_rules),
+    _, base, _ = build_model(c.model, make_mesh(c.mesh.to_dict()), rules_of(c),
                              c.seed)
     base_params = {"/".join(map(str, p)): np.asarray(v.get_value())
                    for p, v in nnx.to_flat_state(base)}

@@ -114,13 +114,16 @@ def test_config_names_and_paths_fail_with_the_shipped_list(tmp_path):
 
 @pytest.mark.parametrize("override, match", [
     ("model.source=hug", "model.source='hug'"), ("model.trainable=most", "model.trainable"),
-    ("data.template=chatml", "data.template='chatml'"), ("sharding_rules=zero3", "sharding"),
+    ("data.template=chatml", "data.template='chatml'"),
+    ("logical_axis_rules=[['embed', 'zero3']]", "logical_axis_rules: rule 'embed': unknown mesh"),
+    ("logical_axis_rules=[['emb', 'fsdp']]", "unknown logical axis 'emb'"),
+    ("logical_axis_rules=[['embed', 'fsdp'], ['embed', None]]", "two rules"),
     ("train.loss_normalization=mean", "loss_normalization"),
 ])
 def test_validate_config_names_the_field(override, match):
     from llark_jax.config import ConfigError, validate_config
 
-    key, value = override.split("=")
+    key, value = override.split("=", 1)
     config = load_config("tiny", [(key, value)])
     with pytest.raises(ConfigError, match=match):
         validate_config(config)
@@ -136,3 +139,23 @@ def test_validate_config_checks_model_and_data_paths(tmp_path):
     records = load_config("tiny", [("data.source", "tfrecord")])
     with pytest.raises(ConfigError, match="needs data.path"):
         validate_config(records, check_paths=True)
+
+
+def test_logical_axis_rules_are_config_data_and_round_trip_through_json():
+    """The rules table is a config field: the default is the FSDP table, a config override
+    replaces it, and the JSON a manifest stores reads back to the same rules."""
+    import json
+
+    import ml_collections
+
+    from llark_jax.config import config_to_json
+    from llark_jax.model.sharding import DEFAULT_RULES
+    from llark_jax.train.mesh import rules_of
+
+    assert rules_of(load_config("tiny")) == DEFAULT_RULES
+    data_parallel = load_config("tiny", [("logical_axis_rules", "[['batch', ['data', 'fsdp']]]")])
+    assert rules_of(data_parallel) == (("batch", ("data", "fsdp")),)
+    stored = ml_collections.ConfigDict(json.loads(config_to_json(data_parallel)))
+    assert rules_of(stored) == rules_of(data_parallel)
+    del stored["logical_axis_rules"]  # a manifest written before the field existed
+    assert rules_of(stored) == DEFAULT_RULES

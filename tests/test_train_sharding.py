@@ -55,7 +55,7 @@ def test_accumulation_with_data_parallel_rules_matches_full_batch(single_device_
     `micro_batch_mean`, micro_steps=1) is the full-batch reference.
     """
     accumulated = tiny_config(train__loss_normalization="global_tokens", train__micro_steps="2",
-                              sharding_rules="data_parallel")
+                              logical_axis_rules="[['batch', ['data', 'fsdp']]]")
     _, state, losses = run_steps(accumulated, {"data": 4}, STEPS, devices=jax.devices()[:4])
     np.testing.assert_allclose(losses, single_device_losses, rtol=2e-5)
     gate = state["params"]["llama"]["layers"]["mlp"]["gate"][...]

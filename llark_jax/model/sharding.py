@@ -1,9 +1,10 @@
 """Logical axis names -> mesh axes (docs/architecture.md, decision 2).
 
-Model code names the axes of every parameter and key activation with logical names (`layers, vocab,
-embed, mlp, heads, kv_heads, head_dim, batch, length`; `layers` is the leading axis of the stacked
-decoder-layer parameters). A rules table, chosen per config, maps each logical name to a mesh
-axis, a tuple of mesh axes, or None (replicated):
+Model code names the axes of every parameter and key activation with logical names (`LOGICAL_AXES`;
+`layers` is the leading axis of the stacked decoder-layer parameters). A rules table maps each
+logical name to a mesh axis, a tuple of mesh axes, or None (replicated). The table is data held in
+the config (`config.logical_axis_rules`, as MaxText's `logical_axis_rules`): `DEFAULT_RULES` is the
+schema's default, and `parse_rules` turns a config's table (lists, as JSON stores it) into `Rules`:
 
     rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("head_dim", None))
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -25,18 +27,53 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 MeshAxes = str | tuple[str, ...] | None
 Rules = Sequence[tuple[str, MeshAxes]]
 
-# A sensible default for meshes with axes ("data", "fsdp", "tensor"); axes a mesh lacks are dropped.
+LOGICAL_AXES = ("layers", "batch", "length", "vocab", "embed", "mlp", "heads", "kv_heads",
+                "head_dim", "audio_features")
+
+# FSDP (ZeRO-3 style) over a ("data", "fsdp", "tensor") mesh: parameters split along `embed` over
+# `fsdp`, heads/mlp/vocab over `tensor` (a no-op when that axis has size 1), the batch over
+# (data, fsdp). Axes a mesh lacks, or that do not divide a dimension, are dropped for it, so the
+# 32004-row Llama-2+LLark embedding needs no padding. The stacked layer axis is never split (the
+# layer scan reads one row per step; a pipeline axis would be the place to split it).
 DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("layers", None),
     ("batch", ("data", "fsdp")),
     ("length", None),
-    ("embed", "fsdp"),
     ("vocab", "tensor"),
+    ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
+    ("audio_features", None),
 )
+
+
+def parse_rules(table: Any) -> tuple[tuple[str, MeshAxes], ...]:
+    """A config's rules table (`[[name, axes], ...]`; axes a mesh-axis name, a list of names, or
+    None) as `Rules`; raises `ValueError` naming the bad entry. Each logical name at most once."""
+    rules: list[tuple[str, MeshAxes]] = []
+    for entry in table:
+        if isinstance(entry, str) or len(entry) != 2:
+            raise ValueError(f"rule {entry!r}: expected [logical_name, mesh_axes]")
+        name, axes = entry
+        if name not in LOGICAL_AXES:
+            raise ValueError(f"rule {entry!r}: unknown logical axis {name!r}; "
+                             f"names are {list(LOGICAL_AXES)}")
+        if name in dict(rules):
+            raise ValueError(f"rule {entry!r}: {name!r} has two rules")
+        if not (axes is None or isinstance(axes, str)
+                or all(isinstance(a, str) for a in axes)):
+            raise ValueError(f"rule {entry!r}: mesh axes must be a name, a list of names or None")
+        rules.append((name, axes if axes is None or isinstance(axes, str) else tuple(axes)))
+    return tuple(rules)
+
+
+def rules_to_config(rules: Rules) -> list[list[Any]]:
+    """`rules` as the JSON-friendly lists a config holds."""
+    return [[name, axes if axes is None or isinstance(axes, str) else list(axes)]
+            for name, axes in rules]
+
 
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
     "llark_logical_rules", default=None
@@ -51,11 +88,6 @@ def logical_rules(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
         yield
     finally:
         _ACTIVE.reset(token)
-
-
-def active_rules() -> tuple[Mesh, Rules] | None:
-    """The (mesh, rules) in effect, or None."""
-    return _ACTIVE.get()
 
 
 def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:

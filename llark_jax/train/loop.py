@@ -68,7 +68,7 @@ from llark_jax.train.mesh import (
     make_mesh,
     maybe_initialize_distributed,
     replicated,
-    rules_for,
+    rules_of,
 )
 from llark_jax.train.metrics import MetricsWriter
 from llark_jax.train.optim import make_optimizer, trainable_labels
@@ -242,7 +242,7 @@ class TrainSetup:
         self.config = config
         self.mesh = make_mesh(mesh_sizes if mesh_sizes is not None else config.mesh.to_dict(),
                               devices)
-        self.rules = rules_for(config.sharding_rules)
+        self.rules = rules_of(config)
         # Structure and shardings come from the abstract model: nothing is allocated here.
         graphdef, abstract_params, abstract_rest = abstract_model(
             model_fn(config.model, config.seed))

@@ -1,17 +1,10 @@
-"""Device mesh `("data", "fsdp", "tensor")`, multi-host start-up and logical-axis rules tables.
+"""Device mesh `("data", "fsdp", "tensor")`, multi-host start-up, and the config's rules table.
 
-Model code names axes logically (`layers, vocab, embed, mlp, heads, kv_heads, head_dim, batch,
-length`); a rules table maps each logical name to mesh axes. Three tables ship:
-
-- `fsdp`: parameters sharded along `embed` over `fsdp` (ZeRO-3 style), heads/mlp/vocab over
-  `tensor` (a no-op when the tensor axis has size 1, the 7B default). A dimension a mesh axis does
-  not divide stays unsharded on that axis (`logical_to_spec` drops it), so the 32004-row
-  Llama-2+LLark embedding needs no padding: its `embed` dim 4096 carries the `fsdp` split.
-- `fsdp_tensor`: the same table; it is named separately so configs state their intent.
-- `data_parallel`: every parameter replicated, only the batch is split.
-
-Batches are always split over `("data", "fsdp")`. The stacked decoder-layer axis `layers` is never
-split (the layer scan reads one row per step; a pipeline axis would be the place to split it).
+Model code names axes logically (`llark_jax.model.sharding.LOGICAL_AXES`); the config's
+`logical_axis_rules` maps each logical name to mesh axes (default `model.sharding.DEFAULT_RULES`,
+FSDP with heads/mlp/vocab over `tensor`). A data-parallel run replicates every parameter by
+mapping every name but `batch` to None (docs/training.md). Batches are always split over
+`("data", "fsdp")`.
 """
 
 from __future__ import annotations
@@ -21,42 +14,30 @@ import os
 from collections.abc import Mapping, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from llark_jax.model.sharding import Rules
+from llark_jax.model.sharding import DEFAULT_RULES, Rules, parse_rules
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-_FSDP_RULES: Rules = (
-    ("layers", None),  # stacked decoder layers: every device holds its shard of all L rows
-    ("batch", BATCH_AXES),
-    ("length", None),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("audio_features", None),
-)
-
-RULES_TABLES: dict[str, Rules] = {
-    "fsdp": _FSDP_RULES,
-    "fsdp_tensor": _FSDP_RULES,
-    "data_parallel": tuple((name, BATCH_AXES if name == "batch" else None)
-                           for name, _ in _FSDP_RULES),
-}
-
 log = logging.getLogger(__name__)
 
 
-def rules_for(name: str) -> Rules:
-    """The logical-axis rules table called `name` (see `RULES_TABLES`)."""
-    if name not in RULES_TABLES:
-        raise ValueError(f"unknown sharding rules {name!r}; choose one of {sorted(RULES_TABLES)}")
-    return RULES_TABLES[name]
+def rules_of(config: ml_collections.ConfigDict) -> Rules:
+    """The logical-axis rules table of `config` (`logical_axis_rules`; `DEFAULT_RULES` for configs
+    saved before the table was a config field). Raises `ValueError` for an unknown logical name or
+    a mesh axis outside `MESH_AXES` (which would otherwise silently replicate)."""
+    table = config.get("logical_axis_rules")
+    rules = DEFAULT_RULES if table is None else parse_rules(table)
+    for name, axes in rules:
+        named = (axes,) if isinstance(axes, str) else axes or ()
+        unknown = [axis for axis in named if axis not in MESH_AXES]
+        if unknown:
+            raise ValueError(f"rule {name!r}: unknown mesh axes {unknown}; axes are {MESH_AXES}")
+    return rules
 
 
 def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int) -> tuple[int, int, int]:
