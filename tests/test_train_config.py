@@ -159,3 +159,33 @@ def test_logical_axis_rules_are_config_data_and_round_trip_through_json():
     assert rules_of(stored) == rules_of(data_parallel)
     del stored["logical_axis_rules"]  # a manifest written before the field existed
     assert rules_of(stored) == DEFAULT_RULES
+
+
+@pytest.mark.parametrize("variant, checks", [
+    ("clap", {"data.encoder": "clap", "model.audio_dim": 512, "data.audio_frames": 1,
+              "model.llama.num_layers": 32}),
+    ("small_lm", {"data.encoder": "jukebox", "model.audio_dim": 4800,
+                  "model.llama.num_layers": 22, "model.llama.num_kv_heads": 4}),
+])
+def test_paper_ablation_configs_change_only_their_part(variant, checks):
+    """`llark_ablation:VARIANT` is the paper recipe with one part swapped; it validates, and the
+    small LM's dims give TinyLlama-1.1B's parameter count (+ the projector)."""
+    import jax
+
+    from llark_jax.checkpoints.build import abstract_model, model_fn
+    from llark_jax.config import validate_config
+
+    config, paper = load_config(f"llark_ablation:{variant}"), load_config("llark_7b")
+    validate_config(config)
+    for key, value in checks.items():
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+    assert (config.train.steps, config.optim.peak_lr) == (paper.train.steps, paper.optim.peak_lr)
+    if variant == "small_lm":
+        _, params, _ = abstract_model(model_fn(config.model, config.seed))
+        n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+        assert abs(n - (1_100_048_384 + 4 * 2048 * 2 + 4800 * 2048 + 2048)) < 1e6, n
+    with pytest.raises(ConfigError, match="ablation 'mpt'"):
+        load_config("llark_ablation:mpt")

@@ -1,7 +1,7 @@
 """Encoder registry: configs and the `embed` stage name an encoder; `get_encoder` builds it.
 
-Entries are import paths, so naming `mel` never imports torch (and `jukebox`/`mert` import it only
-when built). To add an encoder (CLAP, ...), subclass `base.AudioEncoder` in a new module and add
+Entries are import paths, so naming `mel` never imports torch (and `jukebox`/`mert`/`clap` import it only
+when built). To add an encoder, subclass `base.AudioEncoder` in a new module and add
 one line to `ENCODERS` (or call `register_encoder` from your own code).
 """
 
@@ -16,6 +16,7 @@ ENCODERS: dict[str, str] = {
     "jukebox": "llark_jax.audio.encoders.jukebox:JukeboxEncoder",
     "jukebox-jukemirlib": "llark_jax.audio.encoders.jukemirlib_backend:JukemirlibEncoder",
     "mert": "llark_jax.audio.encoders.mert:MertEncoder",
+    "clap": "llark_jax.audio.encoders.clap:ClapEncoder",
 }
 
 

@@ -1,4 +1,4 @@
-"""The audio-encoder interface every embedding backend implements (mel, jukebox, later MERT/CLAP).
+"""The audio-encoder interface every embedding backend implements (mel, jukebox, mert, clap).
 
 An encoder turns mono float32 waveforms at its own `sample_rate` into frame sequences on a fixed
 time grid: `encode_batch([x_n]) -> [y_td]`, one float32 array `[T, D]` per clip, with
