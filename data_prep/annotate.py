@@ -18,82 +18,24 @@ tempo and key stay track-level. Processors are built once per process (`get_anno
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
 import numpy as np
 
+from llark_jax.audio.annotator import (  # noqa: F401 - moved to llark_jax (benchmark baseline)
+    MAX_ANNOTATION_S,
+    MIN_ANNOTATION_S,
+    MadmomAnnotator,
+    chord_label,
+    get_annotator,
+)
 from llark_jax.audio.io import SAMPLE_RATE, TooShortAudioError, load_audio
 
-MAX_ANNOTATION_S = 360.0
-MIN_ANNOTATION_S = 1.0  # madmom fails (or returns NaN tempo) on shorter signals
 DEFAULT_MAX_CROP_S = 25.0
 BEAT_DIGITS = 2  # madmom's beat tracker runs at 100 fps
 CHORD_DIGITS = 1  # the reference rounds chord times to 0.1 s
 NOTE_DIGITS = 2  # the reference rounds MusicNet note times to 0.01 s
-
-
-class MadmomAnnotator:
-    """The four madmom pipelines, loaded once. Call with mono float32 audio at 44.1 kHz."""
-
-    def __init__(self) -> None:
-        import warnings
-
-        import onnxruntime
-        from madmom.features.beats import RNNBeatProcessor
-        from madmom.features.chords import CNNChordFeatureProcessor, CRFChordRecognitionProcessor
-        from madmom.features.downbeats import DBNDownBeatTrackingProcessor, RNNDownBeatProcessor
-        from madmom.features.key import CNNKeyRecognitionProcessor
-        from madmom.features.tempo import TempoEstimationProcessor
-
-        onnxruntime.set_default_logger_severity(3)  # silence per-call shape warnings
-        warnings.filterwarnings("ignore", message="Usage of `method` is deprecated")
-        self.beat_acts = RNNBeatProcessor()
-        self.tempo = TempoEstimationProcessor(fps=100)
-        self.key = CNNKeyRecognitionProcessor()
-        self.chord_features = CNNChordFeatureProcessor()
-        self.chords = CRFChordRecognitionProcessor(fps=10)
-        self.downbeat_acts = RNNDownBeatProcessor()
-        self.downbeats = DBNDownBeatTrackingProcessor(beats_per_bar=[3, 4], fps=100)
-
-    def __call__(self, audio_n: np.ndarray) -> dict[str, Any]:
-        """Annotate ``audio_n`` (shape ``[n_samples]``, 44.1 kHz) -> the four reference fields."""
-        from madmom.audio.signal import Signal
-        from madmom.features.key import key_prediction_to_label
-
-        signal = Signal(np.asarray(audio_n, np.float32), sample_rate=SAMPLE_RATE, num_channels=1)
-        tempi = self.tempo(self.beat_acts(signal))
-        beats = self.downbeats(self.downbeat_acts(signal))
-        tempo = float(tempi[0][0]) if len(tempi) else math.nan
-        return {
-            "tempo_in_beats_per_minute_madmom": round(tempo, 1) if math.isfinite(tempo) else None,
-            "downbeats_madmom": [{"time": float(t), "beat_number": int(b)} for t, b in beats],
-            "chords": [
-                {"start_time": round(float(s), 1), "end_time": round(float(e), 1),
-                 "chord": chord_label(label)}
-                for s, e, label in self.chords(self.chord_features(signal))
-            ],
-            "key": key_prediction_to_label(self.key(signal)),
-        }
-
-
-def chord_label(madmom_label: str) -> str:
-    """Reference label rewrite: ``A#:maj`` -> ``A#major``, ``N`` -> ``no chord``."""
-    if madmom_label == "N":
-        return "no chord"
-    return madmom_label.replace(":maj", "major").replace(":min", "minor")
-
-
-_ANNOTATOR: MadmomAnnotator | None = None
-
-
-def get_annotator() -> MadmomAnnotator:
-    """The process-wide annotator (built on first use; also a stage-runner worker initializer)."""
-    global _ANNOTATOR
-    if _ANNOTATOR is None:
-        _ANNOTATOR = MadmomAnnotator()
-    return _ANNOTATOR
 
 
 def annotate_audio(audio_n: np.ndarray, name: str = "<array>") -> dict[str, Any]:

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("llark_jax.train.plan", "AOT-compile a train step and report memory/FLOPs/hours"),
     "infer": ("llark_jax.infer.cli", "answer questions about audio files or TFRecord shards"),
     "eval": ("llark_jax.eval.cli", "score predictions (key, tempo, genre, instruments, captions)"),
+    "benchmark": ("llark_jax.benchmarks.cli", "score a model on a benchmark (Table 2, MCQ)"),
     "export": ("llark_jax.checkpoints.export", "export a checkpoint to Hugging Face safetensors"),
     "serve": ("llark_jax.serve.cli", "OpenAI-compatible chat server with audio input"),
 }

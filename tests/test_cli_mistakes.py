@@ -109,6 +109,18 @@ MISTAKES: list[tuple[str, list[str], str]] = [
                               "{tmp}/fma", "--output", "{tmp}/t.jsonl"], "no such directory"),
     ("merge-missing-annotations", ["data_prep", "merge", "--annotations", "{tmp}/a.jsonl",
                                    "--output", "{tmp}/m.jsonl"], "no such file"),
+    ("benchmark-unknown-name", ["llark_jax", "benchmark", "giantstep-key", "--data-dir", "{tmp}",
+                                "--model", "{tmp}/m", "--output", "{tmp}/b"],
+     "invalid choice: 'giantstep-key'"),
+    ("benchmark-missing-data-dir", ["llark_jax", "benchmark", "gtzan", "--data-dir",
+                                    "{tmp}/nowhere", "--model", "{tmp}/m", "--output",
+                                    "{tmp}/b"], "--data-dir {tmp}/nowhere: no such directory"),
+    ("benchmark-not-the-layout", ["llark_jax", "benchmark", "giantsteps-key", "--data-dir",
+                                  "{tmp}/empty", "--model", "{tmp}/m", "--output", "{tmp}/b"],
+     "{tmp}/empty/annotations/key: annotation directory not found"),
+    ("benchmark-no-questions", ["llark_jax", "benchmark", "muchomusic", "--data-dir",
+                                "{tmp}/empty", "--model", "{tmp}/m", "--output", "{tmp}/b"],
+     "no muchomusic.json"),
 ]
 
 

@@ -10,43 +10,16 @@ from __future__ import annotations
 
 import ast
 import csv
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-
-class DatasetFormatError(Exception):
-    """A dataset file is missing or not in the expected format; names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        super().__init__(f"{self.path}: {reason}")
-
-
-@dataclass(frozen=True)
-class TrackRecord:
-    """One track (or clip) of a dataset as `jsonify` writes it: id, split, where its audio is, and
-    the dataset's own labels (`metadata`); the unit crop and annotate work on. Not the training
-    record (`llark_jax.data.records.ClipRecord`: one clip's embedding and QA pairs)."""
-
-    id: str
-    dataset: str
-    split: str
-    audio_path: str
-    metadata: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class RowSkip:
-    """A source row that produced no record, with the reason."""
-
-    item: str
-    reason: str
+from llark_jax.benchmarks.tracks import (  # noqa: F401 - shared with the benchmark readers
+    DatasetFormatError,
+    RowSkip,
+    TrackRecord,
+)
 
 
 @dataclass

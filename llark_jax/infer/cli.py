@@ -74,17 +74,20 @@ def usable_audio(files: Sequence[Path], *, folder: str | None) -> tuple[list[Pat
     return usable, skipped
 
 
-def window_features(path: Path, loaded: Any, encoder: Any = None) -> list:
-    """Audio-token features [T_i, D] of each consecutive training-length window of the file:
-    the model's encoder (with its arguments; built here unless given, e.g. once per folder)
-    then its feature pipeline (pool, standardise)."""
+def window_features(path: Path, loaded: Any, encoder: Any = None, start_s: float = 0.0,
+                    end_s: float | None = None) -> list:
+    """Audio-token features [T_i, D] of each consecutive training-length window of the file
+    (of its part [start_s, end_s) s, e.g. a benchmark's crop): the model's encoder (with its
+    arguments; built here unless given, e.g. once per folder) then its feature pipeline (pool,
+    standardise)."""
     from llark_jax.audio.encoders import get_encoder
     from llark_jax.audio.io import SAMPLE_RATE, load_audio, resample
     from llark_jax.infer.answer import split_waveform
 
     spec = loaded.features
     encoder = encoder or get_encoder(spec.encoder, **spec.encoder_args)
-    waveform = resample(load_audio(str(path)), SAMPLE_RATE, encoder.sample_rate)
+    waveform = resample(load_audio(str(path), start_s, end_s), SAMPLE_RATE,
+                        encoder.sample_rate)
     window_frames = int(loaded.config.data.audio_frames) * spec.pool
     window_samples = int(round(window_frames / encoder.frame_rate_hz * encoder.sample_rate))
     return [spec.apply(frames) for frames in
