@@ -33,16 +33,19 @@ def setup_torch():
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], rounds: int,
-                warmup: int = 1) -> dict[str, dict[str, float]]:
+                warmup: int = 1, deadline: float | None = None) -> dict[str, dict[str, float]]:
     """Seconds per call of each candidate: {name: {"min", "median", "runs"}}.
 
     Every callable must block until its result exists (call `block_until_ready` / `.item()`).
+    `deadline` (a `time.perf_counter()` value): no new round starts after it (one always runs).
     """
     for _ in range(warmup):
         for fn in candidates.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
+    for round_index in range(rounds):
+        if round_index and deadline is not None and time.perf_counter() > deadline:
+            break
         for name, fn in candidates.items():
             began = time.perf_counter()
             fn()

@@ -6,8 +6,11 @@ The model is a random-weight Llama of a `bench/train_step.py` shape (default b =
 torch gets the same weights (`tests/llark_torch_reference.TorchLLark`, sdpa attention). Both
 decode greedily in float32 from the same prompts for exactly `--new-tokens` tokens (no EOS), so
 both do the same work; tokens/s = batch x new tokens / wall time of the whole call (prefill of the
-prompt included, the same for both). The run also reports the fraction of rows whose tokens are
-identical in both frameworks (a check that the weights and the decoding agree).
+prompt included, the same for both). Each is also timed generating 1 token (the prefill and its
+token; ours: the same compiled program with a per-row limit of 1), so the decode steps alone take
+(call - 1-token call) / (new tokens - 1): their tokens/s is what the bandwidth bound below
+limits (a prefill is compute-bound, not read-bound). The run also reports the fraction of rows
+whose tokens are identical in both frameworks (a check that the weights and the decoding agree).
 
 Machine limit: a decode step reads every weight once, so at batch b no implementation exceeds
 b x (memory read bandwidth / weight bytes) tokens/s. The read bandwidth is measured in the same
@@ -20,6 +23,7 @@ contracts it), the time no XLA decode step on this machine goes below.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import numpy as np
 from common import cpu_count, emit, interleaved, setup_torch
@@ -48,17 +52,19 @@ def build(shape: str):
     return llama, hf
 
 
-def read_bandwidth(rounds: int = 5) -> float:
-    """Bytes/s of the best streaming read: a numpy sum and a jitted XLA sum over 512 MB."""
+def read_bandwidth(rounds: int = 5, nbytes: int = BANDWIDTH_BYTES, host: bool = True) -> float:
+    """Bytes/s of the best streaming read over `nbytes`: a jitted XLA sum on the default device
+    and (`host`) a numpy sum."""
     import jax
     import jax.numpy as jnp
 
-    host = np.ones(BANDWIDTH_BYTES // 4, np.float32)
-    device = jnp.asarray(host)
+    device = jnp.ones(nbytes // 4, jnp.float32)
     xla_sum = jax.jit(jnp.sum)
-    times = interleaved({"numpy": host.sum,
-                         "xla": lambda: xla_sum(device).block_until_ready()}, rounds)
-    return BANDWIDTH_BYTES / min(t["min"] for t in times.values())
+    candidates = {"xla": lambda: xla_sum(device).block_until_ready()}
+    if host:
+        candidates["numpy"] = np.ones(nbytes // 4, np.float32).sum
+    times = interleaved(candidates, rounds)
+    return nbytes / min(t["min"] for t in times.values())
 
 
 def matvec_floor_s(llama, rounds: int = 10) -> float:
@@ -88,43 +94,67 @@ def matvec_floor_s(llama, rounds: int = 10) -> float:
     return times["products"]["min"]
 
 
-def measure(shape: str, batches: list[int], prompt_len: int, new_tokens: int, rounds: int) -> dict:
-    from llark_jax.infer.generate import Generator, Prompt, SamplingConfig
+def generator_calls(llama, prompts_np: np.ndarray, new_tokens: int,
+                    outputs: dict) -> dict[str, Callable[[], None]]:
+    """{"ours": a greedy `Generator` call on the prompts [B, T] for exactly `new_tokens` tokens
+    (they go to outputs["ours"]), "ours_prefill": the same compiled program stopped after one
+    token (per-row limit 1: the prefill and its token)}."""
+    from llark_jax.infer.generate import Generator, Prompt, RowSettings, SamplingConfig
 
+    generator = Generator(llama, SamplingConfig(max_new_tokens=new_tokens, temperature=0.0),
+                          batch_size=len(prompts_np), length_buckets=(prompts_np.shape[1],))
+    prompts = [Prompt(row) for row in prompts_np]
+    one_token = [RowSettings(max_new_tokens=1)] * len(prompts)
+
+    def full() -> None:
+        outputs["ours"] = [g.token_ids for g in generator.generate(prompts)]
+
+    return {"ours": full, "ours_prefill": lambda: generator.generate(prompts, rows=one_token)}
+
+
+def decode_stats(times: dict, name: str, batch: int, new_tokens: int) -> dict[str, float]:
+    """Decode steps alone from `name` and `name_prefill` times: (call - 1-token call) / steps."""
+    step_s = (times[name]["min"] - times[f"{name}_prefill"]["min"]) / (new_tokens - 1)
+    return {f"{name}_step_ms": step_s * 1e3, f"{name}_prefill_s": times[f"{name}_prefill"]["min"],
+            f"{name}_decode_tokens_per_s": batch / step_s}
+
+
+def measure(shape: str, batches: list[int], prompt_len: int, new_tokens: int, rounds: int) -> dict:
     torch = setup_torch()
     llama, hf = build(shape)
     rng = np.random.default_rng(0)
-    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
     rows = []
     for batch in batches:
         prompts_np = rng.integers(2, llama.config.vocab_size - 3, (batch, prompt_len)).astype(
             np.int32)
-        ours = Generator(llama, sampling, batch_size=batch, length_buckets=(prompt_len,))
-        prompts = [Prompt(row) for row in prompts_np]
         ids_t = torch.from_numpy(prompts_np).long()
         outputs = {}
 
-        def run_ours(prompts=prompts, ours=ours, outputs=outputs):
-            outputs["ours"] = [g.token_ids for g in ours.generate(prompts)]
+        def hf_call(n: int, ids_t=ids_t, outputs=outputs):
+            def run():
+                with torch.inference_mode():
+                    out = hf.generate(ids_t, attention_mask=torch.ones_like(ids_t),
+                                      do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                                      eos_token_id=None, pad_token_id=0)
+                outputs[f"hf{n}"] = out[:, prompt_len:].tolist()
+            return run
 
-        def run_hf(ids_t=ids_t, outputs=outputs):
-            with torch.inference_mode():
-                out = hf.generate(ids_t, attention_mask=torch.ones_like(ids_t), do_sample=False,
-                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                  eos_token_id=None, pad_token_id=0)
-            outputs["hf"] = out[:, prompt_len:].tolist()
-
-        times = interleaved({"ours": run_ours, "hf": run_hf}, rounds)
-        same = np.mean([a == b for a, b in zip(outputs["ours"], outputs["hf"], strict=True)])
+        times = interleaved({**generator_calls(llama, prompts_np, new_tokens, outputs),
+                             "hf": hf_call(new_tokens), "hf_prefill": hf_call(1)}, rounds)
+        same = np.mean([a == b for a, b in zip(outputs["ours"], outputs[f"hf{new_tokens}"],
+                                               strict=True)])
         tokens = batch * new_tokens
-        rows.append({
+        row = {
             "batch": batch, "seconds": times,
             "ours_tokens_per_s": tokens / times["ours"]["min"],
             "hf_tokens_per_s": tokens / times["hf"]["min"],
             "speedup": times["hf"]["min"] / times["ours"]["min"],
             "speedup_median": times["hf"]["median"] / times["ours"]["median"],
             "identical_rows": float(same),
-        })
+            **decode_stats(times, "ours", batch, new_tokens),
+            **decode_stats(times, "hf", batch, new_tokens),
+        }
+        rows.append(row)
     import jax
     from flax import nnx
 
@@ -134,6 +164,8 @@ def measure(shape: str, batches: list[int], prompt_len: int, new_tokens: int, ro
     for row in rows:
         row["bound_tokens_per_s"] = row["batch"] * bandwidth / weight_bytes
         row["ours_fraction_of_bound"] = row["ours_tokens_per_s"] / row["bound_tokens_per_s"]
+        row["ours_decode_fraction_of_bound"] = (row["ours_decode_tokens_per_s"]
+                                                / row["bound_tokens_per_s"])
         row["max_speedup"] = row["bound_tokens_per_s"] / row["hf_tokens_per_s"]
     return {"shape": shape, "dims": SHAPES[shape], "prompt_len": prompt_len,
             "new_tokens": new_tokens, "cores": cpu_count(), "weight_bytes": weight_bytes,

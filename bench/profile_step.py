@@ -9,7 +9,9 @@ Parts (each its own `jax.jit`, forward + backward where it trains):
   optimizer   clip + AdamW update of every parameter from given gradients
   layers      all decoder layers, forward + backward (input gradient + weight gradients)
   head_loss   final norm + lm_head + masked cross-entropy at the scored positions, fwd + bwd
-  attention   the attention core of all layers (scores, mask, softmax, values), fwd + bwd
+  attention   the model's attention core of all layers (`self_attention`: scores, mask,
+              softmax, values, causal query blocks), fwd + bwd; `attention_dot_product` the
+              same through `jax.nn.dot_product_attention` (model.attention=dot_product)
 The step, grad, forward and head_loss parts compute the LM head at the 200 positions per row
 that predict an answer token, as `bench/train_step.py` does (`train.head_positions`).
 Prints seconds (best of rounds), the share of `step`, analytic FLOPs and GFLOP/s of each part.
@@ -70,7 +72,8 @@ def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, 
 
     cos, sin = rotary_tables(positions, inverse_frequencies(cfg.head_dim, cfg.rope_theta,
                                                             cfg.rope_scaling))
-    from llark_jax.model.llama import _scan_layers
+    from llark_jax.model.attention import self_attention
+    from llark_jax.model.llama import ATTENTION_BLOCK, _scan_layers
 
     layer_gd, layer_params, layer_rest = nnx.split(model.llama.layers, nnx.Param, ...)
 
@@ -85,22 +88,24 @@ def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, 
 
     def head_loss(hp, x):
         llama = nnx.merge(head_gd, hp, head_rest)
-        return masked_lm_loss_at(llama._head(x, at_bk), targets_bk, valid_bk)[0]
+        return masked_lm_loss_at(llama.head(x, at_bk), targets_bk, valid_bk)[0]
 
     head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
 
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = jax.random.normal(jax.random.key(1), (cfg.num_layers, b, t, n, h), cfg.dtype)
+    q = jax.random.normal(jax.random.key(1), (cfg.num_layers, b, t, k, n // k, h), cfg.dtype)
     kv = jax.random.normal(jax.random.key(2), (cfg.num_layers, 2, b, t, k, h), cfg.dtype)
 
-    def attention_loss(q, kv):
-        total = 0.0
-        for i in range(cfg.num_layers):
-            out = attention_core(q[i], kv[i, 0], kv[i, 1], seg, cfg)
-            total = total + jnp.sum(out.astype(jnp.float32))
-        return total
+    def attention_grad(kind: str):  # the model's attention core of every layer, fwd + bwd
+        def attention_loss(q, kv):
+            total = 0.0
+            for i in range(cfg.num_layers):
+                out = self_attention(kind, q[i], kv[i, 0], kv[i, 1], seg, ATTENTION_BLOCK)
+                total = total + jnp.sum(out.astype(jnp.float32))
+            return total
 
-    attention = jax.jit(jax.grad(attention_loss, argnums=(0, 1)))
+        grad = jax.jit(jax.grad(attention_loss, argnums=(0, 1)))
+        return lambda: jax.block_until_ready(grad(q, kv))
 
     fns = {
         "step": lambda: step(state, batch)[1]["loss"].block_until_ready(),
@@ -109,7 +114,8 @@ def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, 
         "optimizer": lambda: jax.block_until_ready(optimizer(grads, state["opt_state"], params)),
         "layers": lambda: jax.block_until_ready(layers(layer_params, x_btd)),
         "head_loss": lambda: jax.block_until_ready(head(head_params, x_btd)),
-        "attention": lambda: jax.block_until_ready(attention(q, kv)),
+        "attention": attention_grad("einsum"),
+        "attention_dot_product": attention_grad("dot_product"),
     }
     tokens = b * t
     total = train_flops_per_step(cfg, audio_dim=AUDIO_DIM, batch=b, seq_len=t,
@@ -122,6 +128,7 @@ def parts(shape: str, dtype: str, batch_size: int, seq_len: int) -> tuple[dict, 
         "layers": 6 * layer_matmul * tokens + attn_flops,
         "head_loss": 6 * d * cfg.padded_vocab_size * b * at_bk.shape[1],
         "attention": attn_flops,
+        "attention_dot_product": attn_flops,
     }
     return fns, flops
 
@@ -131,23 +138,6 @@ def optax_apply(tx, grads, opt_state, params):
 
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
-
-
-def attention_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, cfg):
-    """The masked softmax attention of `llark_jax.model.llama.Attention` (no projections)."""
-    import jax
-    import jax.numpy as jnp
-
-    t = q_btnh.shape[1]
-    allowed = ((jnp.arange(t)[None, None, :] <= jnp.arange(t)[None, :, None])
-               & (segment_ids_bt[:, None, :] == segment_ids_bt[:, :, None]))
-    g = cfg.num_heads // cfg.num_kv_heads
-    q = q_btnh.reshape(*q_btnh.shape[:2], cfg.num_kv_heads, g, cfg.head_dim)
-    s = jnp.einsum("btkgh,bskh->bkgts", q, k_bskh,
-                   preferred_element_type=jnp.float32) * cfg.head_dim**-0.5
-    s = jnp.where(allowed[:, None, None], s, -1e30)
-    p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
-    return jnp.einsum("bkgts,bskh->btkgh", p, v_bskh)
 
 
 def main() -> None:

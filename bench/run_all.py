@@ -3,8 +3,10 @@
     python bench/run_all.py [--only train_a,generate] [--render-only] [--out bench/RESULTS.md]
 
 Raw results go to runs/bench/<name>.json (git-ignored); `--render-only` rebuilds RESULTS.md from
-them without measuring. Each benchmark runs in its own process so XLA flags, thread pools and
-device counts do not leak between them.
+them without measuring. bench/accelerator.json (committed, written by `bench/accelerator.py
+--write` on a GPU/TPU) adds the Accelerator section; this machine does not rerun it. Each
+benchmark runs in its own process so XLA flags, thread pools and device counts do not leak
+between them.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ from render import render
 from llark_jax.io import atomic_write_text
 
 RAW = REPO / "runs" / "bench"
+ACCELERATOR_JSON = REPO / "bench" / "accelerator.json"
 BENCHMARKS = {
     "train_a": ["bench/train_step.py", "--shape", "a"],
     "train_a_bf16": ["bench/train_step.py", "--shape", "a", "--dtype", "bfloat16", "--rounds", "2"],
-    "train_b": ["bench/train_step.py", "--shape", "b", "--batch", "2", "--rounds", "2"],
+    "train_b": ["bench/train_step.py", "--shape", "b", "--batch", "2", "--rounds", "2",
+                "--compare-attention", ""],  # the attention A/B runs on shape (a) only
     "profile": ["bench/profile_step.py", "--shape", "a", "--rounds", "2"],
     "levers": ["bench/levers.py", "--shape", "a"],
     "generate": ["bench/generate.py", "--rounds", "2", "--new-tokens", "32"],
     "plan": ["bench/plan.py"],
     "pipeline": ["bench/pipeline.py"],
+    "host_loop": ["bench/host_loop.py"],
 }
 JSON_FLAG = {"pipeline": False}  # bench/pipeline.py prints its JSON; the others write --json
 
@@ -91,6 +96,8 @@ def main() -> None:
         info = {**machine(), "durations_s": {**info.get("durations_s", {}), **durations}}
         info_path.write_text(json.dumps(info, indent=1))
     results.pop("machine", None)
+    if ACCELERATOR_JSON.exists():  # committed from a run on a GPU/TPU (`bench/accelerator.py`)
+        results["accelerator"] = json.loads(ACCELERATOR_JSON.read_text())
     text = render(results, info)
     atomic_write_text(args.out, text)
     print(f"[bench] wrote {args.out}")

@@ -21,7 +21,9 @@ ours. `--dtype bfloat16`: ours computes in bf16 with fp32 master weights; torch 
 Prints tokens/s of both, the ratio, the GFLOP/s each executes (analytic 6·N·tokens + attention +
 projector, `llark_jax.train.flops.train_flops_per_step`, the LM head counted at the
 positions each computes) and that as a fraction of the matmul limit of the step's dtype, measured
-in this process (`bench/matmul_peak.py`).
+in this process (`bench/matmul_peak.py`). `--compare-attention` (default dot_product) also times
+ours with the other attention core (`model.attention`), same weights, same run: its step time
+over ours' is `other_attention.time_ratio`.
 """
 
 from __future__ import annotations
@@ -33,29 +35,38 @@ import numpy as np
 from common import cpu_count, emit, interleaved, setup_torch
 from matmul_peak import measure as measure_matmul_peak
 
+ATTENTION_ON_CPU = ("einsum", "dot_product")  # model.attention values that run here (no splash)
+
 SHAPES = {
     "a": dict(vocab_size=32004, hidden_size=512, intermediate_size=1376, num_layers=8,
               num_heads=8, num_kv_heads=8, head_dim=64, tie_word_embeddings=False),
     "b": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
               num_heads=9, num_kv_heads=3, head_dim=64, tie_word_embeddings=True,
               rope_theta=100000.0),
+    # `bench/accelerator.py`: a ~1B Llama (TinyLlama-1.1B dims) and its CPU stand-in
+    "1b": dict(vocab_size=32004, hidden_size=2048, intermediate_size=5632, num_layers=22,
+               num_heads=32, num_kv_heads=4, head_dim=64, tie_word_embeddings=False),
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+                 num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=False),
 }
 AUDIO_FRAMES, AUDIO_DIM, ANSWER_TOKENS = 250, 4800, 200
 
 
-def make_batch(vocab: int, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+def make_batch(vocab: int, batch: int, seq_len: int, seed: int = 0, *,
+               audio_frames: int = AUDIO_FRAMES, audio_dim: int = AUDIO_DIM,
+               answer_tokens: int = ANSWER_TOKENS) -> dict[str, np.ndarray]:
     """Full rows: BOS, <audio_start>, 250 x <audio_patch>, <audio_end>, question, answer."""
     from llark_jax.data.batch import BatchShape
 
     rng = np.random.default_rng(seed)
     start, patch, end = vocab - 3, vocab - 2, vocab - 1
-    out = BatchShape(batch, seq_len, 1, AUDIO_FRAMES, AUDIO_DIM).empty()
+    out = BatchShape(batch, seq_len, 1, audio_frames, audio_dim).empty()
     ids = out["input_ids"]
     ids[...] = rng.integers(2, vocab - 3, (batch, seq_len))
-    ids[:, 0], ids[:, 1], ids[:, 2 + AUDIO_FRAMES] = 1, start, end
-    ids[:, 2 : 2 + AUDIO_FRAMES] = patch
-    out["labels"][:, -ANSWER_TOKENS:] = ids[:, -ANSWER_TOKENS:]
-    out["audio_frame_index"][:, 2 : 2 + AUDIO_FRAMES] = np.arange(AUDIO_FRAMES)
+    ids[:, 0], ids[:, 1], ids[:, 2 + audio_frames] = 1, start, end
+    ids[:, 2 : 2 + audio_frames] = patch
+    out["labels"][:, -answer_tokens:] = ids[:, -answer_tokens:]
+    out["audio_frame_index"][:, 2 : 2 + audio_frames] = np.arange(audio_frames)
     out["positions"][...] = np.arange(seq_len, dtype=np.int32)
     out["segment_ids"][...] = 1
     out["audio"][...] = rng.standard_normal(out["audio"].shape)
@@ -63,7 +74,7 @@ def make_batch(vocab: int, batch: int, seq_len: int, seed: int = 0) -> dict[str,
     return out
 
 
-def build_ours(shape: str, dtype: str):
+def build_ours(shape: str, dtype: str, *, attention: str = "einsum", audio_dim: int = AUDIO_DIM):
     """(LLark in fp32 params, its LlamaConfig) with the audio ids at the top of the vocabulary."""
     import jax.numpy as jnp
     from flax import nnx
@@ -71,12 +82,12 @@ def build_ours(shape: str, dtype: str):
     from llark_jax.model.llama import Llama, LlamaConfig
     from llark_jax.model.llark import LLark
 
-    cfg = LlamaConfig(**SHAPES[shape], dtype=getattr(jnp, dtype), param_dtype=jnp.float32)
+    cfg = LlamaConfig(**SHAPES[shape], dtype=getattr(jnp, dtype), param_dtype=jnp.float32,
+                      attention=attention)
     v = cfg.vocab_size
-    model = LLark(Llama(cfg, rngs=nnx.Rngs(0)), AUDIO_DIM, audio_start_id=v - 3,
+    model = LLark(Llama(cfg, rngs=nnx.Rngs(0)), audio_dim, audio_start_id=v - 3,
                   audio_patch_id=v - 2, audio_end_id=v - 1, rngs=nnx.Rngs(1))
     return model, cfg
-
 
 
 def bench_optimizer():
@@ -148,10 +159,10 @@ def torch_step(model, batch: dict[str, np.ndarray], dtype: str):
 
 
 def measure(shape: str, dtype: str, rounds: int, batch_size: int, seq_len: int,
-            peak_n: int, full_head: bool) -> dict:
+            peak_n: int, full_head: bool, attention: str, compare_attention: str) -> dict:
     from llark_jax.train.flops import train_flops_per_step
 
-    model, cfg = build_ours(shape, dtype)
+    model, cfg = build_ours(shape, dtype, attention=attention)
     batch = make_batch(cfg.vocab_size, batch_size, seq_len)
     reference = torch_step(model, batch, dtype)  # copies the weights before ours donates them
     reference_loss = reference()
@@ -160,7 +171,13 @@ def measure(shape: str, dtype: str, rounds: int, batch_size: int, seq_len: int,
     ours = ours_step(model, batch, head_positions)
     first_loss = ours()  # compiles
     compile_s = time.perf_counter() - began
-    times = interleaved({"ours": ours, "torch": reference}, rounds, warmup=0)
+    candidates = {"ours": ours, "torch": reference}
+    if compare_attention:  # the same weights (same seeds) with the other attention core
+        other = ours_step(build_ours(shape, dtype, attention=compare_attention)[0], batch,
+                          head_positions)
+        other_loss = other()
+        candidates["ours_other_attention"] = other
+    times = interleaved(candidates, rounds, warmup=0)
     peak = measure_matmul_peak(peak_n, rounds=4)
     tokens = batch_size * seq_len
     flops = {name: train_flops_per_step(cfg, audio_dim=AUDIO_DIM, batch=batch_size,
@@ -174,7 +191,8 @@ def measure(shape: str, dtype: str, rounds: int, batch_size: int, seq_len: int,
            "first_step_s_incl_compile": compile_s,
            "first_loss": {"ours": first_loss, "torch": reference_loss},
            "matmul_peak": peak, "seconds": times}
-    for name, t in times.items():
+    for name in ("ours", "torch"):
+        t = times[name]
         out[f"{name}_tokens_per_s"] = tokens / t["min"]
         out[f"{name}_tokens_per_s_median"] = tokens / t["median"]
         out[f"{name}_gflops"] = flops[name] / t["min"] / 1e9
@@ -183,6 +201,13 @@ def measure(shape: str, dtype: str, rounds: int, batch_size: int, seq_len: int,
     # Ours at 100% of the matmul limit: the most this machine allows against this torch time.
     out["max_speedup"] = times["torch"]["min"] / (flops["ours"] / limit)
     out["speedup_median"] = times["torch"]["median"] / times["ours"]["median"]
+    out["attention"] = attention
+    if compare_attention:
+        out["other_attention"] = {
+            "attention": compare_attention, "first_loss": other_loss,
+            "step_s": times["ours_other_attention"]["min"],
+            # > 1: the other attention's step takes longer than ours
+            "time_ratio": times["ours_other_attention"]["min"] / times["ours"]["min"]}
     return out
 
 
@@ -197,10 +222,15 @@ def main() -> None:
     parser.add_argument("--peak-n", type=int, default=2048, help="matmul size of the limit")
     parser.add_argument("--full-head", action="store_true",
                         help="ours computes the LM head at every position, like the reference")
+    parser.add_argument("--attention", default="einsum", choices=ATTENTION_ON_CPU,
+                        help="ours' attention core (model.attention)")
+    parser.add_argument("--compare-attention", default="dot_product",
+                        choices=("", *ATTENTION_ON_CPU),
+                        help="also time ours with this attention core, same run ('' = none)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     result = measure(args.shape, args.dtype, args.rounds, args.batch, args.seq_len, args.peak_n,
-                     args.full_head)
+                     args.full_head, args.attention, args.compare_attention)
     emit({"benchmark": "train_step", **result}, args.json)
 
 

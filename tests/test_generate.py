@@ -19,7 +19,8 @@ from llark_jax.infer.generate import (
     _generate_batch,
     bucket_length,
 )
-from llark_jax.model.llama import Llama, LlamaConfig
+from llark_jax.model.decode import decode_step, decode_weights, unstack_cache
+from llark_jax.model.llama import Llama, LlamaConfig, init_cache
 from llark_jax.model.llark import LLark
 
 VOCAB = 101
@@ -171,3 +172,57 @@ def test_row_buckets_step_buckets_and_per_row_settings(llama):
     assert generator.rows_computed == 9  # one prompt: one row
     with pytest.raises(ValueError, match="max_new_tokens 13"):
         generator.generate(prompts[:1], rows=[RowSettings(N_NEW + 1)])
+
+
+@pytest.mark.parametrize("dtype,variant", [(jnp.float32, {}), (jnp.bfloat16, {}),
+                                           (jnp.float32, dict(attention_bias=True)),
+                                           (jnp.float32, dict(qk_norm=True))])
+def test_fused_decode_steps_equal_the_models_cached_forward(dtype, variant):
+    """`decode_step` on fused per-layer weights vs `Llama.decode_embeddings` with the stacked
+    cache: same logits after a right-padded prefill, step after step (fp32 1e-5 of the logit
+    scale; bf16: same compute dtype on both sides, 5e-2: a wrong position or head is O(1)).
+    Qwen2 biases and Qwen3 q/k norm scales are set to random values, so leaving one out fails."""
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=3,
+                         num_heads=4, num_kv_heads=2, head_dim=8, initializer_range=0.3,
+                         dtype=dtype, **variant)
+    model = Llama(config, rngs=nnx.Rngs(5))
+    attn = model.layers.attn
+    for i, name in enumerate(("q_bias", "k_bias", "v_bias", "q_norm", "k_norm")):
+        if hasattr(attn, name):
+            param = getattr(attn, name)
+            param.set_value(1 + jax.random.normal(jax.random.key(i), param.get_value().shape))
+    _assert_fused_decode_equals_cached(model, 1e-5 if dtype == jnp.float32 else 5e-2)
+
+
+def test_fused_decode_folds_lora_adapters_and_a_quantised_base():
+    from llark_jax.model.lora import add_lora, owner
+    from llark_jax.model.quant import quantize_base
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=2,
+                         num_heads=4, num_kv_heads=2, head_dim=8, initializer_range=0.3)
+    model = add_lora(quantize_base(Llama(config, rngs=nnx.Rngs(6)), 8), 4, 8.0,
+                     ("q", "v", "gate", "down"))
+    for i, target in enumerate(("q", "v", "gate", "down")):  # B starts at zero: make it count
+        b = getattr(owner(model.layers, target), f"{target}_lora").b
+        b.set_value(jax.random.normal(jax.random.key(i), b.get_value().shape))
+    _assert_fused_decode_equals_cached(model, 1e-4)  # adapters folded: another rounding
+
+
+def _assert_fused_decode_equals_cached(model: Llama, tol: float) -> None:
+    config = model.config
+    ids = jnp.asarray(np.random.default_rng(2).integers(1, VOCAB, (2, 16)), jnp.int32)
+    mask = jnp.asarray(np.arange(16)[None] < np.array([[16], [9]]), jnp.int32)
+    _, cache = model.decode_embeddings(model.embed_tokens(ids), attention_mask_bt=mask,
+                                       cache=init_cache(config, 2, 24))
+    weights, layer_cache = decode_weights(model), unstack_cache(cache)
+    for token in ([3, 7], [11, 2], [5, 5]):
+        x_btd = model.embed_tokens(jnp.asarray(token, jnp.int32)[:, None])
+        ref, cache = model.decode_embeddings(x_btd, cache=cache)
+        out, layer_cache = decode_step(model, weights, x_btd, layer_cache)
+        ref, out = np.asarray(ref), np.asarray(out)
+        assert np.abs(out - ref).max() <= tol * np.abs(ref).max()
+    np.testing.assert_array_equal(np.asarray(layer_cache.segment_ids), cache.segment_ids)
+    for layer in range(config.num_layers):  # the cache holds the same keys, kv heads first
+        np.testing.assert_allclose(np.asarray(layer_cache.k[layer], np.float32),
+                                   np.asarray(cache.k[layer].transpose(0, 2, 1, 3), np.float32),
+                                   rtol=tol, atol=tol)

@@ -4,6 +4,10 @@
     length bucket--> prefill (LLark splice or plain token embeddings) --> `lax.while_loop` of
     one-token cached steps --> per-row tokens, trimmed at EOS / stop sequence / max_new_tokens.
 
+The prefill runs the model's cached forward; the loop's steps run `llark_jax.model.decode`
+(per-layer cache arrays updated in place, per-layer fused weights that a `Generator` computes at
+its first batch and keeps: a second copy of the layer weights while it lives).
+
 Static shapes: a batch has the smallest of `batch_buckets` rows that holds it (default: always
 `batch_size`; missing rows are inert one-token dummies that are done before the first step and
 never extend the decode loop), prompts are right-padded to the smallest length bucket that fits,
@@ -38,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llark_jax.model.decode import DecodeWeights, decode_step, decode_weights, unstack_cache
 from llark_jax.model.llama import Llama, init_cache
 
 FINISH_REASONS = ("length", "eos", "stop")  # "cancelled": a streamed decode whose client left
@@ -143,10 +148,17 @@ def next_token(
     return jax.lax.cond(jnp.any(sampling_b), sampled, lambda _: greedy_b, logits_bv)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 10))
+@functools.partial(jax.jit, static_argnums=0)
+def fused_decode_weights(graphdef, state) -> DecodeWeights:
+    """`decode_weights` of the language model of `nnx.merge(graphdef, state)` (one copy)."""
+    return decode_weights(_language_model(nnx.merge(graphdef, state)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 11))
 def _generate_batch(
     graphdef,
     state,
+    weights,
     input_ids_bt,
     mask_bt,
     audio,
@@ -162,6 +174,7 @@ def _generate_batch(
 ):
     """-> tokens [B, N] int32, number of returned tokens [B], finish reason index [B].
 
+    `weights`: `fused_decode_weights(graphdef, state)`, for the decode steps.
     N = `max_new_tokens` (static: the cache and output size); row b stops after `limit_b[b]`
     tokens (<= N; 0 = an inert padding row) and the loop ends when every row has stopped."""
     model = nnx.merge(graphdef, state)
@@ -177,6 +190,7 @@ def _generate_batch(
         x_btd, attention_mask_bt=mask_bt, cache=cache, logits_at=last_b
     )
     logits_bv = logits_b1v[:, 0]
+    cache = unstack_cache(cache)
     stop_len = stop_table_nl.shape[1]
     stop_lengths_n = jnp.sum(stop_valid_nl, axis=1)
 
@@ -197,9 +211,8 @@ def _generate_batch(
         n_out_b = jnp.where(newly_b, jnp.where(eos_b, step, step + 1 - matched_len_b), n_out_b)
         reason_b = jnp.where(newly_b, jnp.where(eos_b, 1, 2), reason_b)
         done_b = done_b | newly_b | (step + 1 >= limit_b)  # n_out stays limit_b: "length"
-        step_logits_btv, cache = llama.decode_embeddings(
-            llama.embed_tokens(token_b[:, None]), cache=cache
-        )
+        step_logits_btv, cache = decode_step(llama, weights, llama.embed_tokens(token_b[:, None]),
+                                             cache)
         return step + 1, cache, step_logits_btv[:, 0], out_bn, recent_bl, done_b, n_out_b, reason_b
 
     def cond(carry):
@@ -279,6 +292,7 @@ class Generator:
         self.temporal_pool = int(getattr(model, "temporal_pool", 1))
         self._stop_table, self._stop_valid, self._eos = _stop_arrays(config)
         self.rows_computed = 0  # batch rows run, dummies included
+        self._decode_weights = None  # fused_decode_weights, computed at the first batch
 
     def generate(
         self,
@@ -333,10 +347,13 @@ class Generator:
             base = jax.random.key_data(jax.random.PRNGKey(row.seed))
             row_keys[r] = np.asarray(jax.random.fold_in(base, keys[i]))
         audio, frame_index = self._audio_batch(prompts, batch, t)
+        if self._decode_weights is None:
+            self._decode_weights = fused_decode_weights(self.graphdef, self.state)
         out, n_out, reason = _generate_batch(
-            self.graphdef, self.state, jnp.asarray(input_ids), jnp.asarray(mask), audio,
-            frame_index, jnp.asarray(row_keys), jnp.asarray(self._stop_table),
-            jnp.asarray(self._stop_valid), jnp.asarray(self._eos), steps,
+            self.graphdef, self.state, self._decode_weights, jnp.asarray(input_ids),
+            jnp.asarray(mask), audio, frame_index, jnp.asarray(row_keys),
+            jnp.asarray(self._stop_table), jnp.asarray(self._stop_valid), jnp.asarray(self._eos),
+            steps,
             jnp.asarray(temperature), jnp.asarray(top_p), jnp.asarray(limit),
         )  # fmt: skip
         self.rows_computed += n_rows

@@ -5,7 +5,8 @@
 runs here, alone: the host loop gets every token as soon as it is sampled and hands it to
 `on_token`. The computation mirrors `Generator` for a batch of one (same length bucket, cache
 length, LLark splice, per-prompt PRNG stream `fold_in(fold_in(PRNGKey(seed), 0), step)` and
-`next_token`), so the streamed answer equals the non-streamed one.
+`next_token`, the fused decode steps of `llark_jax.model.decode`), so the streamed answer equals
+the non-streamed one.
 
 Stop sequences: a token that could begin (or continue) the template's stop sequence is held back
 until the sequence is either completed (the held tokens are dropped: finish "stop") or broken
@@ -29,13 +30,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llark_jax.infer.generate import Generation, Prompt, SamplingConfig, bucket_length, next_token
+from llark_jax.infer.generate import (
+    Generation,
+    Prompt,
+    SamplingConfig,
+    bucket_length,
+    fused_decode_weights,
+    next_token,
+)
+from llark_jax.model.decode import decode_step, unstack_cache
 from llark_jax.model.llama import init_cache
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _prefill(graphdef, state, input_ids_bt, mask_bt, audio, frame_index_bt, cache_len: int):
-    """-> (logits [B, V] at each row's last real token, cache of `cache_len` advanced by T)."""
+    """-> (logits [B, V] at each row's last real token, per-layer cache of `cache_len` advanced
+    by T), as `Generator` starts its decode loop."""
     model = nnx.merge(graphdef, state)
     llama = model.llama
     b = input_ids_bt.shape[0]
@@ -47,14 +57,14 @@ def _prefill(graphdef, state, input_ids_bt, mask_bt, audio, frame_index_bt, cach
     logits_b1v, cache = llama.decode_embeddings(
         x_btd, attention_mask_bt=mask_bt, cache=cache, logits_at=jnp.sum(mask_bt, axis=1) - 1
     )
-    return logits_b1v[:, 0], cache
+    return logits_b1v[:, 0], unstack_cache(cache)
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(3,))
-def _step(graphdef, state, token_b, cache):
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(4,))
+def _step(graphdef, state, weights, token_b, cache):
     """One cached step on `token_b` [B] -> (logits [B, V], cache)."""
     llama = nnx.merge(graphdef, state).llama
-    logits_btv, cache = llama.decode_embeddings(llama.embed_tokens(token_b[:, None]), cache=cache)
+    logits_btv, cache = decode_step(llama, weights, llama.embed_tokens(token_b[:, None]), cache)
     return logits_btv[:, 0], cache
 
 
@@ -71,6 +81,7 @@ class StreamDecoder:
         self.length_buckets = tuple(length_buckets)
         self.step_buckets = tuple(sorted(step_buckets))
         self.pad_id = pad_id
+        self._decode_weights = None  # fused_decode_weights, computed at the first decode
 
     def decode(self, prompt: Prompt, config: SamplingConfig, on_token: Callable[[int], None],
                cancel: threading.Event | None = None) -> Generation:
@@ -92,6 +103,8 @@ class StreamDecoder:
             steps = bucket_length(steps, self.step_buckets)
         logits, cache = _prefill(self.graphdef, self.state, jnp.asarray(ids), jnp.asarray(mask),
                                  audio, index, t + steps)
+        if self._decode_weights is None:
+            self._decode_weights = fused_decode_weights(self.graphdef, self.state)
         base = jax.random.key_data(jax.random.PRNGKey(config.seed))
         keys = jnp.stack([jax.random.fold_in(base, 0)])
         stops = [tuple(s) for s in config.stop_sequences]
@@ -114,8 +127,8 @@ class StreamDecoder:
                 on_token(token_id)
             released = max(released, len(out) - held)
             if step + 1 < config.max_new_tokens:
-                logits, cache = _step(self.graphdef, self.state, jnp.asarray([token], jnp.int32),
-                                      cache)
+                logits, cache = _step(self.graphdef, self.state, self._decode_weights,
+                                      jnp.asarray([token], jnp.int32), cache)
         for token_id in out[released:]:
             on_token(token_id)
         return Generation(out, "length")
