@@ -166,16 +166,20 @@ def test_logical_axis_rules_are_config_data_and_round_trip_through_json():
               "model.llama.num_layers": 32}),
     ("small_lm", {"data.encoder": "jukebox", "model.audio_dim": 4800,
                   "model.llama.num_layers": 22, "model.llama.num_kv_heads": 4}),
+    ("qwen", {"model.llama.model_type": "qwen2", "model.llama.attention_bias": True,
+              "data.template": "tokenizer"}),
 ])
 def test_paper_ablation_configs_change_only_their_part(variant, checks):
-    """`llark_ablation:VARIANT` is the paper recipe with one part swapped; it validates, and the
-    small LM's dims give TinyLlama-1.1B's parameter count (+ the projector)."""
+    """`llark_ablation:VARIANT` and `llark_qwen` are the paper recipe with one part swapped; they
+    validate, and the small LMs' dims give TinyLlama-1.1B's and Qwen2.5-0.5B's parameter counts
+    (+ the projector)."""
     import jax
 
     from llark_jax.checkpoints.build import abstract_model, model_fn
     from llark_jax.config import validate_config
 
-    config, paper = load_config(f"llark_ablation:{variant}"), load_config("llark_7b")
+    name = "llark_qwen" if variant == "qwen" else f"llark_ablation:{variant}"
+    config, paper = load_config(name), load_config("llark_7b")
     validate_config(config)
     for key, value in checks.items():
         node = config
@@ -183,9 +187,11 @@ def test_paper_ablation_configs_change_only_their_part(variant, checks):
             node = node[part]
         assert node == value, key
     assert (config.train.steps, config.optim.peak_lr) == (paper.train.steps, paper.optim.peak_lr)
-    if variant == "small_lm":
+    expected = {"small_lm": 1_100_048_384 + 4 * 2048 * 2 + 4800 * 2048 + 2048,  # TinyLlama
+                "qwen": 494_032_768 + 4800 * 896 + 896}  # Qwen2.5-0.5B (tied) + projector
+    if variant in expected:
         _, params, _ = abstract_model(model_fn(config.model, config.seed))
         n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-        assert abs(n - (1_100_048_384 + 4 * 2048 * 2 + 4800 * 2048 + 2048)) < 1e6, n
+        assert abs(n - expected[variant]) < 1e6, n
     with pytest.raises(ConfigError, match="ablation 'mpt'"):
         load_config("llark_ablation:mpt")

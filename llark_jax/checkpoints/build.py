@@ -44,10 +44,12 @@ from llark_jax.checkpoints.tokens import (
 )
 from llark_jax.model.llama import Llama, LlamaConfig
 from llark_jax.model.llark import LLark
+from llark_jax.model.lora import add_lora
+from llark_jax.model.quant import quantize_base
 from llark_jax.model.sharding import Rules, logical_to_spec
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-POLICY_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers")
+POLICY_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "attention")
 AUDIO_ID_FIELDS = {"audio_start_id": AUDIO_START_TOKEN, "audio_patch_id": AUDIO_PATCH_TOKEN,
                    "audio_end_id": AUDIO_END_TOKEN}
 
@@ -149,7 +151,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
 def llama_config(model_cfg: ml_collections.ConfigDict) -> LlamaConfig:
     """The `LlamaConfig` of a resolved model config (`model.llama` dims + the dtype policy)."""
     policy = dict(dtype=dtype_of(model_cfg.dtype), param_dtype=dtype_of(model_cfg.param_dtype),
-                  remat=model_cfg.remat, scan_layers=model_cfg.scan_layers)
+                  remat=model_cfg.remat, scan_layers=model_cfg.scan_layers,
+                  attention=model_cfg.get("attention", "einsum"))
     fields = model_cfg.llama.to_dict()
     if model_cfg.get("vocab_size", 0) > 0:
         fields["vocab_size"] = model_cfg.vocab_size
@@ -166,10 +169,23 @@ def model_fn(model_cfg: ml_collections.ConfigDict, seed: int) -> Callable[[], LL
 
     def make() -> LLark:
         rngs = nnx.Rngs(seed)
-        return LLark(Llama(cfg, rngs=rngs), model_cfg.audio_dim, rngs=rngs,
-                     **audio_options(model_cfg))
+        llama = with_base_options(Llama(cfg, rngs=rngs), model_cfg, seed)
+        return LLark(llama, model_cfg.audio_dim, rngs=rngs, **audio_options(model_cfg))
 
     return make
+
+
+def with_base_options(llama: Llama, model_cfg: ml_collections.ConfigDict, seed: int) -> Llama:
+    """`llama` with its decoder projections quantised (`model.quantize_base`: "int8" | "int4")
+    and the config's LoRA adapters attached (`model.lora.rank > 0`); as is without either."""
+    quantize = model_cfg.get("quantize_base", "")
+    if quantize:
+        llama = quantize_base(llama, int(quantize.removeprefix("int")))
+    lora = model_cfg.get("lora")
+    if lora is None or not lora.rank:
+        return llama
+    targets = [t.strip() for t in str(lora.targets).split(",") if t.strip()]
+    return add_lora(llama, int(lora.rank), float(lora.alpha), targets, seed)
 
 
 def audio_options(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
@@ -242,7 +258,7 @@ def _pretrained_llama(model_cfg: ml_collections.ConfigDict, seed: int) -> Llama:
         llama, _ = load_gguf_llama(model_cfg.path or None, **dtypes)
     tokenizer = source_tokenizer(model_cfg)
     extend_with_llark_tokens(llama, tokenizer, seed=seed)
-    return llama
+    return with_base_options(llama, model_cfg, seed)
 
 
 def build_model(model_cfg: ml_collections.ConfigDict, mesh: Mesh, rules: Rules,

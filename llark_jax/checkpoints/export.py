@@ -47,6 +47,7 @@ from llark_jax.checkpoints.safetensors_io import TensorEntry, write_safetensors
 from llark_jax.checkpoints.tokens import AUDIO_END_TOKEN, AUDIO_PATCH_TOKEN, AUDIO_START_TOKEN
 from llark_jax.model.llama import Llama
 from llark_jax.model.llark import LLark
+from llark_jax.model.quant import plain
 
 PROJECTOR_FILE = "llark_projector.safetensors"
 LLARK_CONFIG_FILE = "llark_config.json"
@@ -183,7 +184,8 @@ def export_hf(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     remove_stale_files(output)
-    save_llama(_llama_in_dtype(model.llama, DTYPES[dtype]), output,
+    # dequantised, LoRA adapters folded into their weights: the export is a plain Llama
+    save_llama(_llama_in_dtype(plain(model.llama), DTYPES[dtype]), output,
                max_shard_bytes=max_shard_bytes)
     _add_token_ids(output / "config.json", tokenizer)
     tokenizer.save_pretrained(str(output))

@@ -14,6 +14,8 @@ Llama q/k weights are already in rotate-half layout, so the mapping is a transpo
     layers.i.mlp.{gate,up,down}_proj.weight         -> layers.mlp.{gate,up,down}[i] (transposed)
     layers.i.{input,post_attention}_layernorm       -> layers.{input,post_attn}_norm.scale[i]
     model.norm.weight -> final_norm.scale;  lm_head.weight [V, D] -> lm_head [D, V]
+    Qwen2: layers.i.self_attn.{q,k,v}_proj.bias [N*H] -> layers.attn.{q,k,v}_bias[i] [N, H]
+    Qwen3: layers.i.self_attn.{q,k}_norm.weight [H] -> layers.attn.{q,k}_norm[i] [H]
 
 Saving writes the same names back (one HF tensor per layer row), sharded with an index when asked.
 """
@@ -44,6 +46,11 @@ _LAYER_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "self_attn.k_proj.weight": (("attn", "k"), "in_proj"),
     "self_attn.v_proj.weight": (("attn", "v"), "in_proj"),
     "self_attn.o_proj.weight": (("attn", "o"), "out_proj"),
+    "self_attn.q_proj.bias": (("attn", "q_bias"), "bias"),
+    "self_attn.k_proj.bias": (("attn", "k_bias"), "bias"),
+    "self_attn.v_proj.bias": (("attn", "v_bias"), "bias"),
+    "self_attn.q_norm.weight": (("attn", "q_norm"), "same"),
+    "self_attn.k_norm.weight": (("attn", "k_norm"), "same"),
     "mlp.gate_proj.weight": (("mlp", "gate"), "transpose"),
     "mlp.up_proj.weight": (("mlp", "up"), "transpose"),
     "mlp.down_proj.weight": (("mlp", "down"), "transpose"),
@@ -80,6 +87,8 @@ def to_flax(w: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
     """HF tensor -> Flax layout of `shape` (vocab matrices zero-padded to the padded vocab)."""
     if kind == "in_proj":  # [N*H, D] -> [D, N, H]
         return w.T.reshape(shape)
+    if kind == "bias":  # [N*H] -> [N, H]
+        return w.reshape(shape)
     if kind == "out_proj":  # [D, N*H] -> [N, H, D]
         return w.T.reshape(shape)
     if kind == "transpose":
@@ -95,6 +104,8 @@ def to_hf(x: np.ndarray, kind: str, vocab_size: int) -> np.ndarray:
     """Inverse of `to_flax` (drops vocab padding)."""
     if kind == "in_proj":
         return x.reshape(x.shape[0], -1).T
+    if kind == "bias":
+        return x.reshape(-1)
     if kind == "out_proj":
         return x.reshape(-1, x.shape[-1]).T
     if kind == "transpose":

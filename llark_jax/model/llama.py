@@ -11,6 +11,9 @@ as MaxText's scanned layers; `llark_jax.checkpoints.hf` maps HF `model.layers.<i
     layers.{input_norm,post_attn_norm}.scale   [layers, embed]
     final_norm.scale              [embed]
     lm_head                       [embed, vocab]            (absent when tie_word_embeddings)
+    layers.attn.{q,k,v}_bias      [layers, heads|kv_heads, head_dim]   (Qwen2: attention_bias)
+    layers.attn.{q,k}_norm        [layers, head_dim]                  (Qwen3: qk_norm)
+    layers.{attn,mlp}.<w>_lora.{a,b}  optional LoRA adapters (`llark_jax.model.lora`)
 
 Each `nnx.Param` carries its logical axis names in the `out_sharding` metadata (eager sharding off),
 see `param_logical_axes` and `llark_jax.model.sharding`.
@@ -30,7 +33,8 @@ both have the same segment id, and the key's segment id is not 0 (padding). `seg
 int32 (0 = padding) packs several sequences in a row; HF-style `attention_mask` (1 = token) serves
 as segment ids when none given. Default positions restart at 0 in each segment. Without a cache,
 T > 128 and T a multiple of `ATTENTION_BLOCK` (128), attention runs in causal query blocks
-(`attention.causal_attention`), same output on every non-padding token.
+(`attention.causal_attention`), same output on every non-padding token. `config.attention`
+picks the cache-less attention core (einsum | dot_product | splash, `llark_jax.model.attention`).
 
 KV cache (`KVCache`, `init_cache`): k/v [L, B, S_max, kv_heads, head_dim] (post-RoPE), the segment
 id of every cache slot [B, S_max] (0 = empty or padding) and one shared write `index`. A call with a
@@ -53,11 +57,12 @@ from flax import nnx
 from llark_jax.model.attention import (
     MASK_VALUE,
     allowed_keys,
-    causal_attention,
     masked_attention,
     segment_positions,
+    self_attention,
 )
 from llark_jax.model.llama_config import LlamaConfig
+from llark_jax.model.lora import project
 from llark_jax.model.rope import apply_rotary, inverse_frequencies, rotary_tables
 from llark_jax.model.sharding import constrain
 
@@ -100,17 +105,22 @@ def param_logical_axes(variable: nnx.Variable) -> tuple[str, ...]:
     return tuple(variable.get_metadata()["out_sharding"])
 
 
+def rms_norm(x_btd: jax.Array, scale_d: jax.Array, eps: float) -> jax.Array:
+    """x / rms(x) * scale over the last axis; statistics in float32, output in x's dtype (HF)."""
+    x32 = x_btd.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return scale_d.astype(x_btd.dtype) * normed.astype(x_btd.dtype)
+
+
 class RMSNorm(nnx.Module):
-    """x / rms(x) * scale; statistics in float32, output in x's dtype (as HF)."""
+    """`rms_norm` with a learned scale [D]."""
 
     def __init__(self, config: LlamaConfig):
         self.eps = config.rms_norm_eps
         self.scale = _param(jnp.ones((config.hidden_size,), config.param_dtype), ("embed",))
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
-        x32 = x_btd.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.scale[...].astype(x_btd.dtype) * normed.astype(x_btd.dtype)
+        return rms_norm(x_btd, self.scale[...], self.eps)
 
 
 class Attention(nnx.Module):
@@ -125,6 +135,14 @@ class Attention(nnx.Module):
         self.k = _param(_normal(rngs, (d, k, h), config), ("embed", "kv_heads", "head_dim"))
         self.v = _param(_normal(rngs, (d, k, h), config), ("embed", "kv_heads", "head_dim"))
         self.o = _param(_normal(rngs, (n, h, d), config), ("heads", "head_dim", "embed"))
+        if config.attention_bias:  # Qwen2
+            dtype = config.param_dtype
+            self.q_bias = _param(jnp.zeros((n, h), dtype), ("heads", "head_dim"))
+            self.k_bias = _param(jnp.zeros((k, h), dtype), ("kv_heads", "head_dim"))
+            self.v_bias = _param(jnp.zeros((k, h), dtype), ("kv_heads", "head_dim"))
+        if config.qk_norm:  # Qwen3
+            self.q_norm = _param(jnp.ones((h,), config.param_dtype), ("head_dim",))
+            self.k_norm = _param(jnp.ones((h,), config.param_dtype), ("head_dim",))
 
     def __call__(self, x_btd, cos_bth, sin_bth, segment_ids_bt, layer_cache=None):
         """x [B,T,D] -> (out [B,T,D], this layer's updated cache (k, v) [B,S,K,H] or None).
@@ -134,9 +152,16 @@ class Attention(nnx.Module):
         """
         cfg = self.config
         dt = cfg.dtype
-        q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, self.q[...].astype(dt))
-        k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.k[...].astype(dt))
-        v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.v[...].astype(dt))
+        q_btnh = project(self, "q", "btd,dnh->btnh", x_btd, dt)
+        k_btkh = project(self, "k", "btd,dkh->btkh", x_btd, dt)
+        v_btkh = project(self, "v", "btd,dkh->btkh", x_btd, dt)
+        if cfg.attention_bias:
+            q_btnh = q_btnh + self.q_bias[...].astype(dt)
+            k_btkh = k_btkh + self.k_bias[...].astype(dt)
+            v_btkh = v_btkh + self.v_bias[...].astype(dt)
+        if cfg.qk_norm:
+            q_btnh = rms_norm(q_btnh, self.q_norm[...], cfg.rms_norm_eps)
+            k_btkh = rms_norm(k_btkh, self.k_norm[...], cfg.rms_norm_eps)
         q_btnh = apply_rotary(q_btnh, cos_bth, sin_bth)
         q_btnh = constrain(q_btnh, ("batch", "length", "heads", "head_dim"))
         k_btkh = apply_rotary(k_btkh, cos_bth, sin_bth)
@@ -144,9 +169,8 @@ class Attention(nnx.Module):
         q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, -1, cfg.head_dim)
 
         if layer_cache is None:
-            slots_t = jnp.arange(t)
-            allowed_bts = allowed_keys(slots_t, slots_t, segment_ids_bt, segment_ids_bt)
-            out_btkgh = causal_attention(q_btkgh, k_btkh, v_btkh, allowed_bts, ATTENTION_BLOCK)
+            out_btkgh = self_attention(cfg.attention, q_btkgh, k_btkh, v_btkh, segment_ids_bt,
+                                       ATTENTION_BLOCK)
             new_layer_cache = None
         else:
             cache_k, cache_v, key_seg_bs, index = layer_cache
@@ -160,7 +184,7 @@ class Attention(nnx.Module):
                                          allowed_bts)
             new_layer_cache = (keys_bskh, values_bskh)
         out_btnh = out_btkgh.reshape(q_btnh.shape)
-        out_btd = jnp.einsum("btnh,nhd->btd", out_btnh, self.o[...].astype(dt))
+        out_btd = project(self, "o", "btnh,nhd->btd", out_btnh, dt)
         return out_btd, new_layer_cache
 
 
@@ -176,10 +200,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         dt = self.dtype
-        gate_btf = jnp.einsum("btd,df->btf", x_btd, self.gate[...].astype(dt))
-        up_btf = jnp.einsum("btd,df->btf", x_btd, self.up[...].astype(dt))
+        gate_btf = project(self, "gate", "btd,df->btf", x_btd, dt)
+        up_btf = project(self, "up", "btd,df->btf", x_btd, dt)
         hidden_btf = constrain(jax.nn.silu(gate_btf) * up_btf, ("batch", "length", "mlp"))
-        return jnp.einsum("btf,fd->btd", hidden_btf, self.down[...].astype(dt))
+        return project(self, "down", "btf,fd->btd", hidden_btf, dt)
 
 
 class DecoderLayer(nnx.Module):
@@ -322,9 +346,9 @@ class Llama(nnx.Module):
                                  unroll=not cfg.scan_layers)
         else:
             x_btd, cache = _scan_layers_cached(self.layers, x_btd, *per_token, cache)
-        return self._head(x_btd, logits_at), cache
+        return self.head(x_btd, logits_at), cache
 
-    def _head(self, x_btd: jax.Array, logits_at: jax.Array | None) -> jax.Array:
+    def head(self, x_btd: jax.Array, logits_at: jax.Array | None) -> jax.Array:
         """Final norm + LM head on x [B,T,D] (only at `logits_at`) -> logits [B,T|K,V] f32."""
         cfg = self.config
         if logits_at is not None:

@@ -1,5 +1,10 @@
 """`LlamaConfig`: Llama hyperparameters, read from and written to HF `config.json` dicts.
 
+The same decoder covers the Qwen2/Qwen2.5 and Qwen3 families (`model_type` "qwen2" / "qwen3"):
+Qwen2 adds biases to the q/k/v projections (`attention_bias`); Qwen3 has none but RMS-normalises
+each head of q and k over head_dim before RoPE (`qk_norm`). Sliding-window attention (a Qwen2
+option off in the released models) is rejected.
+
 Model code imports it from `llark_jax.model.llama` (re-exported there).
 """
 
@@ -11,6 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,17 +37,21 @@ class LlamaConfig:
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 2048
+    model_type: str = "llama"  # llama | qwen2 | qwen3 (the HF architecture written on export)
+    attention_bias: bool = False  # q/k/v projection biases (Qwen2)
+    qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: bool = False
     scan_layers: bool = False  # rolled layer scan (one compiled body, big models); else unrolled
+    attention: str = "einsum"  # attention core: einsum | dot_product | splash (model/attention.py)
     vocab_multiple: int = 1  # pad embed/lm_head rows to a multiple of this (e.g. 128)
     initializer_range: float = 0.02
 
     def __hash__(self) -> int:  # rope_scaling is a dict; configs live in (hashable) graphdefs
         return hash(json.dumps(self.to_hf_dict(), sort_keys=True) + str(self.dtype)
                     + str(self.param_dtype)
-                    + str((self.remat, self.scan_layers, self.vocab_multiple)))
+                    + str((self.remat, self.scan_layers, self.vocab_multiple, self.attention)))
 
     @property
     def padded_vocab_size(self) -> int:
@@ -50,8 +62,15 @@ class LlamaConfig:
     def from_hf_dict(cls, d: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
         """Reads an HF Llama config.json dict (transformers 4.x `rope_scaling` or 5.x
         `rope_parameters`)."""
-        if d.get("attention_bias") or d.get("mlp_bias"):
-            raise ValueError("Llama config with attention_bias/mlp_bias is not supported")
+        model_type = d.get("model_type", "llama")
+        if model_type not in ARCHITECTURES:
+            raise ValueError(f"model_type {model_type!r} is not supported; "
+                             f"supported: {sorted(ARCHITECTURES)}")
+        if model_type != "qwen2" and (d.get("attention_bias") or d.get("mlp_bias")):
+            raise ValueError(f"{model_type} config with attention_bias/mlp_bias (a bias on the "
+                             "output projection too) is not supported")
+        if d.get("use_sliding_window"):
+            raise ValueError("sliding-window attention (use_sliding_window) is not supported")
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {d.get('hidden_act')!r}")
         rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
@@ -72,6 +91,9 @@ class LlamaConfig:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
             initializer_range=float(d.get("initializer_range", 0.02)),
+            model_type=model_type,
+            attention_bias=model_type == "qwen2",
+            qk_norm=model_type == "qwen3",
         )
         fields.update(overrides)
         return cls(**fields)
@@ -80,8 +102,8 @@ class LlamaConfig:
         """The HF (transformers 5.x) config.json dict of this config."""
         rope = {"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta}
         return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [ARCHITECTURES[self.model_type]],
+            "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -95,6 +117,6 @@ class LlamaConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "initializer_range": self.initializer_range,
             "rope_parameters": rope,
-            "attention_bias": False,
+            "attention_bias": self.attention_bias,
             "mlp_bias": False,
         }

@@ -28,7 +28,7 @@ MeshAxes = str | tuple[str, ...] | None
 Rules = Sequence[tuple[str, MeshAxes]]
 
 LOGICAL_AXES = ("layers", "batch", "length", "vocab", "embed", "mlp", "heads", "kv_heads",
-                "head_dim", "audio_features")
+                "head_dim", "audio_features", "lora")
 
 # FSDP (ZeRO-3 style) over a ("data", "fsdp", "tensor") mesh: parameters split along `embed` over
 # `fsdp`, heads/mlp/vocab over `tensor` (a no-op when that axis has size 1), the batch over

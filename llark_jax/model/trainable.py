@@ -15,6 +15,11 @@ same kind on the leading axis, float32 [L, 1, ...] (`apply_mask` broadcasts it a
 | `all`                  | train     | train  | train      | train   | all                     |
 | `projector_only`       | train     | frozen | frozen     | frozen  | none (MusiLingo)        |
 | `lm_frozen_new_tokens` | train     | frozen | frozen     | frozen  | `token_ids` only        |
+| `lora`                 | train     | frozen | frozen     | frozen  | `<audio_start>/<end>`   |
+
+LoRA adapters (`layers.*.<w>_lora`, `llark_jax.model.lora`) form their own group `lora`: trained
+by `lora`, `llark_reference` and `all`, frozen by the two projector presets. `lora` is the LLark
+recipe with the decoder frozen and adapters in its place (`model.lora.rank > 0`).
 
 `llark_reference` is what the official run actually trains (spec §1.5): its `.detach()` of text
 embeddings lets gradient reach `embed_tokens` only through the `<audio_start>`/`<audio_end>` rows,
@@ -40,12 +45,15 @@ from flax import nnx
 ROWS = "rows"
 PRESETS: dict[str, dict[str, bool | str]] = {
     "llark_reference": dict(projector=True, layers=True, final_norm=True, lm_head=False,
-                            embed=ROWS),
-    "all": dict(projector=True, layers=True, final_norm=True, lm_head=True, embed=True),
+                            embed=ROWS, lora=True),
+    "all": dict(projector=True, layers=True, final_norm=True, lm_head=True, embed=True,
+                lora=True),
     "projector_only": dict(projector=True, layers=False, final_norm=False, lm_head=False,
-                           embed=False),
+                           embed=False, lora=False),
     "lm_frozen_new_tokens": dict(projector=True, layers=False, final_norm=False, lm_head=False,
-                                 embed=ROWS),
+                                 embed=ROWS, lora=False),
+    "lora": dict(projector=True, layers=False, final_norm=False, lm_head=False, embed=ROWS,
+                 lora=True),
 }
 
 
@@ -53,6 +61,8 @@ def _group(path: tuple[Any, ...]) -> str:
     names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
     if names and names[0] == "llama":
         names = names[1:]
+    if any(str(name).endswith("_lora") for name in names):
+        return "lora"  # LoRA adapters (`llark_jax.model.lora`) inside the decoder layers
     if not names or names[0] not in PRESETS["all"]:
         raise KeyError(f"parameter {'.'.join(map(str, names))} belongs to no trainable group")
     return names[0]
