@@ -197,12 +197,36 @@ def _choice(config: ml_collections.ConfigDict, key: str, allowed: Any) -> None:
         raise ConfigError(f"{key}={node!r}: choose one of {sorted(allowed)}")
 
 
+def _check_lora(model: ml_collections.ConfigDict) -> None:
+    from llark_jax.model.lora import TARGETS
+    from llark_jax.model.trainable import PRESETS
+
+    lora = model.get("lora")
+    rank = int(lora.rank) if lora is not None else 0
+    quantize = model.get("quantize_base", "")
+    if quantize not in ("", "int8", "int4"):
+        raise ConfigError(f"model.quantize_base={quantize!r}: choose '', 'int8' or 'int4'")
+    if quantize and PRESETS[model.trainable]["layers"] is not False:
+        raise ConfigError(f"model.quantize_base={quantize!r} freezes the decoder weights; "
+                          f"model.trainable={model.trainable!r} trains them (use 'lora')")
+    if model.get("trainable") == "lora" and rank <= 0:
+        raise ConfigError("model.trainable='lora' needs model.lora.rank > 0")
+    if rank < 0:
+        raise ConfigError(f"model.lora.rank={rank}: must be >= 0")
+    if rank:
+        targets = [t.strip() for t in str(lora.targets).split(",") if t.strip()]
+        unknown = sorted(set(targets) - set(TARGETS))
+        if unknown or not targets:
+            raise ConfigError(f"model.lora.targets={lora.targets!r}: choose from {list(TARGETS)}")
+
+
 def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = False) -> None:
     """Rejects, with a `ConfigError` naming the field, values the run would only trip over later
     (after imports and compiles): unknown model/data sources, trainable presets, templates,
-    logical-axis rules, loss normalisations; with `check_paths`, a missing `model.path` for hf/gguf
-    sources and tfrecord data without `data.path`."""
+    logical-axis rules, loss normalisations, attention implementations; with `check_paths`, a
+    missing `model.path` for hf/gguf sources and tfrecord data without `data.path`."""
     from llark_jax.data.conversation import TOKENIZER_TEMPLATE_NAME, get_template
+    from llark_jax.model.attention import ATTENTION_KINDS, SPLASH_BLOCK
     from llark_jax.model.trainable import PRESETS
     from llark_jax.train.mesh import rules_of
     from llark_jax.train.step import NORMALIZATIONS
@@ -215,6 +239,16 @@ def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = Fa
     except (ValueError, TypeError) as err:
         raise ConfigError(f"logical_axis_rules: {err}") from None
     _choice(config, "train.loss_normalization", NORMALIZATIONS)
+    _choice(config, "model.attention", ATTENTION_KINDS)
+    if config.model.get("attention") == "splash" and config.data.seq_len % SPLASH_BLOCK:
+        raise ConfigError(f"model.attention=splash needs data.seq_len a multiple of "
+                          f"{SPLASH_BLOCK}, got {config.data.seq_len}")
+    _check_lora(config.model)
+    for key, minimum in (("train.log_every", 1), ("train.prefetch", 0),
+                         ("train.eval_every", 0), ("train.eval_batches", 1)):
+        value = config.train.get(key.split(".")[1], minimum)
+        if value < minimum:
+            raise ConfigError(f"{key}={value}: must be >= {minimum}")
     template = config.data.get("template")
     if template and template != TOKENIZER_TEMPLATE_NAME:
         try:

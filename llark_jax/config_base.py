@@ -44,12 +44,27 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # compute dtype
     config.model.remat = False
     config.model.scan_layers = False  # lax.scan over layers: one compiled body (big models)
+    # Attention core: einsum | dot_product (jax.nn.dot_product_attention: XLA, cuDNN on GPU) |
+    # splash (Pallas TPU kernel; seq_len a multiple of 128). docs/performance.md measures them.
+    config.model.attention = "einsum"
     config.model.trainable = "llark_reference"  # preset of llark_jax.model.trainable
     config.model.vocab_size = 0  # vocabulary after the LLark token extension (0 = derived)
+
+    config.model.lora = ml_collections.ConfigDict()  # LoRA adapters (llark_jax.model.lora)
+    config.model.lora.rank = 0  # > 0: adapters of this rank on every decoder layer
+    config.model.lora.alpha = 16.0  # scale alpha / rank
+    config.model.lora.targets = "q,k,v,o"  # comma-separated: q, k, v, o, gate, up, down
+    config.model.quantize_base = ""  # "int8" | "int4": frozen decoder weights stored quantised
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "synthetic"  # synthetic | tfrecord
     config.data.path = ""  # tfrecord: comma-separated shard globs
+    config.data.eval_path = ""  # held-out shard globs for train.eval_every (tfrecord)
+    # Training-data fraction (the paper's data-scaling ablation): each clip is kept by a coin
+    # seeded by (seed, clip id), so each dataset keeps about this share of its clips, the same
+    # ones every epoch; dataset_fractions {dataset: share} overrides it per dataset.
+    config.data.fraction = 1.0
+    config.data.dataset_fractions = ml_collections.ConfigDict()
     config.data.template = "fastchat_v0"  # llark_jax.data.conversation name, or "tokenizer"
     config.data.system_prompt = config_dict.placeholder(str)  # None = the template's own
     config.data.batch_size = 8  # global batch (examples per optimizer step)
@@ -81,6 +96,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.async_checkpoint = True
     config.train.init_from = ""  # workdir whose newest checkpoint initialises the params
     config.train.model_dir = ""  # written at the end: a model directory (params, no optimizer)
+    config.train.prefetch = 2  # batches built and put on the devices ahead (0 = in the loop)
+    config.train.log_every = 10  # steps between metric fetches to the host (and jsonl writes)
+    config.train.eval_every = 0  # steps between validation losses (0 = none)
+    config.train.eval_batches = 4  # held-out batches per validation (the same ones each time)
+    config.train.profile_steps = ""  # "N:M": JAX profiler trace of steps N..M in W/profile
 
     config.optim = ml_collections.ConfigDict()
     config.optim.peak_lr = 1e-3  # the projector's (and every trained group's when lm_peak_lr=0)
@@ -101,4 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.metrics = ml_collections.ConfigDict()
     config.metrics.peak_flops_per_device = 0.0  # FLOP/s; 0 = unknown (mfu reported as 0)
     config.metrics.tensorboard = True
+    config.metrics.wandb = False  # Weights & Biases (pip install wandb; WANDB_MODE=offline)
+    config.metrics.wandb_project = "llark-jax"
+    config.metrics.wandb_entity = ""  # "" = the account's default
+    config.metrics.wandb_run_name = ""  # "" = the workdir's name
     return config

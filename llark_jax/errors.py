@@ -41,7 +41,7 @@ USER_ERRORS: tuple[str, ...] = (
     "llark_jax.checkpoints.tokens:VocabularyMismatchError",
     "llark_jax.checkpoints.build:TokenIdMismatchError",
     "llark_jax.checkpoints.export:ExportError",
-    "llark_jax.train.loop:RecordsMismatchError",
+    "llark_jax.train.inputs:RecordsMismatchError",
     "llark_jax.train.checkpoint:InputStateMismatchError",
     "llark_jax.train.checkpoint:NoUsableCheckpointError",
     "llark_jax.data.conversation:TemplateError",

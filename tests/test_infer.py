@@ -212,7 +212,7 @@ def test_infer_features_equal_the_training_features(trained):
     from llark_jax.checkpoints.model_dir import load_model
     from llark_jax.data.features import fit_standardization
     from llark_jax.infer.cli import window_features
-    from llark_jax.train.loop import tfrecord_batches
+    from llark_jax.train.inputs import tfrecord_batches
 
     loaded = load_model(trained / "work")
     spec = loaded.features

@@ -24,6 +24,13 @@ shards and what was wrong with them. `PipelineConfig.skip_clips` leaves clips ou
 trainer's `data.skip_clips`), counted as `skipped_clip_examples`; `last_batch_clips()` names the
 clips of the latest batch (the trainer's NaN stop).
 
+Training-data fraction (`PipelineConfig.fraction`, `dataset_fractions`; the trainer's
+`data.fraction`): a clip of dataset d is used iff `u(seed, clip_id) < share(d)`, with `u` a
+uniform number from a hash of the seed and the clip id. The kept set is the same in every epoch,
+on any number of hosts and in any shard layout, each dataset keeps about `share(d)` of its clips
+(a seeded Bernoulli sample per clip), and the kept set of a smaller share is a subset of a larger
+one's. Clips left out are counted as `fraction_left_out` (per epoch visit), not as bad records.
+
 State (`get_state()`): the cursor (epoch, window, position), the refs of the examples waiting in
 the packer and the counters; `set_state()` re-reads only the windows those refs point to.
 """
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -78,6 +86,25 @@ class PipelineConfig:
     task_weights: dict[str, float] | None = None  # e.g. {"captioning": .15, "reasoning": .55, ...}
     task_counts: dict[str, int] | None = None  # epoch totals per task; default: the *-index.json
     skip_clips: frozenset[str] = frozenset()  # clip ids left out (counted, summarised)
+    fraction: float = 1.0  # share of each dataset's clips used (module docstring)
+    dataset_fractions: dict[str, float] | None = None  # {dataset: share} overriding `fraction`
+
+    def share(self, dataset: str) -> float:
+        """The share of `dataset`'s clips this pipeline uses."""
+        return (self.dataset_fractions or {}).get(dataset, self.fraction)
+
+    def keeps(self, clip_id: str, dataset: str) -> bool:
+        """Whether the training-data fraction keeps this clip (module docstring)."""
+        share = self.share(dataset)
+        if share >= 1.0:
+            return True
+        digest = hashlib.blake2b(f"{self.seed}/{clip_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2.0**64 < share
+
+    def subset_fingerprint(self) -> dict[str, Any]:
+        """The fraction settings a saved state depends on ({} when every clip is used)."""
+        shares = {"fraction": self.fraction, "dataset_fractions": self.dataset_fractions or {}}
+        return {} if shares == {"fraction": 1.0, "dataset_fractions": {}} else shares
 
 
 def make_tokenize_fn(tokenizer: Any, template: Any, audio_token_ids: Any,
@@ -281,11 +308,16 @@ class Pipeline:
         records: list[ClipRecord | None] = []
         for record in clip_ids:
             try:
-                records.append(self.source.read(int(record)))
+                clip = self.source.read(int(record))
             except BadRecordError as err:
                 records.append(None)
                 self.counters["bad_records"] += count
                 self._note_bad(err)
+                continue
+            if not self.config.keeps(clip.clip_id, clip.dataset):
+                clip = None
+                self.counters["fraction_left_out"] += count
+            records.append(clip)
         rng = _rng(self.config.seed, 2, epoch, window)
         examples = []
         for slot, clip in enumerate(records):
@@ -405,15 +437,21 @@ class Pipeline:
             "pool": [[*e.ref, e.waited] for e in self.packer.pool],
             "counters": dict(self.counters), "batches": self.batches,
             "tokens": [self.packer.tokens, self.packer.capacity],
-            "bad_records": self.bad_records, "skipped_clips": sorted(self.skipped_clips),
+            "bad_records": [dict(b) for b in self.bad_records],
+            "skipped_clips": sorted(self.skipped_clips),
+            **self.config.subset_fingerprint(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restores `get_state()` output (same seed, hosts and shards, else ValueError)."""
+        """Restores `get_state()` output (same seed, hosts, shards and training-data fraction,
+        else ValueError)."""
         expected = {"version": STATE_VERSION, "seed": self.config.seed,
                     "process": [self.process_index, self.process_count],
-                    "shards": self.source.fingerprint()}
-        mismatched = [k for k, v in expected.items() if state.get(k) != v]
+                    "shards": self.source.fingerprint(),
+                    "fraction": 1.0, "dataset_fractions": {},
+                    **self.config.subset_fingerprint()}
+        defaults = {"fraction": 1.0, "dataset_fractions": {}}  # states saved without them
+        mismatched = [k for k, v in expected.items() if state.get(k, defaults.get(k)) != v]
         if mismatched:
             raise ValueError(f"pipeline state does not match this pipeline: {mismatched}")
         self.counters = Counter(state["counters"])

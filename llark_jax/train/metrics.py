@@ -1,9 +1,12 @@
-"""Per-step training metrics: `W/metrics.jsonl`, TensorBoard event files and a tqdm bar.
+"""Per-step training metrics: `W/metrics.jsonl`, a tqdm bar and scalar sinks (TensorBoard
+event files in `W/tensorboard`, optionally Weights & Biases: `llark_jax.train.tracking`).
 
 Each JSON line holds `step` (1-based count of completed optimizer steps), `loss`, `lr` (the rate
 used by that update), `grad_norm` (before clipping), `tokens_per_s` (supervised + context tokens
 of the global batch per second), `step_time` (s), `mfu` (model FLOPs utilisation against
-`peak_flops_per_device` × devices; 0 when the peak is unknown).
+`peak_flops_per_device` × devices; 0 when the peak is unknown); on the steps the held-out
+set was evaluated (`train.eval_every`) also `val_loss` and `val_tokens`. Sinks get every finite
+value, `val_*` as `val/*` and the rest as `train/*`.
 
 On resume the jsonl is rewritten without lines past the restored step, so a killed-and-resumed
 run has the same file as an uninterrupted one (apart from timings).
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import tqdm
 
@@ -30,8 +33,39 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+class ScalarSink(Protocol):
+    """Where scalars go besides the jsonl: `add(step, {tag: value})`, then `close()`."""
+
+    def add(self, step: int, scalars: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoardSink:
+    """TensorBoard event files in `directory` (tensorboardX)."""
+
+    def __init__(self, directory: Path):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(directory))
+
+    def add(self, step: int, scalars: dict[str, float]) -> None:
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
+    """`{tag: value}` of a metrics row's finite values: `val_x` -> `val/x`, else `train/x`."""
+    return {(f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}"): v
+            for k, v in record.items() if k != "step" and math.isfinite(v)}
+
+
 class MetricsWriter:
-    """Writes one record per step to jsonl, TensorBoard and the progress bar."""
+    """Writes one record per step to jsonl, the sinks and the progress bar (sinks and files on
+    the primary host only)."""
 
     def __init__(
         self,
@@ -41,21 +75,17 @@ class MetricsWriter:
         total_steps: int,
         flops_per_step: float,
         peak_flops_total: float,
-        tensorboard: bool = True,
+        sinks: tuple[ScalarSink, ...] = (),
         is_primary: bool = True,
     ):
         self.path = workdir / "metrics.jsonl"
         self.flops_per_step = flops_per_step
         self.peak_flops_total = peak_flops_total
         self.is_primary = is_primary
-        self.tb = None
+        self.sinks = sinks if is_primary else ()
         if is_primary:
             truncate_metrics(self.path, start_step)
             self.file = self.path.open("a")
-            if tensorboard:
-                from tensorboardX import SummaryWriter
-
-                self.tb = SummaryWriter(str(workdir / "tensorboard"))
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not is_primary,
                              desc="train", dynamic_ncols=True)
 
@@ -70,10 +100,9 @@ class MetricsWriter:
         if self.is_primary:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
-            if self.tb is not None:
-                for key, value in record.items():
-                    if key != "step" and math.isfinite(value):
-                        self.tb.add_scalar(f"train/{key}", value, step)
+            tags = scalar_tags(record)
+            for sink in self.sinks:
+                sink.add(step, tags)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record.get('lr', 0):.2e}")
         return record
@@ -82,5 +111,5 @@ class MetricsWriter:
         self.bar.close()
         if self.is_primary:
             self.file.close()
-            if self.tb is not None:
-                self.tb.close()
+        for sink in self.sinks:
+            sink.close()

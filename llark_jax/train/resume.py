@@ -57,7 +57,10 @@ STATE_FIELDS = (
     "seed", "data.source",
 )
 PREVIOUS = "previous"
-RUN_FILES = ("checkpoints", "llark.json", "metrics.jsonl", "train_summary.json", "tensorboard")
+# what `--restart` moves aside: the run's state and logs (W&B run id and offline files,
+# profiler traces included, so a restarted run starts a new W&B run)
+RUN_FILES = ("checkpoints", "llark.json", "metrics.jsonl", "train_summary.json", "tensorboard",
+             "wandb_run_id", "wandb", "profile")
 MISSING = object()  # a field one config has and the other not
 
 

@@ -54,6 +54,92 @@ def split_micro_batches(batch: Batch, micro_steps: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
+def make_loss_fn(graphdef: nnx.GraphDef, *, normalization: str = "micro_batch_mean",
+                 head_positions: int = 0) -> Callable:
+    """`loss_fn(params, rest, batch, total_tokens) -> (loss, (supervised, unscored))`: the LM
+    loss of one (micro-)batch, shared by the train step (differentiated) and the eval step.
+
+    `total_tokens` is the step's supervised-token count for `global_tokens` (None: this batch's);
+    `head_positions` K > 0 scores only the first K supervised positions per row
+    (`llark_jax.model.loss.scored_positions`) and counts the rest in `unscored`.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"loss normalization {normalization!r} not in {NORMALIZATIONS}")
+
+    def loss_fn(params: Any, rest: Any, micro: Batch, total_tokens: jax.Array | None):
+        model = nnx.merge(graphdef, params, rest)
+        inputs = (micro["input_ids"], micro["audio"], micro["positions"])
+        extras = {"segment_ids": micro["segment_ids"],
+                  "audio_frame_index": micro["audio_frame_index"],
+                  "audio_mask": micro["audio_mask"]}
+        if head_positions:
+            positions_bk, targets_bk, valid_bk, unscored = scored_positions(
+                micro["labels"], micro["segment_ids"], head_positions)
+            logits_bkv = model(*inputs, **extras, logits_at=positions_bk)
+            loss, aux = masked_lm_loss_at(logits_bkv, targets_bk, valid_bk,
+                                          normalization=normalization,
+                                          global_token_count=total_tokens)
+            return loss, (aux["n_tokens"], unscored)
+        logits_btv = model(*inputs, **extras)
+        loss, aux = masked_lm_loss(logits_btv, micro["labels"], micro["segment_ids"],
+                                   normalization=normalization, global_token_count=total_tokens)
+        return loss, (aux["n_tokens"], jnp.zeros((), jnp.int32))
+
+    return loss_fn
+
+
+def make_eval_step(graphdef: nnx.GraphDef, *, head_positions: int = 0) -> Callable:
+    """`eval_step(params, rest, batch) -> {"loss", "supervised_tokens", "unscored_tokens"}`:
+    the train step's loss (`make_loss_fn`) without gradients, `loss` = mean over the batch's
+    supervised tokens (so a token-weighted mean over batches is the held-out token mean)."""
+    loss_fn = make_loss_fn(graphdef, normalization="global_tokens", head_positions=head_positions)
+
+    def eval_step(params: Any, rest: Any, batch: Batch) -> dict[str, jax.Array]:
+        loss, (tokens, unscored) = loss_fn(params, rest, batch, None)
+        return {"loss": loss, "supervised_tokens": tokens, "unscored_tokens": unscored}
+
+    return eval_step
+
+
+def trained_grad_fn(objective: Callable, grad_mask: Any | None
+                    ) -> tuple[Callable, Callable, Callable]:
+    """`(grad_fn, trained, expand)`: `grad_fn(params, ...)` is `value_and_grad` of
+    `objective(params, ...)` with respect to `trained(params)`, the leaves `grad_mask` does not
+    freeze outright (a False leaf), and `expand(grads, params)` the full gradient tree with zeros
+    at the frozen leaves. Frozen weights then get no weight-gradient matmuls and
+    no float32 accumulator under gradient accumulation (LoRA: ~4 bytes per frozen parameter)."""
+    if grad_mask is None:
+        return (jax.value_and_grad(objective, has_aux=True), lambda params: params,
+                lambda grads, params: grads)
+    frozen = [isinstance(m, bool) and not m for m in jax.tree.leaves(grad_mask)]
+
+    def split(params: Any) -> tuple[list, list]:
+        leaves = jax.tree.leaves(params)
+        return ([x for x, f in zip(leaves, frozen, strict=True) if not f],
+                [x for x, f in zip(leaves, frozen, strict=True) if f])
+
+    def join(trained: list, fixed: list, like: Any) -> Any:
+        trained_it, fixed_it = iter(trained), iter(fixed)
+        leaves = [next(fixed_it) if f else next(trained_it) for f in frozen]
+        return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+    def partial_objective(trained: list, fixed: list, like: Any, *args: Any):
+        return objective(join(trained, fixed, like), *args)
+
+    value_and_grad = jax.value_and_grad(partial_objective, has_aux=True)
+
+    def grad_fn(params: Any, *args: Any):
+        trained, fixed = split(params)
+        return value_and_grad(trained, fixed, params, *args)
+
+    def expand(grads: list, params: Any) -> Any:
+        zeros = [jnp.zeros(x.shape, x.dtype if jnp.issubdtype(x.dtype, jnp.floating)
+                           else jnp.float32) for x in split(params)[1]]  # int8 bases
+        return join(grads, zeros, params)
+
+    return grad_fn, lambda params: split(params)[0], expand
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -74,29 +160,9 @@ def make_train_step(
     clipping), `lr` (rate of this update), `supervised_tokens`, and with K > 0 `unscored_tokens`
     (supervised predictions beyond K in a row, left out: the caller checks it is 0).
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"loss normalization {normalization!r} not in {NORMALIZATIONS}")
-
-    def objective(params: Any, rest: Any, micro: Batch, total_tokens: jax.Array | None):
-        model = nnx.merge(graphdef, params, rest)
-        inputs = (micro["input_ids"], micro["audio"], micro["positions"])
-        extras = {"segment_ids": micro["segment_ids"],
-                  "audio_frame_index": micro["audio_frame_index"],
-                  "audio_mask": micro["audio_mask"]}
-        if head_positions:
-            positions_bk, targets_bk, valid_bk, unscored = scored_positions(
-                micro["labels"], micro["segment_ids"], head_positions)
-            logits_bkv = model(*inputs, **extras, logits_at=positions_bk)
-            loss, aux = masked_lm_loss_at(logits_bkv, targets_bk, valid_bk,
-                                          normalization=normalization,
-                                          global_token_count=total_tokens)
-            return loss, (aux["n_tokens"], unscored)
-        logits_btv = model(*inputs, **extras)
-        loss, aux = masked_lm_loss(logits_btv, micro["labels"], micro["segment_ids"],
-                                   normalization=normalization, global_token_count=total_tokens)
-        return loss, (aux["n_tokens"], jnp.zeros((), jnp.int32))
-
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    objective = make_loss_fn(graphdef, normalization=normalization,
+                             head_positions=head_positions)
+    grad_fn, trained, expand = trained_grad_fn(objective, grad_mask)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         params, rest = state["params"], state["rest"]
@@ -115,16 +181,18 @@ def make_train_step(
         if micro_steps == 1:  # no float32 accumulator: saves 4 bytes/param of memory
             (loss, (tokens, unscored)), grads = grad_fn(params, rest, batch, total_tokens)
         else:
-            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trained(params))
             no_counts = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
             init = (zeros, jnp.zeros((), jnp.float32), no_counts)
             (grads, loss, (tokens, unscored)), _ = jax.lax.scan(accumulate, init, micro_batches)
         if normalization == "micro_batch_mean":
             grads = jax.tree.map(lambda g: g / micro_steps, grads)
             loss = loss / micro_steps
+        grads = expand(grads, params)
         if grad_mask is not None:
             grads = apply_mask(grads, grad_mask)
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype)
+                             if jnp.issubdtype(p.dtype, jnp.floating) else g, grads, params)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
