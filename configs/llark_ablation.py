@@ -14,6 +14,9 @@ reported effect of each.
   tokenizer, so the LLark token ids are the same 32000-32003), with its own chat template. The
   paper attributes the MPT model's weak tempo to its tokenizer (Llama-2 splits digits); with the
   same tokenizer this variant isolates model size.
+- `data1`, `data10`, `data50` (E.3, training-data scaling): 1%, 10% or 50% of every dataset's
+  training clips (`data.fraction`, a seeded per-clip coin: the same clips every epoch and on any
+  number of hosts; smaller shares are subsets of larger ones), same steps ("compute-matched").
 """
 
 from pathlib import Path
@@ -22,7 +25,8 @@ import ml_collections
 
 from llark_jax.config import load_config_file
 
-VARIANTS = ("clap", "small_lm")
+FRACTIONS = {"data1": 0.01, "data10": 0.1, "data50": 0.5}
+VARIANTS = ("clap", "small_lm", *FRACTIONS)
 
 
 def get_config(variant: str = "clap") -> ml_collections.ConfigDict:
@@ -30,7 +34,9 @@ def get_config(variant: str = "clap") -> ml_collections.ConfigDict:
         raise ValueError(f"ablation {variant!r} not in {VARIANTS}")
     config = load_config_file(Path(__file__).with_name("llark_7b.py"))
     m, d = config.model, config.data
-    if variant == "clap":
+    if variant in FRACTIONS:
+        d.fraction = FRACTIONS[variant]
+    elif variant == "clap":
         d.path = "/path/to/llark_clap_tfrecords"  # placeholder: shards of CLAP embeddings
         d.encoder = "clap"
         d.encoder_args = ml_collections.ConfigDict(dict(clap_dir="/path/to/larger_clap_music"))

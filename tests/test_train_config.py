@@ -168,6 +168,7 @@ def test_logical_axis_rules_are_config_data_and_round_trip_through_json():
                   "model.llama.num_layers": 22, "model.llama.num_kv_heads": 4}),
     ("qwen", {"model.llama.model_type": "qwen2", "model.llama.attention_bias": True,
               "data.template": "tokenizer"}),
+    ("data10", {"data.fraction": 0.1, "data.encoder": "jukebox", "model.audio_dim": 4800}),
 ])
 def test_paper_ablation_configs_change_only_their_part(variant, checks):
     """`llark_ablation:VARIANT` and `llark_qwen` are the paper recipe with one part swapped; they
