@@ -1,6 +1,6 @@
 """`python -m llark_jax demo --system musilingo`: MusiLingo's two-stage recipe in miniature.
 
-Derived from `configs/demo.py` (same synthetic data, `mel` features pooled to 1 Hz and
+Derived from `configs/demo.py` (same synthetic data, `mir` features pooled to 1 Hz and
 standardised, SmolLM2-135M-Instruct from the embedded GGUF), with MusiLingo's choices
 (`configs/musilingo.py`, docs/musilingo.md): the LM frozen and only the projector trained
 (`projector_only`), no system prompt, MusiLingo's templates, and two stages:
@@ -11,7 +11,7 @@ standardised, SmolLM2-135M-Instruct from the embedded GGUF), with MusiLingo's ch
   `<s>###Human: <Audio>[audio]</Audio> {question} ###Assistant: {answer}###`) on the demo's QA
   records, initialised from stage 1 (`train.init_from`, set by `llark_jax/demo/musilingo.py`).
 
-Stand-ins: SmolLM2-135M-Instruct for Vicuna-7B, the `mel` encoder for MERT-v1-330M (its weights
+Stand-ins: SmolLM2-135M-Instruct for Vicuna-7B, the `mir` encoder for MERT-v1-330M (its weights
 are not here). Step counts and learning rates fit the 2-core CPU budget (docs/musilingo.md,
 "MusiLingo in miniature"), not the paper's 20k + 30k steps at 1e-4 / 3e-5.
 """

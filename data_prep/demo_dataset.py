@@ -36,21 +36,25 @@ MINOR_STEPS = (0, 2, 3, 5, 7, 8, 10)  # natural minor
 # Diatonic progressions as scale degrees (0-based), one chord per bar.
 MAJOR_PROGRESSIONS = ((0, 4, 5, 3), (0, 3, 4, 0), (0, 5, 3, 4), (0, 3, 0, 4), (5, 3, 0, 4))
 MINOR_PROGRESSIONS = ((0, 5, 2, 6), (0, 3, 4, 0), (0, 6, 5, 6), (0, 3, 6, 2), (0, 5, 3, 4))
-# Pitched General-MIDI programs (0-based) with the names the ground truth and the QA use.
+# Pitched instruments: the names the ground truth and the QA use, each with the General-MIDI
+# programs (0-based) that may play it; every clip draws one program per instrument.
 PITCHED_INSTRUMENTS = {
-    "piano": 0,
-    "organ": 19,
-    "acoustic guitar": 24,
-    "electric guitar": 27,
-    "violin": 40,
-    "strings": 48,
-    "trumpet": 56,
-    "saxophone": 65,
-    "flute": 73,
-    "synth lead": 80,
+    "piano": (0, 1, 2, 4),
+    "organ": (16, 17, 19),
+    "acoustic guitar": (24, 25),
+    "electric guitar": (26, 27, 28),
+    "violin": (40, 110),
+    "strings": (48, 49, 50),
+    "trumpet": (56, 59),
+    "saxophone": (64, 65, 66),
+    "flute": (72, 73, 74),
+    "synth lead": (80, 81),
 }
-BASS_PROGRAM = 33  # electric bass (finger)
-DRUM_KICK, DRUM_SNARE, DRUM_HAT = 36, 38, 42
+BASS_PROGRAMS = (32, 33, 34, 38)  # acoustic, finger, pick, synth bass
+DRUM_KICK, DRUM_SNARE, DRUM_HAT, DRUM_RIDE = 36, 38, 42, 51
+# Drum grooves: which beats of the bar get kick / snare, and hats per beat (0: none).
+GROOVES = ("backbeat", "four_on_floor", "half_time")
+HAT_DIVISIONS = (0, 1, 2, 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +70,7 @@ class ClipTruth:
     instruments: list[str]
     chords: list[dict]  # [{start_time, end_time, chord}] with labels like "A#major" / "Dminor"
     genre: str = "synthetic"
+    distortions: dict = dataclasses.field(default_factory=dict)  # augment_train's record
 
 
 def soundfont_path() -> Path:
@@ -97,14 +102,21 @@ def compose_clip(clip_id: str, split: str, seed: int, seconds: float) -> tuple[
     progression = (MINOR_PROGRESSIONS if is_minor else MAJOR_PROGRESSIONS)[int(rng.integers(5))]
     n_pitched = int(rng.integers(1, 5))
     names = list(rng.choice(sorted(PITCHED_INSTRUMENTS), size=n_pitched, replace=False))
+    programs = {n: int(rng.choice(PITCHED_INSTRUMENTS[n])) for n in names}
+    velocity = {n: int(rng.integers(55, 106)) for n in [*names, "bass", "drums"]}
+    chord_octave = int(rng.choice([48, 60]))  # harmony voiced from C3 or C4
+    chord_style = str(rng.choice(["block", "beats", "arpeggio"]))
+    bass_octave = int(rng.choice([28, 36]))
+    groove = str(rng.choice(GROOVES))
+    hats_per_beat = int(rng.choice(HAT_DIVISIONS))
 
     beat = 60.0 / tempo
     bar = beat * beats_per_bar
     n_bars = int(np.ceil(seconds / bar))
     midi = pretty_midi.PrettyMIDI(initial_tempo=tempo)
     midi.time_signature_changes.append(pretty_midi.TimeSignature(beats_per_bar, 4, 0.0))
-    parts = {n: pretty_midi.Instrument(PITCHED_INSTRUMENTS[n], name=n) for n in names}
-    bass = pretty_midi.Instrument(BASS_PROGRAM, name="bass")
+    parts = {n: pretty_midi.Instrument(programs[n], name=n) for n in names}
+    bass = pretty_midi.Instrument(int(rng.choice(BASS_PROGRAMS)), name="bass")
     drums = pretty_midi.Instrument(0, is_drum=True, name="drums")
     harmony, melody = names[0], names[-1]
     scale_pcs = [(tonic_pc + s) % 12 for s in steps]
@@ -113,6 +125,7 @@ def compose_clip(clip_id: str, split: str, seed: int, seconds: float) -> tuple[
     def add(inst: pretty_midi.Instrument, pitch: int, start: float, dur: float, vel: int) -> None:
         if start < seconds:
             end = min(start + dur, seconds)
+            vel = int(np.clip(vel + rng.integers(-8, 9), 20, 127))
             inst.notes.append(pretty_midi.Note(vel, int(pitch), float(start), float(end)))
 
     for b in range(n_bars):
@@ -120,25 +133,35 @@ def compose_clip(clip_id: str, split: str, seed: int, seconds: float) -> tuple[
         pcs, label = _triad(tonic_pc, steps, progression[b % len(progression)])
         chords.append({"start_time": round(t0, 3), "end_time": round(min(t0 + bar, seconds), 3),
                        "chord": label})
-        for pc in pcs:  # block chord voiced around middle C
-            add(parts[harmony], 60 + (pc - 60) % 12, t0, bar * 0.95, 70)
+        voiced = [chord_octave + (pc - chord_octave) % 12 for pc in pcs]
+        if chord_style == "block":
+            for pitch in voiced:
+                add(parts[harmony], pitch, t0, bar * 0.95, velocity[harmony])
+        elif chord_style == "beats":
+            for k in range(beats_per_bar):
+                for pitch in voiced:
+                    add(parts[harmony], pitch, t0 + k * beat, beat * 0.9, velocity[harmony])
+        else:  # arpeggio on eighth notes
+            for k in range(beats_per_bar * 2):
+                add(parts[harmony], voiced[k % 3], t0 + k * beat / 2, beat / 2 * 0.95,
+                    velocity[harmony])
         if len(names) >= 3:  # a second harmony part plays the chord an octave up on each beat
             for k in range(beats_per_bar):
                 for pc in pcs:
-                    add(parts[names[1]], 72 + (pc - 72) % 12, t0 + k * beat, beat * 0.8, 55)
+                    add(parts[names[1]], 72 + (pc - 72) % 12, t0 + k * beat, beat * 0.8,
+                        velocity[names[1]])
         for k in range(beats_per_bar):  # bass on the root, every beat
-            add(bass, 36 + pcs[0] % 12, t0 + k * beat, beat * 0.9, 90)
-            drum = DRUM_KICK if k == 0 else (DRUM_SNARE if k % 2 == 1 else DRUM_KICK)
-            add(drums, drum, t0 + k * beat, 0.1, 100 if k == 0 else 80)
-            for half in (0.0, 0.5):
-                add(drums, DRUM_HAT, t0 + (k + half) * beat, 0.05, 60)
+            add(bass, bass_octave + (pcs[0] - bass_octave) % 12, t0 + k * beat, beat * 0.9,
+                velocity["bass"])
+            _drum_beat(add, drums, groove, hats_per_beat, k, t0 + k * beat, beat,
+                       velocity["drums"])
         if melody != harmony:  # melody: chord tones and scale steps on eighth notes
             pitch = 72 + pcs[0] % 12
             for k in range(beats_per_bar * 2):
                 step = int(rng.integers(-2, 3))
                 idx = (scale_pcs.index(pitch % 12) + step) % 7
                 pitch = 72 + scale_pcs[idx] % 12
-                add(parts[melody], pitch, t0 + k * beat / 2, beat / 2 * 0.9, 85)
+                add(parts[melody], pitch, t0 + k * beat / 2, beat / 2 * 0.9, velocity[melody])
     midi.instruments.extend([*parts.values(), bass, drums])
     truth = ClipTruth(
         clip_id=clip_id,
@@ -151,6 +174,22 @@ def compose_clip(clip_id: str, split: str, seed: int, seconds: float) -> tuple[
         chords=chords,
     )
     return midi, truth
+
+
+def _drum_beat(add, drums: pretty_midi.Instrument, groove: str, hats_per_beat: int, k: int,
+               start: float, beat: float, vel: int) -> None:
+    """Beat `k` of a bar: kick/snare by `groove`, then `hats_per_beat` hi-hats (ride when 1)."""
+    if groove == "four_on_floor":
+        hits = [DRUM_KICK] + ([DRUM_SNARE] if k % 2 == 1 else [])
+    elif groove == "half_time":
+        hits = [DRUM_KICK] if k == 0 else ([DRUM_SNARE] if k == 2 else [])
+    else:  # backbeat
+        hits = [DRUM_SNARE if k % 2 == 1 else DRUM_KICK]
+    for drum in hits:
+        add(drums, drum, start, 0.1, vel if k == 0 else vel - 15)
+    for h in range(hats_per_beat):
+        add(drums, DRUM_RIDE if hats_per_beat == 1 else DRUM_HAT, start + h * beat / hats_per_beat,
+            0.05, vel - 35)
 
 
 def render(midi: pretty_midi.PrettyMIDI, seconds: float, soundfont: Path) -> np.ndarray:
@@ -198,8 +237,12 @@ def clip_plan(n_clips: int, eval_fraction: float, seed: int) -> list[tuple[str, 
 
 
 def build_dataset(output_dir: Path, n_clips: int, seconds: float, seed: int,
-                  eval_fraction: float = 0.2) -> list[ClipTruth]:
-    """Composes and renders every clip (skipping those already on disk); writes `clips.jsonl`."""
+                  eval_fraction: float = 0.2, augment: bool = False) -> list[ClipTruth]:
+    """Composes and renders every clip (skipping those already on disk); writes `clips.jsonl`.
+    `augment`: each clip gets the distortions `demo_augment.draw_train_distortions` draws from its
+    seed, recorded in its truth's `distortions`."""
+    from data_prep.demo_augment import apply_distortions, draw_train_distortions
+
     output_dir = Path(output_dir)
     (output_dir / "audio").mkdir(parents=True, exist_ok=True)
     (output_dir / "midi").mkdir(parents=True, exist_ok=True)
@@ -208,9 +251,14 @@ def build_dataset(output_dir: Path, n_clips: int, seconds: float, seed: int,
     for clip_id, split, clip_seed in tqdm(clip_plan(n_clips, eval_fraction, seed), desc="synth",
                                           unit="clip"):
         midi, truth = compose_clip(clip_id, split, clip_seed, seconds)
+        if augment:
+            truth = dataclasses.replace(truth, distortions=draw_train_distortions(
+                np.random.default_rng([clip_seed, 1])))
         wav = output_dir / "audio" / f"{clip_id}.wav"
-        if not wav.exists():
-            audio = render(midi, seconds, soundfont)
+        audio = None if wav.exists() else render(midi, seconds, soundfont)
+        if audio is not None and augment:
+            audio = apply_distortions(audio, SAMPLE_RATE, truth.distortions, clip_seed)
+        if audio is not None:
             with atomic_output(output_dir / "midi" / f"{clip_id}.mid") as tmp:
                 midi.write(str(tmp))
             with atomic_output(wav) as tmp:

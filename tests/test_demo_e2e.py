@@ -1,5 +1,6 @@
-"""A miniature `make demo` end to end: 8 synthetic 3 s clips, every stage for real, a tiny random
-Llama saved as a Hugging Face directory (the real format), 3 steps of the production trainer.
+"""A miniature `make demo` end to end: 8 synthetic 3 s clips and 3 OOD clips, every stage for
+real, a tiny random Llama saved as a Hugging Face directory (the real format), 3 steps of the
+production trainer.
 Checks the report schema, that every stage ran and left its outputs, that the model directory it
 ends with answers through `infer --audio-dir`, and that a rerun reuses every finished stage."""
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 from flax import nnx
 from tokenizer_fixtures import make_base_tokenizer
 
@@ -21,7 +23,8 @@ from llark_jax.model.llama import Llama, LlamaConfig
 MINI = ["--n-clips", "8", "--seconds", "3", "--steps", "3",
         "--config.dataset.eval_fraction=0.5", "--config.optim.warmup_steps=1",
         "--config.eval.max_new_tokens=6", "--config.train.head_positions=128",
-        "--config.data.seq_len=256", "--config.data.batch_size=2"]
+        "--config.data.seq_len=256", "--config.data.batch_size=2", "--config.ood.n_clips=3",
+        "--config.stages.annotate_clips=6"]
 METRICS = ("key_mirex", "tempo_acc2", "instruments_f1")
 
 
@@ -70,49 +73,77 @@ def _serve_and_export(model: Path, workdir: Path) -> None:
     assert tokenizer.convert_tokens_to_ids("<audio_patch>") not in (None, tokenizer.unk_token_id)
 
 
-def _demo(workdir: Path, lm: Path) -> subprocess.CompletedProcess:
+def _demo(workdir: Path, lm: Path, user: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llark_jax", "demo", "--workdir", str(workdir),
-                           *MINI, "--config.model.source=hf", f"--config.model.path={lm}"],
-                          capture_output=True, text=True, timeout=800)
+                           *MINI, "--config.model.source=hf", f"--config.model.path={lm}",
+                           "--ood-dir", str(user)], capture_output=True, text=True, timeout=800)
+
+
+def user_folder(path: Path) -> Path:
+    """Two labelled files of the user's own (here: OGG at 32 kHz, one in a subfolder)."""
+    from data_prep.demo_augment import through_rate
+    from data_prep.demo_dataset import compose_clip, render, soundfont_path
+
+    labels = []
+    for i, name in enumerate(("a.ogg", "sub/b.ogg")):
+        midi, truth = compose_clip(f"u{i}", "user", 77 + i, 4.0)
+        audio = through_rate(render(midi, 4.0, soundfont_path()), 44100, 32000)
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path / name, audio, 44100, format="OGG", subtype="VORBIS")
+        labels.append({"file": name, "key": truth.key, "tempo": truth.tempo,
+                       "instruments": truth.instruments})
+    (path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    return path
 
 
 @pytest.mark.slow
 def test_mini_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     lm = tiny_hf_lm(tmp_path / "lm")
-    first = _demo(workdir, lm)
+    user = user_folder(tmp_path / "user")
+    first = _demo(workdir, lm, user)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
     report = json.loads((workdir / "report.json").read_text())
     assert report["n_eval"] == 2  # clips 3 and 4 of seed 0 at eval_fraction 0.5
-    for name in METRICS:
-        row = report[name]
-        for condition in ("audio", "shuffled"):
-            assert 0.0 <= row[condition] <= 1.0
-            low, high = row[f"{condition}_ci95"]
-            assert 0.0 <= low <= row[condition] <= high <= 1.0
-    assert set(report["stage_seconds"]) == set(STAGES)
+    assert report["ood"]["n_eval"] == 3 and report["user"]["n_eval"] == 2
+    for section in (report, report["ood"], report["user"]):
+        for name in METRICS:
+            row = section[name]
+            for condition in ("audio", "shuffled", "constant"):
+                assert 0.0 <= row[condition] <= 1.0
+                low, high = row[f"{condition}_ci95"]
+                assert 0.0 <= low <= row[condition] <= high <= 1.0
+    assert set(report["constant_answers"]) == {"key", "tempo", "instruments"}
+    assert set(report["stage_seconds"]) == set(report["stage_cpu_seconds"]) == set(STAGES)
     assert all(seconds >= 0 for seconds in report["stage_seconds"].values())
-    assert len(report["examples"]) == 2
+    assert report["stage_cpu_seconds"]["train"] > 0
+    assert len(report["examples"]) == 2 and len(report["ood_examples"]) == 3
 
     for stage in STAGES:
         assert (workdir / "stages" / f"{stage}.json").is_file(), stage
     assert len(list((workdir / "data" / "audio").glob("*.wav"))) == 8
     assert len(list((workdir / "clips").glob("*.wav"))) == 8
     annotations = (workdir / "work" / "annotations.jsonl").read_text().splitlines()
-    assert len(annotations) == 8 and "downbeats_madmom" in json.loads(annotations[0])
-    assert len(list((workdir / "embeddings" / "mel").glob("*.npy"))) == 8
+    madmom = ["downbeats_madmom" in json.loads(line) for line in annotations]
+    assert len(annotations) == 8 and madmom == [True] * 6 + [False] * 2  # annotate_clips = 6
+    assert len(list((workdir / "embeddings" / "mir").glob("*.npy"))) == 8
+    assert len(list((workdir / "ood" / "data" / "audio").glob("*.mp3"))) == 3
     assert list((workdir / "records").glob("train-*.tfrecord"))
     assert list((workdir / "records").glob("eval-*.tfrecord"))
     assert len((workdir / "train" / "metrics.jsonl").read_text().splitlines()) == 3
     index = json.loads(next((workdir / "records").glob("train-*-index.json")).read_text())
     assert set(index["tasks"]) == {"key", "tempo", "instruments"}  # data.task_weights' names
-    answers = json.loads((workdir / "eval" / "answers.json").read_text())
-    assert all(a != b for a, b in zip(answers["clip_ids"], answers["partner_ids"], strict=True))
+    answers = json.loads((workdir / "eval" / "answers.json").read_text())["sets"]
+    assert set(answers) == {"in_distribution", "ood", "user"}
+    for entry in answers.values():
+        assert all(a != b for a, b in zip(entry["clip_ids"], entry["partner_ids"], strict=True))
     markdown = (workdir / "report.md").read_text()
     assert "| clip | question |" in markdown and "grounding.png" in markdown
+    assert "grounding_ood.png" in markdown and "best constant answer" in markdown
     assert (workdir / "grounding.png").stat().st_size > 0
-    assert "key_mirex" in first.stdout  # the printed summary table
+    assert "key_mirex" in first.stdout and "out of distribution" in first.stdout  # the table
+    assert "CPU s" in first.stdout
 
     # the model directory the demo ends with answers a folder of clips through `infer`
     model = workdir / "model"
@@ -130,7 +161,7 @@ def test_mini_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
 
     _serve_and_export(model, workdir)
 
-    second = _demo(workdir, lm)
+    second = _demo(workdir, lm, user)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("reused") == len(STAGES) - 1  # everything but the report
     assert json.loads((workdir / "report.json").read_text())["key_mirex"] == report["key_mirex"]

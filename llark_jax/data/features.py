@@ -4,6 +4,8 @@
       -> rounded to the records' storage dtype      (bfloat16 records: what training saw)
       -> mean over groups of `pool` frames          [ceil(T / pool), D]
       -> (x - mean_d) / std_d when standardised     (statistics of the training records)
+      -> clipped to [-clip, clip] when `clip` is set (a file unlike any training clip cannot
+         push a column further out than training values reach)
       -> one `<audio_patch>` token per row
 
 The projector is affine, so averaging `pool` frames before it equals averaging `pool` projected
@@ -53,6 +55,7 @@ class FeatureSpec:
       mean, std: per-dimension statistics [D] float64, or None (not standardised).
       storage_dtype: the dtype the training records stored the frames in; frames computed from
         audio are rounded to it first, so inference sees the values training saw.
+      clip: standardised values are clipped to [-clip, clip] (None: not clipped; needs `mean`).
     """
 
     encoder: str = "mel"
@@ -61,12 +64,16 @@ class FeatureSpec:
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     storage_dtype: str = "float32"
+    clip: float | None = None
 
     def __post_init__(self) -> None:
         if self.pool < 1:
             raise ValueError(f"feature pool must be >= 1, got {self.pool}")
         if (self.mean is None) != (self.std is None):
             raise ValueError("standardisation needs both mean and std")
+        if self.clip is not None and (self.mean is None or self.clip <= 0):
+            raise ValueError(f"feature clip needs standardised features and a bound > 0, got "
+                             f"{self.clip}")
 
     @property
     def standardized(self) -> bool:
@@ -89,6 +96,8 @@ class FeatureSpec:
                 raise ValueError(f"features have {x_td.shape[1]} dims, the statistics "
                                  f"{self.mean.shape[0]}")
             x_td = ((x_td - self.mean) / self.std).astype(np.float32)
+        if self.clip is not None:
+            x_td = np.clip(x_td, -self.clip, self.clip)
         return x_td
 
     def to_json(self) -> dict[str, Any]:
@@ -96,7 +105,7 @@ class FeatureSpec:
                 "pool": self.pool,
                 "mean": None if self.mean is None else self.mean.tolist(),
                 "std": None if self.std is None else self.std.tolist(),
-                "storage_dtype": self.storage_dtype}
+                "storage_dtype": self.storage_dtype, "clip": self.clip}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FeatureSpec:
@@ -106,7 +115,8 @@ class FeatureSpec:
         return cls(encoder=data.get("encoder", "mel"),
                    encoder_args=dict(data.get("encoder_args") or {}),
                    pool=int(data.get("pool", 1)), mean=array("mean"), std=array("std"),
-                   storage_dtype=data.get("storage_dtype", "float32"))
+                   storage_dtype=data.get("storage_dtype", "float32"),
+                   clip=None if data.get("clip") is None else float(data["clip"]))
 
 
 def fit_standardization(frames: Iterable[np.ndarray], pool: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +130,8 @@ def fit_standardization(frames: Iterable[np.ndarray], pool: int) -> tuple[np.nda
 
 def spec_from_config(data_cfg: Any, clips: Iterable[np.ndarray] | None = None,
                      storage_dtype: str = "float32") -> FeatureSpec:
-    """The `FeatureSpec` of `config.data`; statistics from `clips` when `data.standardize`."""
+    """The `FeatureSpec` of `config.data`; statistics from `clips` when `data.standardize`, the
+    clip bound from `data.feature_clip` (absent or 0: none)."""
     args = data_cfg.get("encoder_args") or {}
     args = args.to_dict() if hasattr(args, "to_dict") else dict(args)
     pool = int(data_cfg.get("feature_pool", 1))
@@ -129,5 +140,7 @@ def spec_from_config(data_cfg: Any, clips: Iterable[np.ndarray] | None = None,
         if clips is None:
             raise ValueError("data.standardize needs the training clips for its statistics")
         mean, std = fit_standardization(clips, pool)
+    clip = float(data_cfg.get("feature_clip", 0.0) or 0.0) or None
     return FeatureSpec(encoder=data_cfg.get("encoder", "mel"), encoder_args=args, pool=pool,
-                       mean=mean, std=std, storage_dtype=storage_dtype)
+                       mean=mean, std=std, storage_dtype=storage_dtype,
+                       clip=clip if mean is not None else None)

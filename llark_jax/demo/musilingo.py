@@ -78,7 +78,8 @@ class MusiLingoDemo(demo.Demo):
             demo._run("captions", ["data_prep", "write", "--annotations",
                                    str(self.path("work", "metadata.jsonl")),
                                    "--qa", str(self.path("work", "captions.jsonl")),
-                                   "--embeddings", str(self.path("embeddings", "mel")),
+                                   "--embeddings",
+                                   str(self.path("embeddings", self.config.data.encoder)),
                                    "--output-dir", str(self.path("records_caption")),
                                    "--split", split, "--embedding-dtype", "float32",
                                    "--dataset", "demo"])

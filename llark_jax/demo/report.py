@@ -1,10 +1,13 @@
 """The demo's report: `report.json` (schema of issue 11), `report.md` with plots and examples, and
 the summary table printed at the end of `make demo`.
 
-report.json: `n_eval`; `key_mirex`, `tempo_acc2`, `instruments_f1` (and `tempo_acc1`,
-`instruments_clip_f1`) each `{audio, shuffled, audio_ci95, shuffled_ci95, grounded}` where
-`grounded` = audio > shuffled with disjoint 95% intervals; `stage_seconds`; `training`;
-`madmom_vs_truth` (the annotation stage's own key/tempo accuracy); `examples`.
+report.json: the in-distribution evaluation at the top level: `n_eval`; `key_mirex`,
+`tempo_acc2`, `instruments_f1` (and `tempo_acc1`, `instruments_clip_f1`) each `{audio, shuffled,
+constant, audio_ci95, shuffled_ci95, constant_ci95, grounded}` where `grounded` = own audio beats
+both floors (shuffled audio and the best constant answer) with disjoint 95% intervals; the same
+under `ood` for the out-of-distribution set; `constant_answers`; `stage_seconds` and
+`stage_cpu_seconds`; `training`; `madmom_vs_truth` (the annotation stage's own key/tempo
+accuracy); `examples` and `ood_examples`.
 """
 
 from __future__ import annotations
@@ -21,62 +24,102 @@ from llark_jax.eval.intervals import MetricResult
 from llark_jax.eval.metrics import key_mirex, tempo_accuracy
 from llark_jax.eval.parse import parse_key, parse_tempo, strip_completion
 from llark_jax.eval.report import _pyplot, plot_key_confusion, plot_tempo_scatter
-from llark_jax.io import atomic_write_text, write_json_atomic
+from llark_jax.io import atomic_write_text, read_jsonl, write_json_atomic
 
 HEADLINE = ("key_mirex", "tempo_acc2", "instruments_f1")
 REPORTED = (*HEADLINE, "tempo_acc1", "instruments_clip_f1")
+FLOORS = ("shuffled", "constant")
+SET_TITLES = {"in_distribution": "in distribution (held-out clips of the training synthesiser)",
+              "ood": "out of distribution (numpy synthesiser, 22.05 kHz MP3)",
+              "user": "your labelled audio (--ood-dir)"}
+EXTRA_SETS = ("ood", "user")
 
 
-def compare(audio: MetricResult, shuffled: MetricResult) -> dict[str, Any]:
-    """One metric under both conditions; `grounded` when audio wins with disjoint intervals."""
-    return {"audio": audio.value, "shuffled": shuffled.value, "n": audio.n,
-            "audio_ci95": list(audio.ci95), "shuffled_ci95": list(shuffled.ci95),
-            "interval": audio.interval,
-            "grounded": bool(audio.value > shuffled.value and audio.ci95[0] > shuffled.ci95[1])}
+def compare(audio: MetricResult, shuffled: MetricResult,
+            constant: MetricResult | None = None) -> dict[str, Any]:
+    """One metric under each condition; `grounded` when own audio beats every floor given
+    (shuffled audio, and the constant answer when given) with disjoint 95% intervals."""
+    floors = {"shuffled": shuffled, **({"constant": constant} if constant is not None else {})}
+    row: dict[str, Any] = {"audio": audio.value, "n": audio.n, "audio_ci95": list(audio.ci95),
+                           "interval": audio.interval}
+    for name, floor in floors.items():
+        row[name], row[f"{name}_ci95"] = floor.value, list(floor.ci95)
+    row["grounded"] = all(audio.value > f.value and audio.ci95[0] > f.ci95[1]
+                          for f in floors.values())
+    return row
+
+
+def evaluation_section(scores: Mapping[str, Mapping[str, MetricResult]],
+                       n_eval: int) -> dict[str, Any]:
+    """scores[condition][metric] (conditions audio, shuffled, constant) -> one evaluation's
+    report entries."""
+    section: dict[str, Any] = {"n_eval": n_eval}
+    for name in REPORTED:
+        section[name] = compare(scores["audio"][name], scores["shuffled"][name],
+                                scores["constant"][name] if "constant" in scores else None)
+    return section
 
 
 def build_report(scores: Mapping[str, Mapping[str, MetricResult]], n_eval: int,
                  stage_seconds: Mapping[str, float], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """scores[condition][metric] -> the report.json dict."""
-    report: dict[str, Any] = {"n_eval": n_eval, "stage_seconds": dict(stage_seconds)}
-    for name in REPORTED:
-        report[name] = compare(scores["audio"][name], scores["shuffled"][name])
+    """scores[condition][metric] -> the report.json dict (in-distribution entries at the top)."""
+    report: dict[str, Any] = {**evaluation_section(scores, n_eval),
+                              "stage_seconds": dict(stage_seconds)}
     report.update(extra)
     return report
 
 
-def summary_table(report: Mapping[str, Any]) -> str:
-    """Plain-text table: metric, own audio [CI], shuffled audio [CI], grounded."""
-    lines = [f"{'metric':<20} {'own audio':>22} {'shuffled audio':>22}  grounded",
-             "-" * 76]
+def _cell(row: Mapping[str, Any], condition: str) -> str:
+    low, high = row[f"{condition}_ci95"]
+    return f"{row[condition]:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def metrics_table(section: Mapping[str, Any]) -> list[str]:
+    """Lines: metric, own audio [CI], the floors [CI], grounded."""
+    floors = [f for f in FLOORS if f in section[REPORTED[0]]]
+    header = f"{'metric':<20} {'own audio':>22}" + "".join(
+        f" {f + (' audio' if f == 'shuffled' else ' answer'):>22}" for f in floors)
+    lines = [header + "  grounded", "-" * (len(header) + 10)]
     for name in REPORTED:
-        row = report[name]
-        own = f"{row['audio']:.3f} [{row['audio_ci95'][0]:.2f}, {row['audio_ci95'][1]:.2f}]"
-        shuf = (f"{row['shuffled']:.3f} [{row['shuffled_ci95'][0]:.2f}, "
-                f"{row['shuffled_ci95'][1]:.2f}]")
-        lines.append(f"{name:<20} {own:>22} {shuf:>22}  {'yes' if row['grounded'] else 'no'}")
-    seconds = report["stage_seconds"]
-    lines.append(f"n_eval = {report['n_eval']}; stages: "
-                 + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
-                 + f"; total {sum(seconds.values()):.0f}s")
+        row = section[name]
+        cells = "".join(f" {_cell(row, c):>22}" for c in ("audio", *floors))
+        lines.append(f"{name:<20}{cells}  {'yes' if row['grounded'] else 'no'}")
+    return lines
+
+
+def summary_table(report: Mapping[str, Any]) -> str:
+    """Plain text: one metrics table per evaluation set, then stage wall and CPU seconds."""
+    lines = [f"{SET_TITLES['in_distribution']}, n = {report['n_eval']}",
+             *metrics_table(report)]
+    for name in EXTRA_SETS:
+        if name in report:
+            lines += ["", f"{SET_TITLES[name]}, n = {report[name]['n_eval']}",
+                      *metrics_table(report[name])]
+    seconds, cpu = report["stage_seconds"], report.get("stage_cpu_seconds", {})
+    lines += ["", f"{'stage':<10} {'wall s':>8} {'CPU s':>8}"]
+    lines += [f"{k:<10} {v:>8.0f} {cpu.get(k, float('nan')):>8.0f}" for k, v in seconds.items()]
+    lines.append(f"{'total':<10} {sum(seconds.values()):>8.0f} {sum(cpu.values()):>8.0f}")
     return "\n".join(lines)
 
 
-def plot_grounding(report: Mapping[str, Any], path: Path) -> Path:
-    """Bar chart: each headline metric with own vs shuffled audio and their 95% intervals."""
+def plot_grounding(section: Mapping[str, Any], path: Path, title: str) -> Path:
+    """Bar chart: each headline metric with own audio and each floor, with 95% intervals."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
     x = np.arange(len(HEADLINE))
-    for offset, condition, colour, label in ((-0.18, "audio", "tab:blue", "own audio"),
-                                             (0.18, "shuffled", "tab:gray", "shuffled audio")):
-        values = np.array([report[m][condition] for m in HEADLINE])
-        ci = np.array([report[m][f"{condition}_ci95"] for m in HEADLINE])
-        ax.bar(x + offset, values, 0.36, color=colour, label=label,
-               yerr=[values - ci[:, 0], ci[:, 1] - values], capsize=4)
+    bars = [(c, colour, label) for c, colour, label in (
+        ("audio", "tab:blue", "own audio"), ("shuffled", "tab:gray", "shuffled audio"),
+        ("constant", "tab:orange", "best constant answer")) if c in section[HEADLINE[0]]]
+    width = 0.8 / len(bars)
+    for k, (condition, colour, label) in enumerate(bars):
+        values = np.array([section[m][condition] for m in HEADLINE])
+        ci = np.array([section[m][f"{condition}_ci95"] for m in HEADLINE])
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, values, width, color=colour, label=label,
+               yerr=[values - ci[:, 0], ci[:, 1] - values], capsize=3)
     ax.set_xticks(x, HEADLINE)
     ax.set_ylim(0, 1)
     ax.set_ylabel("score (95% interval)")
-    ax.set_title(f"Audio grounding on {report['n_eval']} held-out clips")
+    ax.set_title(f"{title}: {section['n_eval']} clips", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -102,13 +145,16 @@ def plot_loss(losses: Sequence[float], path: Path) -> Path:
     return path
 
 
-def write_report_files(report: dict[str, Any], out_dir: Path, truth: Sequence[Mapping[str, Any]],
-                       answers: Mapping[str, Mapping[str, list[str]]],
+def write_report_files(report: dict[str, Any], out_dir: Path,
+                       sets: Mapping[str, tuple[Sequence[Mapping[str, Any]],
+                                                Mapping[str, Mapping[str, list[str]]]]],
                        losses: Sequence[float]) -> tuple[Path, Path]:
-    """Writes report.json, report.md and the PNG plots into `out_dir`."""
+    """Writes report.json, report.md and the PNG plots into `out_dir`; `sets[name]` = (truth per
+    clip, answers[condition][task])."""
+    truth, answers = sets["in_distribution"]
     own = answers["audio"]
     plots = [
-        plot_grounding(report, out_dir / "grounding.png"),
+        plot_grounding(report, out_dir / "grounding.png", SET_TITLES["in_distribution"]),
         plot_key_confusion([parse_key(t["key"]) for t in truth],
                            [parse_key(strip_completion(a)) for a in own["key"]],
                            out_dir / "key_confusion.png"),
@@ -116,12 +162,20 @@ def write_report_files(report: dict[str, Any], out_dir: Path, truth: Sequence[Ma
                            [parse_tempo(strip_completion(a)) for a in own["tempo"]],
                            out_dir / "tempo_scatter.png"),
     ]
+    for name in EXTRA_SETS:
+        if name in report:
+            plots.append(plot_grounding(report[name], out_dir / f"grounding_{name}.png",
+                                        SET_TITLES[name]))
     if losses:
         plots.append(plot_loss(losses, out_dir / "loss.png"))
     json_path = write_json_atomic(out_dir / "report.json", report)
     lines = ["# LLark demo report", "", "```", summary_table(report), "```", "",
-             "`grounded`: own audio beats shuffled audio (the audio of another eval clip, same "
-             "model and prompts) with disjoint 95% intervals.", ""]
+             "`grounded`: own audio beats both floors with disjoint 95% intervals: shuffled audio "
+             "(the audio of another clip of the same set, same model and prompts) and the best "
+             "constant answer (chosen on the training labels: "
+             + "; ".join(f"{k}: \"{v}\"" for k, v in report.get("constant_answers", {}).items())
+             + "). CPU s: user + system seconds of the demo and every command it ran (the "
+             "machine may be shared, so wall seconds can be inflated; CPU seconds are not).", ""]
     training = report.get("training", {})
     if training:
         lines += ["## Training", "", *[f"- {k}: {v}" for k, v in training.items()], ""]
@@ -129,13 +183,15 @@ def write_report_files(report: dict[str, Any], out_dir: Path, truth: Sequence[Ma
     if madmom:
         lines += ["## Annotation stage (madmom) against the synthesis truth", "",
                   *[f"- {k}: {v}" for k, v in madmom.items()], ""]
-    lines += ["## Examples (held-out clips)", "",
-              "| clip | question | truth | answer (own audio) | answer (shuffled audio) |",
-              "|---|---|---|---|---|"]
-    for ex in report.get("examples", []):
-        cells = [ex["clip_id"], ex["question"], ex["truth"], ex["audio"], ex["shuffled"]]
-        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
-    lines += ["", "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots]]
+    for key, title in (("examples", "held-out clips"), ("ood_examples", "OOD clips")):
+        lines += [f"## Examples ({title})", "",
+                  "| clip | question | truth | answer (own audio) | answer (shuffled audio) |",
+                  "|---|---|---|---|---|"]
+        for ex in report.get(key, []):
+            cells = [ex["clip_id"], ex["question"], ex["truth"], ex["audio"], ex["shuffled"]]
+            lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+        lines.append("")
+    lines += ["## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots]]
     md_path = atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return json_path, md_path
 
@@ -147,7 +203,7 @@ def madmom_vs_truth(metadata: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     tempo_rows = [m for m in metadata if m.get("tempo_in_beats_per_minute_madmom")]
     tempo = tempo_accuracy([f"{m['tempo_in_beats_per_minute_madmom']} BPM" for m in tempo_rows],
                            [float(m["tempo"]) for m in tempo_rows])
-    return {"n": len(metadata), "key_mirex": round(key.value, 3),
+    return {"n": len(rows), "key_mirex": round(key.value, 3),
             "tempo_acc1": round(tempo["tempo_acc1"].value, 3),
             "tempo_acc2": round(tempo["tempo_acc2"].value, 3)}
 
@@ -170,31 +226,52 @@ def _examples(clip_ids: Sequence[str], truth: Sequence[Mapping[str, Any]],
 
 
 def make_report(config: ml_collections.ConfigDict, workdir: Path,
-                stage_seconds: Mapping[str, float]) -> dict[str, Any]:
-    """Scores `eval/answers.json` against the truth in `work/metadata.jsonl`, writes report.json,
+                stage_seconds: Mapping[str, float],
+                stage_cpu_seconds: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Scores `eval/answers.json` (every set, own and shuffled audio, and the best constant
+    answer) against the truth (`work/metadata.jsonl`; `ood/data/clips.jsonl`), writes report.json,
     report.md and the plots into `workdir`, and returns the report dict."""
-    from llark_jax.demo.eval import CONDITIONS, score
+    from llark_jax.demo.eval import CONDITIONS, PROMPTS, constant_answers, score
 
-    saved = json.loads((workdir / "eval" / "answers.json").read_text())
+    saved = json.loads((workdir / "eval" / "answers.json").read_text())["sets"]
     metadata = [json.loads(line) for line in
                 (workdir / "work" / "metadata.jsonl").read_text().splitlines() if line.strip()]
     by_id = {m["clip_id"]: m for m in metadata}
-    truth = [by_id[c] for c in saved["clip_ids"]]
+    for extra_truth in (workdir / "ood" / "data" / "clips.jsonl",
+                        workdir / "ood" / "user" / "labels.jsonl"):
+        if extra_truth.exists():
+            by_id.update({m["clip_id"]: m for m in read_jsonl(extra_truth)})
+    constants = constant_answers([m for m in metadata if m.get("split") == "train"])
     vocabulary = sorted({i for m in metadata for i in m["instruments"]})
-    answers = saved["answers"]
-    scores = {c: score(answers[c], truth, vocabulary) for c in CONDITIONS}
+    sections, sets, details = {}, {}, {}
+    for name, entry in saved.items():
+        truth = [by_id[c] for c in entry["clip_ids"]]
+        answers = {**entry["answers"],
+                   "constant": {task: [constants[task]] * len(truth) for task in PROMPTS}}
+        scores = {c: score(answers[c], truth, vocabulary) for c in (*CONDITIONS, "constant")}
+        sections[name] = evaluation_section(scores, len(truth))
+        sets[name] = (truth, answers)
+        details[name] = {c: {k: v.to_dict() for k, v in s.items()} for c, s in scores.items()}
     training = json.loads((workdir / "stages" / "train.json").read_text())
     losses = [json.loads(line)["loss"] for line in
               (workdir / "train" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    extra = {
+    report: dict[str, Any] = {
+        **sections["in_distribution"],
+        **{name: sections[name] for name in EXTRA_SETS if name in sections},
+        "constant_answers": constants,
+        "stage_seconds": dict(stage_seconds),
+        "stage_cpu_seconds": dict(stage_cpu_seconds or {}),
         "training": {k: training[k] for k in (
-            "steps", "seconds", "loop_seconds", "first_loss", "last_loss", "trainable_params",
-            "non_pad_fraction") if k in training}
-        | {"trainable": config.model.trainable, "lm": config.model.source},
+            "steps", "seconds", "cpu_seconds", "loop_seconds", "first_loss", "last_loss",
+            "trainable_params", "non_pad_fraction") if k in training}
+        | {"trainable": config.model.trainable, "lm": config.model.source,
+           "encoder": config.data.encoder},
         "madmom_vs_truth": madmom_vs_truth(metadata),
-        "examples": _examples(saved["clip_ids"], truth, answers, config.eval.examples),
-        "details": {c: {k: v.to_dict() for k, v in s.items()} for c, s in scores.items()},
+        "details": details,
     }
-    report = build_report(scores, len(truth), stage_seconds, extra)
-    write_report_files(report, workdir, truth, answers, losses)
+    for name, key in (("in_distribution", "examples"), ("ood", "ood_examples")):
+        if name in saved:
+            report[key] = _examples(saved[name]["clip_ids"], sets[name][0], sets[name][1],
+                                    config.eval.examples)
+    write_report_files(report, workdir, sets, losses)
     return report

@@ -4,15 +4,16 @@ Stages, in order (outputs under `--workdir`, default `runs/demo`):
 
 | stage | runs | output |
 |---|---|---|
-| synth | `python -m data_prep demo-data` (MIDI composed + rendered) | `data/` |
+| synth | `python -m data_prep demo-data --augment` (MIDI composed, rendered, distorted) | `data/` |
 | crop | `python -m data_prep crop` | `clips/` |
-| annotate | `python -m data_prep annotate` (madmom) | `work/annotations.jsonl` |
+| annotate | `python -m data_prep annotate` (madmom), first `stages.annotate_clips` | `work/` |
 | instruct | `python -m data_prep merge`, then `instruct --backend offline` | `work/qa.jsonl` |
-| embed | `python -m data_prep embed --encoder mel` (10 Hz frames) | `embeddings/mel/` |
+| embed | `python -m data_prep embed --encoder <data.encoder>` (10 Hz) | `embeddings/` |
 | records | `python -m data_prep write` (train, eval) | `records/` |
-| train | the trainer of `python -m llark_jax train`: SmolLM2 + projector | `train/`, `model/` |
-| eval | the paper's three prompts, own vs shuffled audio, on `model/` | `eval/answers.json` |
-| report | metrics, 95% intervals, plots, examples | `report.json`, `report.md` |
+| train | the trainer of `python -m llark_jax train`: SmolLM2 + projector | `model/` |
+| ood | `python -m data_prep demo-data --ood` (numpy synth, 22.05 kHz MP3), `embed` | `ood/` |
+| eval | the paper's three prompts, own vs shuffled audio, per evaluation set | `eval/` |
+| report | metrics, 95% intervals, both floors, plots, examples | `report.*` |
 
 The data_prep stages run as subprocesses (their progress bars show; `llark_jax` never imports
 torch). Training is the production trainer on `configs/demo.py` (an ordinary training config:
@@ -21,7 +22,8 @@ are trainer settings), with Orbax checkpoints (a killed demo resumes its trainin
 `train/metrics.jsonl`; it ends with `model/`, a model directory every tool loads (`infer`,
 `serve`, `eval`, `export`).
 
-Every finished stage writes `stages/<name>.json` (seconds + a hash of the config it ran with);
+Every finished stage writes `stages/<name>.json` (wall seconds, process CPU seconds of the demo
+and every command it ran, and a hash of the config it ran with);
 a rerun skips finished stages as long as the config is unchanged (a changed config reruns from
 the first stage whose settings changed, see `STAGE_KEYS`).
 """
@@ -33,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -48,17 +51,25 @@ from llark_jax.config import load_config, split_overrides, validate_config
 from llark_jax.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 DEFAULT_CONFIG = "demo"  # a shipped config, by name (llark_jax.config.resolve_config)
-STAGES = ("synth", "crop", "annotate", "instruct", "embed", "records", "train", "eval", "report")
+STAGES = ("synth", "crop", "annotate", "instruct", "embed", "records", "train", "ood", "eval",
+          "report")
 # Config entries each stage's output depends on (a change reruns it and every later stage).
-STAGE_KEYS = {"synth": ("seed", "dataset"), "train": ("model", "data", "train", "optim"),
-              "eval": ("eval",)}
-MEL_FRAME_RATE_HZ = 10.0
+STAGE_KEYS = {"synth": ("seed", "dataset"), "annotate": ("stages.annotate_clips",),
+              "train": ("model", "data", "train", "optim"), "ood": ("ood",), "eval": ("eval",)}
+FRAME_RATE_HZ = 10.0  # the mel and mir encoders' frame rate
 TRUTH_FIELDS = ("tempo", "key", "time_signature", "instruments", "chords")
 log = logging.getLogger("llark_jax.demo")
 
 
 class StageFailed(RuntimeError):
     """A stage's command failed; the message names the stage and the command."""
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of every finished child it waited for."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                         resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _run(stage: str, args: list[str]) -> None:
@@ -82,6 +93,7 @@ class Demo:
         self.workdir = workdir
         self.state: dict[str, Any] = {}
         self.stage_seconds: dict[str, float] = {}
+        self.stage_cpu_seconds: dict[str, float] = {}
         self.reused: list[str] = []
 
     def path(self, *parts: str) -> Path:
@@ -111,6 +123,7 @@ class Demo:
             if not fresh and done is not None and done.get("config_hash") == digest \
                     and stage != "report":
                 self.stage_seconds[stage] = done["seconds"]
+                self.stage_cpu_seconds[stage] = done.get("cpu_seconds", float("nan"))
                 self.reused.append(stage)
                 print(f"[{index + 1}/{len(stages)}] {stage}: done before "
                       f"({done['seconds']:.0f} s), reused", flush=True)
@@ -119,12 +132,14 @@ class Demo:
                 continue
             fresh = True
             print(f"[{index + 1}/{len(stages)}] {stage} ...", flush=True)
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), cpu_seconds()
             info = getattr(self, f"stage_{stage}")() or {}
-            seconds = time.perf_counter() - began
-            self.stage_seconds[stage] = seconds
-            write_json_atomic(marker, {**info, "seconds": seconds, "config_hash": digest})
-            print(f"[{index + 1}/{len(stages)}] {stage}: {seconds:.1f} s", flush=True)
+            seconds, cpu = time.perf_counter() - began, cpu_seconds() - began_cpu
+            self.stage_seconds[stage], self.stage_cpu_seconds[stage] = seconds, cpu
+            write_json_atomic(marker, {**info, "seconds": seconds, "cpu_seconds": cpu,
+                                       "config_hash": digest})
+            print(f"[{index + 1}/{len(stages)}] {stage}: {seconds:.1f} s ({cpu:.1f} CPU s)",
+                  flush=True)
             if stage == stop_after:
                 break
         return self.state.get("report")
@@ -135,7 +150,8 @@ class Demo:
         d = self.config.dataset
         _run("synth", ["data_prep", "demo-data", "--output-dir", str(self.path("data")),
                        "--n-clips", str(d.n_clips), "--seconds", str(d.seconds),
-                       "--eval-fraction", str(d.eval_fraction), "--seed", str(self.config.seed)])
+                       "--eval-fraction", str(d.eval_fraction), "--seed", str(self.config.seed),
+                       *(["--augment"] if d.get("augment", False) else [])])
         tracks = [{"id": t["clip_id"], "dataset": "demo", "split": t["split"],
                    "audio_path": str(self.path("data", "audio", f"{t['clip_id']}.wav")),
                    "metadata": {k: t[k] for k in TRUTH_FIELDS}}
@@ -149,18 +165,41 @@ class Demo:
                       "--crop-seconds", str(self.config.dataset.seconds),
                       "--workers", str(self.config.stages.workers)])
 
-    def stage_annotate(self) -> None:
+    def stage_annotate(self) -> dict:
+        """madmom on the first `stages.annotate_clips` tracks (0: all); its estimates are scored
+        against the truth in the report, the truth is what the QA uses."""
+        tracks = read_jsonl(self.path("work", "tracks.jsonl"))
+        limit = self.config.stages.get("annotate_clips", 0)
+        write_jsonl_atomic(self.path("work", "tracks_annotated.jsonl"),
+                           tracks[:limit] if limit > 0 else tracks)
         _run("annotate", ["data_prep", "annotate",
-                          "--records", str(self.path("work", "tracks.jsonl")),
+                          "--records", str(self.path("work", "tracks_annotated.jsonl")),
                           "--crops", str(self.path("clips", "crops.jsonl")),
                           "--output", str(self.path("work", "annotations.jsonl")),
                           "--workers", str(self.config.stages.workers)])
+        return {"annotated": len(tracks[:limit] if limit > 0 else tracks)}
+
+    def truth_only_annotations(self) -> None:
+        """Adds a record (truth, no madmom fields) for every clip the annotate stage skipped."""
+        path = self.path("work", "annotations.jsonl")
+        rows = read_jsonl(path)
+        done = {r["id"] for r in rows}
+        tracks = {t["id"]: t for t in read_jsonl(self.path("work", "tracks.jsonl"))}
+        for crop in read_jsonl(self.path("clips", "crops.jsonl")):
+            if crop["id"] not in done:
+                track = tracks[crop["track_id"]]
+                rows.append({"id": crop["id"], "track_id": crop["track_id"],
+                             "start_secs": crop["start_secs"], "end_secs": crop["end_secs"],
+                             "dataset": track["dataset"], "split": track["split"],
+                             "metadata": track["metadata"]})
+        write_jsonl_atomic(path, sorted(rows, key=lambda r: r["id"]), sort_keys=True)
 
     def stage_instruct(self) -> dict:
         """Clip metadata = madmom annotation + synthesis truth (`data_prep merge`: truth wins;
         madmom's key and chords kept as `*_madmom`), then offline QA, then the training question
         set, each paper prompt under its own task name ("key", "tempo", "instruments") for
         `data.task_weights`."""
+        self.truth_only_annotations()
         _run("instruct", ["data_prep", "merge",
                           "--annotations", str(self.path("work", "annotations.jsonl")),
                           "--output", str(self.path("work", "metadata.jsonl"))])
@@ -182,9 +221,10 @@ class Demo:
         return {"clips": len(qa_rows), "pairs": sum(len(r["qa"]) for r in qa_rows)}
 
     def stage_embed(self) -> None:
-        _run("embed", ["data_prep", "embed", "--encoder", "mel", "--audio-dir",
+        encoder = self.config.data.encoder
+        _run("embed", ["data_prep", "embed", "--encoder", encoder, "--audio-dir",
                        str(self.path("clips")), "--output-dir",
-                       str(self.path("embeddings", "mel"))])
+                       str(self.path("embeddings", encoder))])
 
     def stage_records(self) -> None:
         """Train and eval shards (`records/`) with their index (task counts per split)."""
@@ -192,7 +232,8 @@ class Demo:
             _run("records", ["data_prep", "write", "--annotations",
                              str(self.path("work", "metadata.jsonl")),
                              "--qa", str(self.path("work", "qa.jsonl")),
-                             "--embeddings", str(self.path("embeddings", "mel")),
+                             "--embeddings",
+                             str(self.path("embeddings", self.config.data.encoder)),
                              "--output-dir", str(self.path("records")), "--split", split,
                              "--embedding-dtype", "float32", "--dataset", "demo"])
 
@@ -204,7 +245,7 @@ class Demo:
     def train_config(self) -> ml_collections.ConfigDict:
         """The training config: the demo config with its records, clip length and model dir."""
         config = ml_collections.ConfigDict(self.config.to_dict())
-        frames = int(round(config.dataset.seconds * MEL_FRAME_RATE_HZ))
+        frames = int(round(config.dataset.seconds * FRAME_RATE_HZ))
         config.data.path = str(self.path("records", "train-*.tfrecord"))
         config.data.audio_frames = -(-frames // config.data.feature_pool)
         config.train.model_dir = str(self.path("model"))
@@ -236,28 +277,79 @@ class Demo:
                 "epochs_seen": summary.get("epochs_seen"),
                 "non_pad_fraction": summary.get("non_pad_fraction")}
 
+    def stage_ood(self) -> dict:
+        """The out-of-distribution set (`data_prep.demo_ood`: another synthesiser, 22.05 kHz,
+        MP3), embedded like the training clips; `ood.n_clips = 0` skips it."""
+        n_clips = self.config.ood.n_clips
+        user = self.stage_ood_user() if self.config.ood.get("dir") else {}
+        if n_clips == 0:
+            return {"clips": 0, **user}
+        _run("ood", ["data_prep", "demo-data", "--ood",
+                     "--output-dir", str(self.path("ood", "data")), "--n-clips", str(n_clips),
+                     "--seconds", str(self.config.dataset.seconds),
+                     "--seed", str(self.config.seed)])
+        _run("ood", ["data_prep", "embed", "--encoder", self.config.data.encoder, "--audio-dir",
+                     str(self.path("ood", "data", "audio")), "--output-dir",
+                     str(self.path("ood", "embeddings"))])
+        return {"clips": n_clips, **user}
+
+    def stage_ood_user(self) -> dict:
+        """`--ood-dir DIR`: DIR/labels.jsonl names each labelled file (docs/demo.md); the files
+        are embedded like the training clips and their labels kept as `ood/user/labels.jsonl`."""
+        from llark_jax.demo.eval import read_user_labels
+
+        folder = Path(self.config.ood.dir)
+        labels = read_user_labels(folder)
+        write_jsonl_atomic(self.path("ood", "user", "labels.jsonl"), labels)
+        _run("ood", ["data_prep", "embed", "--encoder", self.config.data.encoder, "--audio-dir",
+                     str(folder), "--output-dir", str(self.path("ood", "user", "embeddings"))])
+        return {"user_clips": len(labels)}
+
+    def eval_sets(self) -> dict[str, tuple[list[str], list[np.ndarray]]]:
+        """{set name: (clip ids, encoder frames [T, D] per clip)}: the held-out records
+        (`in_distribution`) and, when built, the OOD set (`ood`) and the user's labelled folder
+        (`user`), each cut to its first `dataset.seconds`."""
+        from llark_jax.demo.eval import read_clips
+
+        clips = read_clips(self._shards("eval"))
+        sets = {"in_distribution": ([c.clip_id for c in clips], [c.embedding for c in clips])}
+        frames = int(round(self.config.dataset.seconds * FRAME_RATE_HZ))
+        if self.config.ood.n_clips:
+            ood = sorted(self.path("ood", "embeddings").glob("*.npy"))
+            sets["ood"] = ([p.stem for p in ood], [np.load(p)[:frames] for p in ood])
+        if self.config.ood.get("dir"):
+            ids = [r["clip_id"] for r in read_jsonl(self.path("ood", "user", "labels.jsonl"))]
+            sets["user"] = (ids, [np.load(self.path("ood", "user", "embeddings", f"{i}.npy"))
+                                  [:frames] for i in ids])
+        return sets
+
     def stage_eval(self) -> dict:
+        """eval/answers.json: {"sets": {name: {clip_ids, partner_ids, answers}}} (own and
+        shuffled audio per set, each set deranged within itself)."""
         from llark_jax.checkpoints.model_dir import load_model
-        from llark_jax.demo.eval import derangement, generate_answers, read_clips
+        from llark_jax.demo.eval import derangement, generate_answers
 
         loaded = load_model(self.path("model"))
-        clips = read_clips(self._shards("eval"))
-        audio = [loaded.features.apply(clip.embedding) for clip in clips]
-        partner = derangement(len(clips), self.config.seed)
         e = self.config.eval
-        answers = generate_answers(loaded.model, loaded.tokenizer, loaded.template, audio,
-                                   partner, batch_size=e.batch_size,
-                                   max_new_tokens=e.max_new_tokens)
-        out = {"clip_ids": [c.clip_id for c in clips],
-               "partner_ids": [clips[j].clip_id for j in partner], "answers": answers}
-        write_json_atomic(self.path("eval", "answers.json"), out, indent=1)
-        return {"n_eval": len(clips)}
+        out, counts = {}, {}
+        for name, (clip_ids, frames) in self.eval_sets().items():
+            audio = [loaded.features.apply(f) for f in frames]
+            partner = derangement(len(clip_ids), self.config.seed)
+            answers = generate_answers(loaded.model, loaded.tokenizer, loaded.template, audio,
+                                       partner, batch_size=e.batch_size,
+                                       max_new_tokens=e.max_new_tokens)
+            out[name] = {"clip_ids": clip_ids, "partner_ids": [clip_ids[j] for j in partner],
+                         "answers": answers}
+            counts[f"n_{name}"] = len(clip_ids)
+        write_json_atomic(self.path("eval", "answers.json"), {"sets": out}, indent=1)
+        return counts
 
     def stage_report(self) -> None:
         from llark_jax.demo.report import make_report
 
         stage_seconds = {**self.stage_seconds, "report": 0.0}
-        self.state["report"] = make_report(self.config, self.workdir, stage_seconds)
+        stage_cpu = {**self.stage_cpu_seconds, "report": 0.0}
+        self.state["report"] = make_report(self.config, self.workdir, stage_seconds, stage_cpu)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-clips", type=int, help="clips to synthesise (config.dataset.n_clips)")
     parser.add_argument("--seconds", type=float, help="clip length (config.dataset.seconds)")
     parser.add_argument("--steps", type=int, help="training steps (config.train.steps)")
+    parser.add_argument("--ood-dir", help="a folder of your own labelled audio, evaluated beside "
+                        "the OOD set (DIR/labels.jsonl, docs/demo.md; config.ood.dir)")
     parser.add_argument("--stop-after", choices=STAGES, default="report",
                         help="stop after this stage (a later run continues from there)")
     parser.add_argument("--system", choices=("llark", "musilingo"), default="llark",
@@ -279,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 FLAG_TO_CONFIG: dict[str, tuple[str, Callable[[Any], str]]] = {
     "n_clips": ("dataset.n_clips", str), "seconds": ("dataset.seconds", str),
-    "steps": ("train.steps", str),
+    "steps": ("train.steps", str), "ood_dir": ("ood.dir", str),
 }
 
 

@@ -1,6 +1,6 @@
 """Encoder registry: configs and the `embed` stage name an encoder; `get_encoder` builds it.
 
-Entries are import paths, so naming `mel` never imports torch (and `jukebox`/`mert`/`clap` import it only
+Entries are import paths, so naming `mel` never imports torch (and `jukebox`/`mert` import it only
 when built). To add an encoder, subclass `base.AudioEncoder` in a new module and add
 one line to `ENCODERS` (or call `register_encoder` from your own code).
 """
@@ -13,6 +13,7 @@ from llark_jax.audio.encoders.base import AudioEncoder, EncoderError
 
 ENCODERS: dict[str, str] = {
     "mel": "llark_jax.audio.encoders.mel:MelEncoder",
+    "mir": "llark_jax.audio.encoders.mir:MirEncoder",
     "jukebox": "llark_jax.audio.encoders.jukebox:JukeboxEncoder",
     "jukebox-jukemirlib": "llark_jax.audio.encoders.jukemirlib_backend:JukemirlibEncoder",
     "mert": "llark_jax.audio.encoders.mert:MertEncoder",
