@@ -198,7 +198,7 @@ def _choice(config: ml_collections.ConfigDict, key: str, allowed: Any) -> None:
 
 
 def _check_lora(model: ml_collections.ConfigDict) -> None:
-    from llark_jax.model.lora import TARGETS
+    from llark_jax.model.lora import TARGETS, parse_targets
     from llark_jax.model.trainable import PRESETS
 
     lora = model.get("lora")
@@ -214,7 +214,7 @@ def _check_lora(model: ml_collections.ConfigDict) -> None:
     if rank < 0:
         raise ConfigError(f"model.lora.rank={rank}: must be >= 0")
     if rank:
-        targets = [t.strip() for t in str(lora.targets).split(",") if t.strip()]
+        targets = parse_targets(lora.targets)
         unknown = sorted(set(targets) - set(TARGETS))
         if unknown or not targets:
             raise ConfigError(f"model.lora.targets={lora.targets!r}: choose from {list(TARGETS)}")

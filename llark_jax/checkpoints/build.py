@@ -44,7 +44,7 @@ from llark_jax.checkpoints.tokens import (
 )
 from llark_jax.model.llama import Llama, LlamaConfig
 from llark_jax.model.llark import LLark
-from llark_jax.model.lora import add_lora
+from llark_jax.model.lora import add_lora, parse_targets
 from llark_jax.model.quant import quantize_base
 from llark_jax.model.sharding import Rules, logical_to_spec
 
@@ -184,8 +184,7 @@ def with_base_options(llama: Llama, model_cfg: ml_collections.ConfigDict, seed: 
     lora = model_cfg.get("lora")
     if lora is None or not lora.rank:
         return llama
-    targets = [t.strip() for t in str(lora.targets).split(",") if t.strip()]
-    return add_lora(llama, int(lora.rank), float(lora.alpha), targets, seed)
+    return add_lora(llama, int(lora.rank), float(lora.alpha), parse_targets(lora.targets), seed)
 
 
 def audio_options(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:

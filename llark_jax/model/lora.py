@@ -30,6 +30,11 @@ TARGETS = ATTENTION_TARGETS + MLP_TARGETS
 IN_DIMS = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}  # axes x contracts
 
 
+def parse_targets(text: str) -> list[str]:
+    """The config's comma-separated target list (`model.lora.targets`) as names."""
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
 class LoraAdapter(nnx.Module):
     """A `[*in_dims, r]`, B `[r, *out_dims]` (float32) and the scale alpha / r of one weight."""
 
