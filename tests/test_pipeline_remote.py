@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from records_helpers import make_pipeline, make_shards
 
-from llark_jax.data import pipeline as pipeline_module
+from llark_jax.data import shards as shards_module
 from llark_jax.data.pipeline import Pipeline, PipelineConfig
 
 
@@ -49,10 +49,10 @@ def test_remote_shards_read_like_local_ones_without_tensorflow(shards, url, monk
     assert all(f.startswith(f"{url}://") for f in remote.source.files)
     _same_batches(local, remote)
     directory = remote.source.files[0].rsplit("/", 1)[0]
-    assert pipeline_module._glob(f"{directory}/*-index.json")  # task counts come from these
+    assert shards_module._glob(f"{directory}/*-index.json")  # task counts come from these
     assert remote.source.task_counts() == local.source.task_counts()
 
 
 def test_a_missing_remote_pattern_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="nothing"):
-        pipeline_module._open("memory://nothing/here.tfrecord")
+        shards_module._open("memory://nothing/here.tfrecord")

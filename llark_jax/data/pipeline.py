@@ -1,8 +1,9 @@
 """Input pipeline: TFRecord clip shards -> QA examples -> tokens -> packed static-shape batches.
 
-A pure-Python reader (no TensorFlow, no torch): `llark_jax.data.records` frames and decodes the
-records, so every record is addressable by (file, offset) and the whole stream is a function of
-(seed, position). That makes the pipeline exactly resumable from a small JSON state.
+A pure-Python reader (no TensorFlow, no torch): `llark_jax.data.shards` reads the records (framed
+and decoded by `llark_jax.data.records`), so every record is addressable by (file, offset) and the
+whole stream is a function of (seed, position). That makes the pipeline exactly resumable from a
+small JSON state.
 
 Order of one host's stream (epochs repeat forever):
 
@@ -38,42 +39,24 @@ the packer and the counters; `set_state()` re-reads only the windows those refs 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
-import json
 import logging
-import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from llark_jax.data.conversation import ExampleTooLong, audio_first_for, build_example
 from llark_jax.data.packing import Example, Packer, PackingConfig
-from llark_jax.data.records import ClipRecord, RecordError, decode_clip, read_payload, scan_frames
-from llark_jax.errors import UserError
+from llark_jax.data.records import ClipRecord
+from llark_jax.data.shards import BadRecordError, NoUsableDataError, ShardSource, describe_shards
 
 TokenizeFn = Callable[[str, str, int, bool], dict[str, Any]]
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # stored frames [T, D] -> audio tokens [T', D]
 STATE_VERSION = 1
 MAX_LISTED_BAD = 1000  # bad records kept (with shard and offset) for the run summary
 log = logging.getLogger(__name__)
-
-
-class BadRecordError(RecordError):
-    """A record that cannot be used, with where it is: `"{shard} @ byte {offset}: {reason}"`."""
-
-    def __init__(self, shard: str, offset: int, reason: str):
-        self.shard, self.offset, self.reason = shard, offset, reason
-        super().__init__(f"{shard} @ byte {offset}: {reason}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"shard": self.shard, "offset": self.offset, "reason": self.reason}
-
-
-class NoUsableDataError(UserError, ValueError):
-    """The shards hold no usable example; the message names them and what was wrong."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,114 +101,6 @@ def make_tokenize_fn(tokenizer: Any, template: Any, audio_token_ids: Any,
     return tokenize
 
 
-class _Source:
-    """Random access to every record of the shards (offsets from the frame headers)."""
-
-    def __init__(self, patterns: Sequence[str]):
-        self.files = sorted({p for pat in patterns for p in (_glob(pat) or [pat])})
-        if not self.files:
-            raise FileNotFoundError(f"no TFRecord shards match {list(patterns)}")
-        self.locations: list[tuple[int, int, int]] = []
-        self.framing_errors: list[BadRecordError] = []
-        for i, path in enumerate(self.files):
-            with _open(path) as f:
-                offsets, bad = scan_frames(f)
-            self.locations += [(i, off, n) for off, n in offsets]
-            if bad:
-                error = BadRecordError(path, bad[0], f"{bad[1]} (the rest of the shard cannot "
-                                                     "be read)")
-                log.warning("bad shard: %s: %s at byte %d (%d records before it are used)",
-                            path, bad[1], bad[0], len(offsets))
-                self.framing_errors.append(error)
-        self._handles: dict[int, Any] = {}
-        if not self.locations:
-            problems = "; ".join(str(e) for e in self.framing_errors[:4]) or "every shard is empty"
-            raise NoUsableDataError(f"no readable record in {_names(self.files)}: {problems}")
-
-    def where(self, record: int) -> tuple[str, int]:
-        """(shard path, byte offset of the record's frame)."""
-        file_index, offset, _ = self.locations[record]
-        return self.files[file_index], offset - 12
-
-    def fingerprint(self) -> list:
-        counts = Counter(i for i, _, _ in self.locations)
-        return [[os.path.basename(p), counts[i]] for i, p in enumerate(self.files)]
-
-    def read(self, record: int) -> ClipRecord:
-        """The clip of record number `record`; `BadRecordError` (shard, offset, why) if unusable."""
-        file_index, offset, length = self.locations[record]
-        if file_index not in self._handles:
-            self._handles[file_index] = _open(self.files[file_index])
-        path = self.files[file_index]
-        try:
-            payload = read_payload(self._handles[file_index], offset, length, path)
-        except RecordError as err:
-            raise BadRecordError(path, offset - 12, "corrupt record (payload CRC mismatch or "
-                                                    "short read)") from err
-        try:
-            return decode_clip(payload)
-        except RecordError as err:
-            raise BadRecordError(path, offset - 12, str(err)) from err
-
-    def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
-
-    def task_counts(self) -> dict[str, int]:
-        """Epoch totals per task from the `*-index.json` files beside the shards."""
-        counts: Counter = Counter()
-        for directory in sorted({os.path.dirname(p) for p in self.files}):
-            for index in sorted(_glob(os.path.join(directory, "*-index.json"))):
-                with _open(index) as f:
-                    counts.update(json.load(f)["tasks"])
-        if not counts:
-            raise FileNotFoundError("task_weights need task counts: no *-index.json beside shards")
-        return dict(counts)
-
-
-def clip_embeddings(patterns: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(clip id, stored embedding [T, D]) of every readable record of the shards, in file order
-    (unreadable records are skipped; the training pipeline counts them)."""
-    source = _Source(patterns)
-    try:
-        for record in range(len(source.locations)):
-            try:
-                clip = source.read(record)
-            except RecordError:
-                continue
-            yield clip.clip_id, clip.embedding
-    finally:
-        source.close()
-
-
-def _names(files: Sequence[str], limit: int = 6) -> str:
-    more = f" and {len(files) - limit} more" if len(files) > limit else ""
-    return f"{len(files)} shard(s) ({', '.join(files[:limit])}{more})"
-
-
-def _open(path: str) -> Any:
-    """Local files with `open`; `gs://` and other remote paths (`PROTOCOL://...`) through fsspec
-    (gcsfs for `gs://`; no TensorFlow). Random access: the reader seeks to record offsets."""
-    if "://" not in path:
-        return open(path, "rb")
-    import fsspec
-
-    return fsspec.open(path, "rb").open()
-
-
-def _glob(pattern: str) -> list[str]:
-    """Paths matching `pattern`, remote ones with their `PROTOCOL://` prefix kept."""
-    if "://" not in pattern:
-        return glob.glob(pattern)
-    import fsspec
-
-    fs, _, paths = fsspec.core.get_fs_token_paths(pattern)
-    if not fsspec.core.has_magic(pattern):  # a plain path: itself if it exists
-        return [pattern] if fs.exists(paths[0]) else []
-    return [fs.unstrip_protocol(p) for p in paths]
-
-
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]))
 
@@ -242,7 +117,7 @@ class Pipeline:
             process_index, process_count = jax.process_index(), jax.process_count()
         self.config, self.tokenize_fn, self.feature_fn = config, tokenize_fn, feature_fn
         self.process_index, self.process_count = process_index, process_count
-        self.source = _Source(config.files)
+        self.source = ShardSource(config.files)
         if len(self.source.locations) < process_count:
             raise ValueError(f"{len(self.source.locations)} records cannot feed "
                              f"{process_count} hosts")
@@ -387,7 +262,7 @@ class Pipeline:
                         self.bad_records) > 3 else ""
                     raise NoUsableDataError(
                         f"epoch {epoch} of host {self.process_index} produced no usable example "
-                        f"from {_names(self.source.files)}; counters: "
+                        f"from {describe_shards(self.source.files)}; counters: "
                         f"{dict(self.counters)}{'; bad records: ' + bad + more if bad else ''}")
                 self.cursor = [epoch + 1, 0, 0]
                 self.counters["epochs_completed"] += 1

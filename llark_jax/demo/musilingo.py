@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from llark_jax.config import split_overrides
+from llark_jax.demo import cli
 from llark_jax.demo import run as demo
 from llark_jax.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
@@ -286,7 +287,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
 def main(argv: list[str]) -> int:
     """`python -m llark_jax demo --system musilingo [--workdir W] [--config C] [...]`."""
     rest, overrides = split_overrides(argv)
-    parser = demo.build_parser()
+    parser = cli.build_parser()
     parser.description = __doc__
     parser.set_defaults(workdir=DEFAULT_WORKDIR, config=DEFAULT_CONFIG)
     for action in parser._actions:  # this demo's stages
@@ -295,5 +296,5 @@ def main(argv: list[str]) -> int:
         if action.dest == "steps":
             action.help = "stage-2 steps (config.train.steps; stage 1: --config.pretrain.steps)"
     args = parser.parse_args(rest)
-    config = demo.config_from_args(args, overrides)
-    return demo.run_and_report(MusiLingoDemo(config, args.workdir), args, summary_table)
+    config = cli.config_from_args(args, overrides)
+    return cli.run_and_report(MusiLingoDemo(config, args.workdir), args, summary_table)

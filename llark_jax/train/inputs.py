@@ -72,7 +72,7 @@ def feature_spec(config: ml_collections.ConfigDict, workdir: Path) -> FeatureSpe
         if d.standardize:
             raise ConfigError("data.standardize needs data.source=tfrecord (record statistics)")
         return spec_from_config(d)
-    from llark_jax.data.pipeline import clip_embeddings
+    from llark_jax.data.shards import clip_embeddings
 
     clips = clip_embeddings(_shard_patterns(d.path))
     try:
