@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.audio_dim = 16  # stored feature width D (L*D with audio_layers = L)
     config.model.temporal_pool = 1  # projected frames averaged per audio token (MusiLingo)
     config.model.audio_layers = 0  # L > 0: audio_dim = L*D stored layers, learned mix (MusiLingo)
+    config.model.projector_init_scale = 1.0  # x the torch Linear init (1: the reference)
     # Audio token ids; -1 = the ids the LLark token extension gives the tokenizer (hf/gguf).
     config.model.audio_start_id = -1
     config.model.audio_patch_id = -1

@@ -122,6 +122,15 @@ def test_shape_and_columns(encoder):
     assert encoder.encode_one(np.zeros(100, np.float32)).shape == (0, encoder.dim)
 
 
+def test_posteriors_follow_the_strengths(encoder, clips):
+    """Each posterior row is a distribution whose mode is the strongest key / tempo class."""
+    s = MirEncoder.FEATURE_SLICES
+    y_td = encode(encoder, clips[0])
+    for posterior, strengths in (("key_posterior", "key"), ("tempo_posterior", "tempo_class")):
+        np.testing.assert_allclose(y_td[:, s[posterior]].sum(axis=1), 1.0, atol=1e-5)
+        assert (y_td[:, s[posterior]].argmax(axis=1) == y_td[:, s[strengths]].argmax(axis=1)).all()
+
+
 def click_track(bpm: float, seconds: float) -> np.ndarray:
     """Decaying 2 kHz clicks every 60/bpm s over quiet noise, at 16 kHz."""
     rate = 16000

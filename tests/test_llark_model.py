@@ -139,3 +139,24 @@ def test_token_extension_then_llark_on_a_pretrained_llama(tok):
     logits = model(jnp.asarray(ex["input_ids"][None]), jnp.ones((1, 4, 12), jnp.float32))
     assert logits.shape == (1, len(ex["input_ids"]), model.llama.embed.shape[0])
     assert np.isfinite(np.asarray(logits[..., : len(base)])).all()
+
+
+def test_projector_init_scale_multiplies_the_reference_init():
+    """`model.projector_init_scale` scales the torch-default kernel and bias (same draws), and
+    reaches the model built from a config."""
+    from llark_jax.checkpoints.build import model_fn
+    from llark_jax.config import load_config
+    from llark_jax.model.llark import AudioProjector
+
+    def projector(scale: float) -> AudioProjector:
+        return AudioProjector(12, 8, param_dtype=jnp.float32, dtype=jnp.float32,
+                              rngs=nnx.Rngs(0), init_scale=scale)
+
+    ref, small = projector(1.0), projector(0.25)
+    np.testing.assert_allclose(small.kernel[...], 0.25 * ref.kernel[...], rtol=1e-6)
+    np.testing.assert_allclose(small.bias[...], 0.25 * ref.bias[...], rtol=1e-6)
+    cfg = load_config("tiny", [("model.projector_init_scale", "0.5")]).model
+    base = load_config("tiny").model
+    scaled_kernel = model_fn(cfg, 0)().projector.kernel[...]
+    np.testing.assert_allclose(scaled_kernel, 0.5 * model_fn(base, 0)().projector.kernel[...],
+                               rtol=1e-6)

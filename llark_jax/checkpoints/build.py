@@ -187,12 +187,14 @@ def with_base_options(llama: Llama, model_cfg: ml_collections.ConfigDict, seed: 
     return add_lora(llama, int(lora.rank), float(lora.alpha), parse_targets(lora.targets), seed)
 
 
-def audio_options(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
-    """LLark's keyword arguments: audio token ids, `temporal_pool`, `audio_layers`."""
+def audio_options(model_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """LLark's keyword arguments: audio token ids, `temporal_pool`, `audio_layers`,
+    `projector_init_scale`."""
     return {"audio_start_id": model_cfg.audio_start_id,
             "audio_patch_id": model_cfg.audio_patch_id, "audio_end_id": model_cfg.audio_end_id,
             "temporal_pool": model_cfg.temporal_pool,
-            "audio_layers": model_cfg.get("audio_layers", 0)}
+            "audio_layers": model_cfg.get("audio_layers", 0),
+            "projector_init_scale": model_cfg.get("projector_init_scale", 1.0)}
 
 
 def _variable_sharding(variable: nnx.Variable, mesh: Mesh, rules: Rules) -> NamedSharding:

@@ -35,7 +35,8 @@ def _torch_linear_bias_init(fan_in: int):
 
 
 class AudioProjector(nnx.Module):
-    """[optional LayerMix ->] Dense D -> E with bias, PyTorch `nn.Linear` default init.
+    """[optional LayerMix ->] Dense D -> E with bias, PyTorch `nn.Linear` default init times
+    `init_scale` (1: the reference's init; unit-variance inputs then give outputs of RMS ~0.58).
 
     `audio_dim` is the stored feature width. With `audio_layers` L > 0 the features are L encoder
     states in MERT's layer-major layout [..., T, L*D] (`data_prep.encoders.mert`, layers="all"):
@@ -45,7 +46,7 @@ class AudioProjector(nnx.Module):
     """
 
     def __init__(self, audio_dim: int, hidden_size: int, *, audio_layers: int = 0, param_dtype,
-                 dtype, rngs: nnx.Rngs):
+                 dtype, rngs: nnx.Rngs, init_scale: float = 1.0):
         if audio_layers < 0 or (audio_layers and audio_dim % audio_layers):
             raise ValueError(f"audio_layers={audio_layers} must be 0 or divide audio_dim="
                              f"{audio_dim} (stored width L * D)")
@@ -56,11 +57,12 @@ class AudioProjector(nnx.Module):
         kernel_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
         self.dtype = dtype
         self.kernel = nnx.Param(
-            kernel_init(rngs.params(), (in_dim, hidden_size), param_dtype),
+            init_scale * kernel_init(rngs.params(), (in_dim, hidden_size), param_dtype),
             out_sharding=("audio_features", "embed"), eager_sharding=False,
         )
+        bias_init = _torch_linear_bias_init(in_dim)
         self.bias = nnx.Param(
-            _torch_linear_bias_init(in_dim)(rngs.params(), (hidden_size,), param_dtype),
+            init_scale * bias_init(rngs.params(), (hidden_size,), param_dtype),
             out_sharding=("embed",), eager_sharding=False,
         )
 
@@ -82,6 +84,7 @@ class LLark(nnx.Module):
       audio_patch_id, audio_start_id, audio_end_id: token ids (`AudioTokenIds` fields).
       temporal_pool: MusiLingo compression, frames averaged per patch token (1 = none, LLark).
       audio_layers: MusiLingo's learned layer average over L stored encoder states (0 = none).
+      projector_init_scale: multiplies the projector's initial weights (`AudioProjector`).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class LLark(nnx.Module):
         audio_end_id: int,
         temporal_pool: int = 1,
         audio_layers: int = 0,
+        projector_init_scale: float = 1.0,
         rngs: nnx.Rngs,
     ):
         cfg = llama.config
@@ -102,7 +106,7 @@ class LLark(nnx.Module):
         self.llama = llama
         self.projector = AudioProjector(
             audio_dim, cfg.hidden_size, audio_layers=audio_layers, param_dtype=cfg.param_dtype,
-            dtype=cfg.dtype, rngs=rngs,
+            dtype=cfg.dtype, rngs=rngs, init_scale=projector_init_scale,
         )
         self.audio_patch_id = audio_patch_id
         self.audio_start_id = audio_start_id

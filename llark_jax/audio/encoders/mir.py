@@ -7,7 +7,7 @@ rate and lossy codecs, and it carries tempo and key as window summaries that poo
 
 Audio is resampled to 16 kHz and peak-normalised. Two STFTs, hop 160 (10 ms sub-frames, 100 Hz):
 n_fft 2048 (128 ms) for chroma, n_fft 512 (32 ms) for the log-mel and its onset envelope.
-Frame k covers [0.1 k, 0.1 (k+1)) s; D = 167 float32 columns:
+Frame k covers [0.1 k, 0.1 (k+1)) s; D = 209 float32 columns:
 
   [0:64)     log-mel, 64 Slaney bands 30 Hz - 7 kHz, relative to the clip: ln(mel + 1e-4 m) - ln m
              with m the clip's mean mel power (gain-free; a relative floor, so noise or a codec
@@ -22,7 +22,15 @@ Frame k covers [0.1 k, 0.1 (k+1)) s; D = 167 float32 columns:
              tempo class without its octave (a beat period's multiples 2P and 4P fall in its
              class, so the beat's class outscores the bar's);
   [165]      onset strength: frame mean of the spectral flux divided by the clip's mean flux;
-  [166]      loudness: frame ln RMS minus the clip's mean ln RMS.
+  [166]      loudness: frame ln RMS minus the clip's mean ln RMS;
+  [167:191)  key posterior: softmax of the key strengths / 0.04, the template match as a
+             distribution over the 24 keys (neighbouring keys keep some mass);
+  [191:209)  tempo-class posterior: softmax of the octave-folded tempogram / 0.1.
+
+The two posteriors repeat what the strengths carry in the form a linear read-out can use: the
+strongest key or tempo class becomes the largest column, so the projector maps it to the
+answer without the LM learning an arg-max first (on the demo's clips the strongest key is the
+truth for 62%, the strongest tempo class matches the truth up to octaves for 91%).
 
 Every column is invariant to gain (up to float rounding) and bounded or clip-relative, so the
 trainer's standardisation (`llark_jax.data.features`) sees the same range on any source.
@@ -54,6 +62,8 @@ TEMPO_WINDOW_SUBFRAMES = 600  # 6 s
 TEMPO_MIN_BPM = 40.0
 TEMPO_BINS_PER_OCTAVE = 18
 TEMPO_BINS = 47  # 40 .. 236 BPM
+KEY_POSTERIOR_TEMPERATURE = 0.04  # median top-2 correlation gap on the demo clips: 0.10
+TEMPO_POSTERIOR_TEMPERATURE = 0.1  # median top-2 tempo-class gap: 0.25
 EPS = 1e-10
 # Krumhansl-Kessler probe-tone profiles, tonic first.
 KK_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
@@ -77,7 +87,8 @@ class MirEncoder(AudioEncoder):
     """Robust timbre/chroma/key/tempo features on the 10 Hz grid; no weights, ~0.05 s per 10 s."""
 
     name = "mir"
-    version = "mir-v1-sr16000-mel64to7k-rel-chroma12-kk24-tempogram47x6s-fold18mean-onset-rms"
+    version = ("mir-v2-sr16000-mel64to7k-rel-chroma12-kk24-tempogram47x6s-fold18mean-onset-rms"
+               "-keypost24t0.04-tempopost18t0.1")
     frame_rate_hz = float(FRAME_RATE_HZ)
     sample_rate = SAMPLE_RATE
     FEATURE_SLICES = {
@@ -88,8 +99,10 @@ class MirEncoder(AudioEncoder):
         "tempo_class": slice(147, 165),
         "onset": slice(165, 166),
         "loudness": slice(166, 167),
+        "key_posterior": slice(167, 191),
+        "tempo_posterior": slice(191, 209),
     }
-    dim = 167
+    dim = 209
 
     def __init__(self) -> None:
         self._mel_fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT_MEL, n_mels=N_MELS,
@@ -102,7 +115,7 @@ class MirEncoder(AudioEncoder):
         return [self.encode_one(x_n) for x_n in waveforms]
 
     def encode_one(self, waveform: np.ndarray) -> np.ndarray:
-        """float32 [n_samples] at 16 kHz -> float32 [floor(n / 1600), 167]."""
+        """float32 [n_samples] at 16 kHz -> float32 [floor(n / 1600), 209]."""
         x_n = peak_normalise(as_mono_float32(waveform)).astype(np.float64)
         n_frames = x_n.shape[0] // (HOP * SUBFRAMES)
         if n_frames == 0:
@@ -118,14 +131,18 @@ class MirEncoder(AudioEncoder):
         rms_s = np.sqrt(power_ms.sum(axis=0) + EPS)
         log_rms_f = np.log(rms_s).reshape(n_frames, SUBFRAMES).mean(axis=1)
         tempogram_fj = self._tempogram(onset_s, n_frames)
+        key_fk = self._key_strengths(chroma_fc)
+        tempo_class_fj = _fold_octaves(tempogram_fj)
         features = [
             _frame_mean(log_mel_ms, n_frames),
             chroma_fc,
-            self._key_strengths(chroma_fc),
+            key_fk,
             tempogram_fj,
-            _fold_octaves(tempogram_fj),
+            tempo_class_fj,
             (onset_s.reshape(n_frames, SUBFRAMES).mean(axis=1) / (onset_s.mean() + EPS))[:, None],
             (log_rms_f - log_rms_f.mean())[:, None],
+            _softmax(key_fk / KEY_POSTERIOR_TEMPERATURE),
+            _softmax(tempo_class_fj / TEMPO_POSTERIOR_TEMPERATURE),
         ]
         return np.concatenate(features, axis=1).astype(np.float32)
 
@@ -158,6 +175,12 @@ class MirEncoder(AudioEncoder):
 def _power(x_n: np.ndarray, n_fft: int) -> np.ndarray:
     """|STFT|^2 [n_fft // 2 + 1, n_sub], hop 10 ms, Hann, centred."""
     return np.abs(librosa.stft(x_n, n_fft=n_fft, hop_length=HOP, center=True)) ** 2
+
+
+def _softmax(scores_fk: np.ndarray) -> np.ndarray:
+    """[T, K] -> [T, K] rows summing to 1."""
+    e_fk = np.exp(scores_fk - scores_fk.max(axis=1, keepdims=True))
+    return e_fk / e_fk.sum(axis=1, keepdims=True)
 
 
 def _fold_octaves(tempogram_fj: np.ndarray) -> np.ndarray:
