@@ -93,8 +93,9 @@ class FeatureSpec:
             x_td = mean_pool_frames(x_td, self.pool)
         if self.mean is not None:
             if x_td.shape[1] != self.mean.shape[0]:
-                raise ValueError(f"features have {x_td.shape[1]} dims, the statistics "
-                                 f"{self.mean.shape[0]}")
+                raise ValueError(f"the {self.encoder} encoder gives {x_td.shape[1]} columns, the "
+                                 f"model was trained on {self.mean.shape[0]} (another version "
+                                 f"of the encoder): retrain it, e.g. rerun `make demo`")
             x_td = ((x_td - self.mean) / self.std).astype(np.float32)
         if self.clip is not None:
             x_td = np.clip(x_td, -self.clip, self.clip)
