@@ -244,6 +244,10 @@ def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = Fa
         raise ConfigError(f"model.attention=splash needs data.seq_len a multiple of "
                           f"{SPLASH_BLOCK}, got {config.data.seq_len}")
     _check_lora(config.model)
+    keep = config.model.get("keep_layers", 0)
+    if keep < 0 or (keep and config.model.source == "random"):
+        raise ConfigError(f"model.keep_layers={keep}: must be >= 0, and > 0 only with an hf or "
+                          "gguf checkpoint (a random model takes model.llama.num_layers)")
     for key, minimum in (("train.log_every", 1), ("train.prefetch", 0),
                          ("train.eval_every", 0), ("train.eval_batches", 1)):
         value = config.train.get(key.split(".")[1], minimum)

@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
         vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
         num_kv_heads=2, head_dim=8, tie_word_embeddings=False, max_position_embeddings=512,
     ))
+    # > 0: only the first N decoder layers of the hf/gguf checkpoint (a shallower, faster LM;
+    # the rest of the checkpoint is not read). 0: all of them.
+    config.model.keep_layers = 0
     config.model.audio_dim = 16  # stored feature width D (L*D with audio_layers = L)
     config.model.temporal_pool = 1  # projected frames averaged per audio token (MusiLingo)
     config.model.audio_layers = 0  # L > 0: audio_dim = L*D stored layers, learned mix (MusiLingo)

@@ -74,6 +74,20 @@ def test_pytorch_bin_fallback_loads_same_weights(tmp_path):
             np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
 
 
+def test_keep_layers_matches_torch_with_its_layer_list_cut():
+    """`keep_layers=1` of a 2-layer checkpoint is the torch model with `model.layers[:1]`."""
+    tm = make_torch_llama("gqa_untied_5e5")
+    tm.model.layers = tm.model.layers[:1]
+    tm.config.num_hidden_layers = 1
+    model = load_llama(cached_checkpoint("gqa_untied_5e5"), keep_layers=1)
+    assert model.config.num_layers == 1
+    ids, mask = random_batch(V, [300, 211])
+    out = np.asarray(nnx.jit(lambda m, i, k: m(i, attention_mask=k))(
+        model, jnp.asarray(ids), jnp.asarray(mask)))
+    ref = torch_logits(tm, ids, mask)
+    assert np.abs(out - ref)[mask.astype(bool)].max() <= 1e-4 * np.abs(ref).max()
+
+
 def test_logical_to_spec_rules():
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
     assert logical_to_spec(("embed", "mlp"), DEFAULT_RULES) == PartitionSpec("fsdp", "tensor")

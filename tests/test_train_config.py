@@ -119,6 +119,7 @@ def test_config_names_and_paths_fail_with_the_shipped_list(tmp_path):
     ("logical_axis_rules=[['emb', 'fsdp']]", "unknown logical axis 'emb'"),
     ("logical_axis_rules=[['embed', 'fsdp'], ['embed', None]]", "two rules"),
     ("train.loss_normalization=mean", "loss_normalization"),
+    ("model.keep_layers=1", "model.keep_layers=1: .*hf or gguf"),
 ])
 def test_validate_config_names_the_field(override, match):
     from llark_jax.config import ConfigError, validate_config
@@ -196,3 +197,13 @@ def test_paper_ablation_configs_change_only_their_part(variant, checks):
         assert abs(n - expected[variant]) < 1e6, n
     with pytest.raises(ConfigError, match="ablation 'mpt'"):
         load_config("llark_ablation:mpt")
+
+
+def test_keep_layers_cuts_the_checkpoint_dims_when_a_run_resolves():
+    from llark_jax.checkpoints.build import resolve_config
+
+    config = load_config("demo", [("model.keep_layers", "12")])
+    assert resolve_config(config)[0].model.llama.num_layers == 12
+    config = load_config("demo", [("model.keep_layers", "31")])
+    with pytest.raises(ValueError, match="keep_layers=31 but the checkpoint has 30"):
+        resolve_config(config)

@@ -68,18 +68,27 @@ def dtype_of(name: str) -> Any:
 
 
 def _file_llama_config(model_cfg: ml_collections.ConfigDict) -> LlamaConfig:
-    """The checkpoint's own dims (before the LLark token extension)."""
+    """The checkpoint's own dims (before the LLark token extension), cut to
+    `model.keep_layers` decoder layers when that is > 0."""
     if model_cfg.source == "hf":
-        return LlamaConfig.from_hf_dict(json.loads((Path(model_cfg.path) / "config.json")
-                                                   .read_text()))
-    if model_cfg.source == "gguf":
+        config = LlamaConfig.from_hf_dict(json.loads((Path(model_cfg.path) / "config.json")
+                                                     .read_text()))
+    elif model_cfg.source == "gguf":
         from gguf import GGUFReader
 
         from llark_jax.checkpoints.gguf import default_gguf_path, gguf_config
 
         path = model_cfg.path or default_gguf_path()
-        return gguf_config(GGUFReader(path), path)
-    raise ValueError(f"unknown model source {model_cfg.source!r}; use random, hf or gguf")
+        config = gguf_config(GGUFReader(path), path)
+    else:
+        raise ValueError(f"unknown model source {model_cfg.source!r}; use random, hf or gguf")
+    keep = model_cfg.get("keep_layers", 0)
+    if not keep:
+        return config
+    if not 0 < keep <= config.num_layers:
+        raise ValueError(f"model.keep_layers={keep} but the checkpoint has {config.num_layers} "
+                         "decoder layers")
+    return dataclasses.replace(config, num_layers=keep)
 
 
 def source_tokenizer(model_cfg: ml_collections.ConfigDict) -> Any | None:
@@ -248,7 +257,7 @@ def _pretrained_llama(model_cfg: ml_collections.ConfigDict, seed: int) -> Llama:
     """The hf/gguf Llama with the LLark token rows (reference init rules)."""
     dtypes = {"dtype": dtype_of(model_cfg.param_dtype),
               "compute_dtype": dtype_of(model_cfg.dtype), "remat": model_cfg.remat,
-              "scan_layers": model_cfg.scan_layers}
+              "scan_layers": model_cfg.scan_layers, "keep_layers": model_cfg.get("keep_layers", 0)}
     if model_cfg.source == "hf":
         from llark_jax.checkpoints.hf import load_llama
 

@@ -132,14 +132,15 @@ def load_gguf_tokenizer(path: str | None = None):
 
 def load_gguf_llama(
     path: str | None = None, *, dtype: Any = jnp.float32, compute_dtype: Any = None,
-    **config_overrides: Any,
+    keep_layers: int = 0, **config_overrides: Any,
 ) -> tuple[Llama, Any]:
-    """(`Llama` with dequantised weights in `dtype`, tokenizer); default: the embedded SmolLM2."""
+    """(`Llama` with dequantised weights in `dtype`, tokenizer); default: the embedded SmolLM2.
+    `keep_layers` > 0: only the first that many decoder layers."""
     from gguf import GGUFReader
 
     path = os.fspath(path or default_gguf_path())
     reader = GGUFReader(path)
     config = gguf_config(reader, path, param_dtype=dtype, dtype=compute_dtype or dtype,
-                         **config_overrides)
-    model = fill_llama(config, iter_hf_tensors(reader, config, path))
+                         **({"num_layers": keep_layers} if keep_layers else {}), **config_overrides)
+    model = fill_llama(config, iter_hf_tensors(reader, config, path), truncate=bool(keep_layers))
     return model, load_gguf_tokenizer(path)

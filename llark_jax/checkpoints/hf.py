@@ -151,8 +151,12 @@ def fill_llama(
     *,
     mesh: Mesh | None = None,
     rules: Rules | None = None,
+    truncate: bool = False,
 ) -> Llama:
-    """Builds a `Llama` from (HF name, array) pairs, one tensor at a time, placed on `mesh`."""
+    """Builds a `Llama` from (HF name, array) pairs, one tensor at a time, placed on `mesh`.
+
+    `truncate`: drop the tensors of layers past `config.num_layers` (the checkpoint cut to its
+    first layers, `model.keep_layers`); otherwise such a tensor is a CheckpointError."""
     model = abstract_llama(config)
     params = {path: v for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)}
     missing = {(path, i) for path in params
@@ -164,6 +168,8 @@ def fill_llama(
         path, kind, layer = target
         var = params[path]
         shape = tuple(var.get_value().shape)
+        if layer is not None and truncate and layer >= config.num_layers:
+            continue
         if layer is not None and not 0 <= layer < config.num_layers:
             raise CheckpointError(f"tensor {name}: no layer {layer} in a {config.num_layers}-"
                                   "layer config")
@@ -221,11 +227,16 @@ def load_llama(
     mesh: Mesh | None = None,
     rules: Rules | None = None,
     compute_dtype: Any = None,
+    keep_layers: int = 0,
     **config_overrides: Any,
 ) -> Llama:
-    """Loads an HF Llama directory: params in `dtype`, compute in `compute_dtype` (or dtype)."""
+    """Loads an HF Llama directory: params in `dtype`, compute in `compute_dtype` (or dtype);
+    `keep_layers` > 0: only the first that many decoder layers."""
+    if keep_layers:
+        config_overrides["num_layers"] = keep_layers
     config = load_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, **config_overrides)
-    return fill_llama(config, _checkpoint_tensors(os.fspath(path)), mesh=mesh, rules=rules)
+    return fill_llama(config, _checkpoint_tensors(os.fspath(path)), mesh=mesh, rules=rules,
+                      truncate=bool(keep_layers))
 
 
 def _hf_entries(model: Llama) -> list[TensorEntry]:
