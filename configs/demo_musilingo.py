@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.seconds = 10.0
 
     config.model.trainable = "projector_only"  # LM frozen, as MusiLingo
+    config.model.keep_layers = 0  # all layers: a frozen LM cut short cannot relearn its head
 
     d = config.data
     d.template = "musilingo"  # stage 2; stage 1 uses pretrain.template

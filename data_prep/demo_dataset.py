@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import zlib
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pretty_midi
 import soundfile as sf
-from tqdm import tqdm
 
 from llark_jax.io import atomic_output, atomic_write_text
 
@@ -236,34 +237,64 @@ def clip_plan(n_clips: int, eval_fraction: float, seed: int) -> list[tuple[str, 
     return plan
 
 
-def build_dataset(output_dir: Path, n_clips: int, seconds: float, seed: int,
-                  eval_fraction: float = 0.2, augment: bool = False) -> list[ClipTruth]:
-    """Composes and renders every clip (skipping those already on disk); writes `clips.jsonl`.
-    `augment`: each clip gets the distortions `demo_augment.draw_train_distortions` draws from its
-    seed, recorded in its truth's `distortions`."""
+ClipPlan = tuple[str, str, int]  # (clip_id, split, seed)
+
+
+def synthesise_clips(plans: list[ClipPlan], work: Callable[[ClipPlan], dict], output_dir: Path,
+                     workers: int, stage: str) -> list[ClipTruth]:
+    """Runs `work` (a clip plan (clip_id, split, seed) -> its truth as a dict) over `plans` on
+    `workers` processes through `run_cached` (one truth JSON per clip in
+    `output_dir/<stage>.cache`, reused by a rerun), writes `clips.jsonl` and returns the truths
+    in plan order. A clip that fails stops the stage with its reason."""
+    from data_prep.stages.runner import run_cached
+
+    result = run_cached(plans, work, key=lambda plan: plan[0],
+                        cache_dir=Path(output_dir) / f"{stage}.cache", stage=stage,
+                        workers=workers)
+    if result.failures:
+        failure = result.failures[0]
+        raise RuntimeError(f"{stage}: {len(result.failures)} clip(s) failed; {failure.item}: "
+                           f"{failure.error}: {failure.reason}")
+    truths = [ClipTruth(**result.results[plan[0]]) for plan in plans]
+    lines = "".join(json.dumps(dataclasses.asdict(t)) + "\n" for t in truths)
+    atomic_write_text(Path(output_dir) / "clips.jsonl", lines)
+    return truths
+
+
+def synth_clip(plan: ClipPlan, output_dir: Path, seconds: float,
+               augment: bool) -> dict:
+    """Composes one clip, renders it (and, with `augment`, applies the distortions drawn from its
+    seed) unless its WAV is on disk; returns its truth as a dict."""
     from data_prep.demo_augment import apply_distortions, draw_train_distortions
 
+    clip_id, split, clip_seed = plan
+    midi, truth = compose_clip(clip_id, split, clip_seed, seconds)
+    if augment:
+        truth = dataclasses.replace(truth, distortions=draw_train_distortions(
+            np.random.default_rng([clip_seed, 1])))
+    wav = Path(output_dir) / "audio" / f"{clip_id}.wav"
+    if not wav.exists():
+        audio = render(midi, seconds, soundfont_path())
+        if augment:
+            audio = apply_distortions(audio, SAMPLE_RATE, truth.distortions, clip_seed)
+        with atomic_output(Path(output_dir) / "midi" / f"{clip_id}.mid") as tmp:
+            midi.write(str(tmp))
+        with atomic_output(wav) as tmp:
+            sf.write(str(tmp), audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return dataclasses.asdict(truth)
+
+
+def build_dataset(output_dir: Path, n_clips: int, seconds: float, seed: int,
+                  eval_fraction: float = 0.2, augment: bool = False,
+                  workers: int = 1) -> list[ClipTruth]:
+    """Composes and renders every clip (skipping those already on disk) on `workers` processes;
+    writes `clips.jsonl`. `augment`: each clip gets the distortions
+    `demo_augment.draw_train_distortions` draws from its seed, recorded in its truth's
+    `distortions`."""
     output_dir = Path(output_dir)
     (output_dir / "audio").mkdir(parents=True, exist_ok=True)
     (output_dir / "midi").mkdir(parents=True, exist_ok=True)
-    soundfont = soundfont_path()
-    truths = []
-    for clip_id, split, clip_seed in tqdm(clip_plan(n_clips, eval_fraction, seed), desc="synth",
-                                          unit="clip"):
-        midi, truth = compose_clip(clip_id, split, clip_seed, seconds)
-        if augment:
-            truth = dataclasses.replace(truth, distortions=draw_train_distortions(
-                np.random.default_rng([clip_seed, 1])))
-        wav = output_dir / "audio" / f"{clip_id}.wav"
-        audio = None if wav.exists() else render(midi, seconds, soundfont)
-        if audio is not None and augment:
-            audio = apply_distortions(audio, SAMPLE_RATE, truth.distortions, clip_seed)
-        if audio is not None:
-            with atomic_output(output_dir / "midi" / f"{clip_id}.mid") as tmp:
-                midi.write(str(tmp))
-            with atomic_output(wav) as tmp:
-                sf.write(str(tmp), audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-        truths.append(truth)
-    lines = "".join(json.dumps(dataclasses.asdict(t)) + "\n" for t in truths)
-    atomic_write_text(output_dir / "clips.jsonl", lines)
-    return truths
+    soundfont_path()  # fails here, before any process starts, when the soundfont is missing
+    work = partial(synth_clip, output_dir=output_dir, seconds=seconds, augment=augment)
+    return synthesise_clips(clip_plan(n_clips, eval_fraction, seed), work, output_dir, workers,
+                            "synth")

@@ -12,19 +12,18 @@ writes `audio/<clip_id>.mp3` and `clips.jsonl` (truth records as `demo_dataset` 
 from __future__ import annotations
 
 import dataclasses
-import json
 import zlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pretty_midi
 import soundfile as sf
 from scipy import signal
-from tqdm import tqdm
 
-from data_prep.demo_dataset import ClipTruth, compose_clip
-from llark_jax.io import atomic_output, atomic_write_text
+from data_prep.demo_dataset import ClipPlan, ClipTruth, compose_clip, synthesise_clips
+from llark_jax.io import atomic_output
 
 OOD_RATE = 22050
 
@@ -141,25 +140,30 @@ def render_numpy(midi: pretty_midi.PrettyMIDI, seconds: float, seed: int) -> np.
     return (0.9 * mix / max(float(np.max(np.abs(mix))), 1e-9)).astype(np.float32)
 
 
-def build_ood_dataset(output_dir: Path, n_clips: int, seconds: float,
-                      seed: int) -> list[ClipTruth]:
-    """Composes, renders (numpy, 22.05 kHz) and writes MP3 clips; skips clips on disk."""
+def ood_clip(plan: ClipPlan, output_dir: Path, seconds: float) -> dict:
+    """Composes one OOD clip and writes it as MP3 (numpy synthesiser, 22.05 kHz) unless it is on
+    disk; returns its truth as a dict."""
+    clip_id, split, clip_seed = plan
+    midi, truth = compose_clip(clip_id, split, clip_seed, seconds)
+    truth = dataclasses.replace(truth, genre="synthetic-ood",
+                                distortions={"synth": "numpy", "source_rate": OOD_RATE,
+                                             "codec": "mp3"})
+    path = Path(output_dir) / "audio" / f"{clip_id}.mp3"
+    if not path.exists():
+        audio = render_numpy(midi, seconds, clip_seed)
+        with atomic_output(path) as tmp:
+            sf.write(str(tmp), audio, OOD_RATE, format="MP3", subtype="MPEG_LAYER_III",
+                     bitrate_mode="CONSTANT", compression_level=0.75)  # 48 kbit/s
+    return dataclasses.asdict(truth)
+
+
+def build_ood_dataset(output_dir: Path, n_clips: int, seconds: float, seed: int,
+                      workers: int = 1) -> list[ClipTruth]:
+    """Composes, renders (numpy, 22.05 kHz) and writes MP3 clips on `workers` processes; skips
+    clips on disk; writes `clips.jsonl`."""
     output_dir = Path(output_dir)
     (output_dir / "audio").mkdir(parents=True, exist_ok=True)
-    truths = []
-    for i in tqdm(range(n_clips), desc="ood synth", unit="clip"):
-        clip_seed = zlib.crc32(f"ood:{seed}:{i}".encode())
-        midi, truth = compose_clip(f"ood{i:05d}", "ood", clip_seed, seconds)
-        truth = dataclasses.replace(truth, genre="synthetic-ood",
-                                    distortions={"synth": "numpy", "source_rate": OOD_RATE,
-                                                 "codec": "mp3"})
-        path = output_dir / "audio" / f"{truth.clip_id}.mp3"
-        if not path.exists():
-            audio = render_numpy(midi, seconds, clip_seed)
-            with atomic_output(path) as tmp:
-                sf.write(str(tmp), audio, OOD_RATE, format="MP3", subtype="MPEG_LAYER_III",
-                         bitrate_mode="CONSTANT", compression_level=0.75)  # 48 kbit/s
-        truths.append(truth)
-    lines = "".join(json.dumps(dataclasses.asdict(t)) + "\n" for t in truths)
-    atomic_write_text(output_dir / "clips.jsonl", lines)
-    return truths
+    plans = [(f"ood{i:05d}", "ood", zlib.crc32(f"ood:{seed}:{i}".encode()))
+             for i in range(n_clips)]
+    return synthesise_clips(plans, partial(ood_clip, output_dir=output_dir, seconds=seconds),
+                            output_dir, workers, "ood synth")

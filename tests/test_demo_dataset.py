@@ -47,6 +47,18 @@ def test_build_renders_audio_and_rerun_reuses_it(tmp_path):
     assert [r["clip_id"] for r in records] == [t.clip_id for t in truths]
 
 
+def test_two_rendering_processes_write_what_one_writes(tmp_path):
+    one = demo_dataset.build_dataset(tmp_path / "one", n_clips=4, seconds=2.0, seed=2,
+                                     augment=True)
+    two = demo_dataset.build_dataset(tmp_path / "two", n_clips=4, seconds=2.0, seed=2,
+                                     augment=True, workers=2)
+    assert one == two
+    for truth in one:
+        name = f"audio/{truth.clip_id}.wav"
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert (tmp_path / "one/clips.jsonl").read_text() == (tmp_path / "two/clips.jsonl").read_text()
+
+
 def test_rendered_key_and_tempo_are_recoverable_by_madmom(tmp_path):
     from madmom.features.beats import RNNBeatProcessor
     from madmom.features.key import CNNKeyRecognitionProcessor, key_prediction_to_label

@@ -24,7 +24,7 @@ MINI = ["--n-clips", "8", "--seconds", "3", "--steps", "3",
         "--config.dataset.eval_fraction=0.5", "--config.optim.warmup_steps=1",
         "--config.eval.max_new_tokens=6", "--config.train.head_positions=128",
         "--config.data.seq_len=256", "--config.data.batch_size=2", "--config.ood.n_clips=3",
-        "--config.stages.annotate_clips=6"]
+        "--config.stages.annotate_clips=6", "--config.model.keep_layers=1"]
 METRICS = ("key_mirex", "tempo_acc2", "instruments_f1")
 
 
@@ -68,7 +68,8 @@ def _serve_and_export(model: Path, workdir: Path) -> None:
                             capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr[-3000:]
     assert "verify: max|diff|" in export.stdout  # torch logits within the fp32 contract
-    AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    exported = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    assert exported.config.num_hidden_layers == 1  # model.keep_layers=1 of the 2-layer LM
     tokenizer = AutoTokenizer.from_pretrained(hf)
     assert tokenizer.convert_tokens_to_ids("<audio_patch>") not in (None, tokenizer.unk_token_id)
 

@@ -102,11 +102,14 @@ def gguf_config(reader, path: str, **overrides: Any) -> LlamaConfig:
 
 
 def iter_hf_tensors(reader, config: LlamaConfig, path: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (HF name, dequantised float32 array in HF layout), one tensor at a time."""
+    """Yields (HF name, dequantised float32 array in HF layout), one tensor at a time; blocks
+    past `config.num_layers` (a `keep_layers` cut) are not read."""
     from gguf.quants import dequantize
 
     for tensor in reader.tensors:
         m = _BLOCK_RE.fullmatch(tensor.name)
+        if m and int(m.group(1)) >= config.num_layers:
+            continue
         if m and m.group(2) in _BLOCK_NAMES:
             name = f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}"
         elif tensor.name in _TOP_NAMES:

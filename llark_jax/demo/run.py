@@ -145,6 +145,7 @@ class Demo:
         _run("synth", ["data_prep", "demo-data", "--output-dir", str(self.path("data")),
                        "--n-clips", str(d.n_clips), "--seconds", str(d.seconds),
                        "--eval-fraction", str(d.eval_fraction), "--seed", str(self.config.seed),
+                       "--workers", str(self.config.stages.workers),
                        *(["--augment"] if d.get("augment", False) else [])])
         tracks = [{"id": t["clip_id"], "dataset": "demo", "split": t["split"],
                    "audio_path": str(self.path("data", "audio", f"{t['clip_id']}.wav")),
@@ -281,7 +282,7 @@ class Demo:
         _run("ood", ["data_prep", "demo-data", "--ood",
                      "--output-dir", str(self.path("ood", "data")), "--n-clips", str(n_clips),
                      "--seconds", str(self.config.dataset.seconds),
-                     "--seed", str(self.config.seed)])
+                     "--seed", str(self.config.seed), "--workers", str(self.config.stages.workers)])
         _run("ood", ["data_prep", "embed", "--encoder", self.config.data.encoder, "--audio-dir",
                      str(self.path("ood", "data", "audio")), "--output-dir",
                      str(self.path("ood", "embeddings"))])
