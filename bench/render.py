@@ -7,7 +7,19 @@ def _row(batch: int):
     return lambda r: next(x for x in r["rows"] if x["batch"] == batch)
 
 
+def _grounded_score(set_name: str, metric: str):
+    """The own-audio score of `metric` on `set_name` when grounded, else 0 (the goal fails)."""
+    def get(r: dict) -> float:
+        score = r["scores"][set_name][metric]
+        return score["audio"] if score["grounded"] else 0.0
+    return get
+
+
 GOALS = (  # (label, result name, getter, target, format, ceiling getter or None[, "<="]): #22
+    ("Demo: `make demo` from an empty workdir, 2 cores, set-up excluded", "demo_run",
+     lambda r: r["total_s"], 600, "{:.0f} s", None, "<="),
+    ("Demo: held-out tempo Acc2, own audio, grounded (0 if not)", "demo_run",
+     _grounded_score("held_out", "tempo_acc2"), 0.5, "{:.3f}", None),
     ("Train step vs torch, shape (a), fp32", "train_a", lambda r: r["speedup"], 1.4, "{:.2f}x",
      lambda r: r.get("max_speedup")),
     ("Train step, fraction of fp32 matmul limit, (a)", "train_a",
@@ -183,6 +195,16 @@ def _levers(r: dict) -> list[str]:
 ACCELERATOR_HEADING = "## Accelerator (`bench/accelerator.py`)"
 
 
+def _demo(r: dict) -> list[str]:
+    stages = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_seconds"].items())
+    rows = [[name, metric, f"{score['audio']:.3f}", "yes" if score["grounded"] else "no"]
+            for name, metrics in r["scores"].items() for metric, score in metrics.items()]
+    return [f"Total {r['total_s']:.0f} s wall ({r['total_cpu_s']:.0f} CPU s) by the demo's own "
+            f"stage markers; stages (s): {stages}. Grounded: own audio beats shuffled audio and "
+            "the best constant answer with disjoint 95% intervals (docs/demo.md).", "",
+            *_table(["set", "metric", "own audio", "grounded"], rows)]
+
+
 def accelerator_section(r: dict) -> list[str]:
     """The Accelerator section (heading included) of one `bench/accelerator.py` result."""
     t, d = r["train"], r["decode"]
@@ -262,6 +284,9 @@ def render(results: dict, info: dict) -> str:
         out += ["### Profile of the step", "", *_profile(results["profile"]), ""]
     if "levers" in results:
         out += ["### Levers", "", *_levers(results["levers"]), ""]
+    if "demo_run" in results:
+        out += ["## Demo (`bench/demo_run.py`: `make demo` from an empty workdir)", "",
+                *_demo(results["demo_run"]), ""]
     if "generate" in results:
         out += ["## Decode (KV cache)", "", *_generate(results["generate"]), ""]
     if "plan" in results:

@@ -37,6 +37,7 @@ BENCHMARKS = {
     "plan": ["bench/plan.py"],
     "pipeline": ["bench/pipeline.py"],
     "host_loop": ["bench/host_loop.py"],
+    "demo_run": ["bench/demo_run.py"],
 }
 JSON_FLAG = {"pipeline": False}  # bench/pipeline.py prints its JSON; the others write --json
 

@@ -74,6 +74,19 @@ def _serve_and_export(model: Path, workdir: Path) -> None:
     assert tokenizer.convert_tokens_to_ids("<audio_patch>") not in (None, tokenizer.unk_token_id)
 
 
+def _bench_reads(report: dict) -> None:
+    """`make bench`'s demo rows (bench/demo_run.py, bench/render.py) read this report."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from demo_run import summary
+    from render import render
+
+    result = summary(report)
+    assert result["total_s"] == pytest.approx(sum(report["stage_seconds"].values()))
+    assert set(result["scores"]) == {"held_out", "ood"}
+    text = render({"demo_run": result}, {})
+    assert "| Demo: `make demo` from an empty workdir" in text and "## Demo (" in text
+
+
 def _demo(workdir: Path, lm: Path, user: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llark_jax", "demo", "--workdir", str(workdir),
                            *MINI, "--config.model.source=hf", f"--config.model.path={lm}",
@@ -120,6 +133,7 @@ def test_mini_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
     assert all(seconds >= 0 for seconds in report["stage_seconds"].values())
     assert report["stage_cpu_seconds"]["train"] > 0
     assert len(report["examples"]) == 2 and len(report["ood_examples"]) == 3
+    _bench_reads(report)
 
     for stage in STAGES:
         assert (workdir / "stages" / f"{stage}.json").is_file(), stage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -76,7 +77,7 @@ def test_pytorch_bin_fallback_loads_same_weights(tmp_path):
 
 def test_keep_layers_matches_torch_with_its_layer_list_cut():
     """`keep_layers=1` of a 2-layer checkpoint is the torch model with `model.layers[:1]`."""
-    tm = make_torch_llama("gqa_untied_5e5")
+    tm = copy.deepcopy(make_torch_llama("gqa_untied_5e5"))  # the helper's model is shared
     tm.model.layers = tm.model.layers[:1]
     tm.config.num_hidden_layers = 1
     model = load_llama(cached_checkpoint("gqa_untied_5e5"), keep_layers=1)
