@@ -241,15 +241,16 @@ ClipPlan = tuple[str, str, int]  # (clip_id, split, seed)
 
 
 def synthesise_clips(plans: list[ClipPlan], work: Callable[[ClipPlan], dict], output_dir: Path,
-                     workers: int, stage: str) -> list[ClipTruth]:
+                     workers: int, stage: str, settings: str) -> list[ClipTruth]:
     """Runs `work` (a clip plan (clip_id, split, seed) -> its truth as a dict) over `plans` on
     `workers` processes through `run_cached` (one truth JSON per clip in
-    `output_dir/<stage>.cache`, reused by a rerun), writes `clips.jsonl` and returns the truths
-    in plan order. A clip that fails stops the stage with its reason."""
+    `output_dir/synth.cache/<settings>`, reused by a rerun with the same settings), writes
+    `clips.jsonl` and returns the truths in plan order. A clip that fails stops the stage with
+    its reason."""
     from data_prep.stages.runner import run_cached
 
     result = run_cached(plans, work, key=lambda plan: plan[0],
-                        cache_dir=Path(output_dir) / f"{stage}.cache", stage=stage,
+                        cache_dir=Path(output_dir) / "synth.cache" / settings, stage=stage,
                         workers=workers)
     if result.failures:
         failure = result.failures[0]
@@ -297,4 +298,4 @@ def build_dataset(output_dir: Path, n_clips: int, seconds: float, seed: int,
     soundfont_path()  # fails here, before any process starts, when the soundfont is missing
     work = partial(synth_clip, output_dir=output_dir, seconds=seconds, augment=augment)
     return synthesise_clips(clip_plan(n_clips, eval_fraction, seed), work, output_dir, workers,
-                            "synth")
+                            "synth", f"{seconds}s" + ("-augment" if augment else ""))

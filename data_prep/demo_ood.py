@@ -166,4 +166,4 @@ def build_ood_dataset(output_dir: Path, n_clips: int, seconds: float, seed: int,
     plans = [(f"ood{i:05d}", "ood", zlib.crc32(f"ood:{seed}:{i}".encode()))
              for i in range(n_clips)]
     return synthesise_clips(plans, partial(ood_clip, output_dir=output_dir, seconds=seconds),
-                            output_dir, workers, "ood synth")
+                            output_dir, workers, "ood synth", f"{seconds}s")

@@ -57,6 +57,10 @@ def test_two_rendering_processes_write_what_one_writes(tmp_path):
         name = f"audio/{truth.clip_id}.wav"
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert (tmp_path / "one/clips.jsonl").read_text() == (tmp_path / "two/clips.jsonl").read_text()
+    # other settings in the same directory: fresh truths, not the cached ones
+    longer = demo_dataset.build_dataset(tmp_path / "one", n_clips=4, seconds=3.0, seed=2,
+                                        augment=True)
+    assert {t.seconds for t in longer} == {3.0}
 
 
 def test_rendered_key_and_tempo_are_recoverable_by_madmom(tmp_path):
