@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.questions = "paper"  # paper: the three eval prompts only; all: every QA pair
 
     config.stages = ml_collections.ConfigDict()
-    config.stages.workers = 2  # crop/annotate processes
+    config.stages.workers = 2  # synth/crop/annotate/OOD-synth processes
     config.stages.annotate_clips = 20  # madmom on the first 20 clips (0: all); the QA uses truth
 
     config.ood = ml_collections.ConfigDict()

@@ -71,3 +71,12 @@ def test_smollm2_gguf_logits_and_greedy_text_match_torch(smollm2):
     assert diff <= 1e-4 * scale
     text = tokenizer.decode(ref_tokens, skip_special_tokens=True)
     assert "Paris" in text
+
+
+def test_keep_layers_reads_the_first_blocks_only(smollm2):
+    model = smollm2[0]
+    cut, _ = load_gguf_llama(keep_layers=2)
+    assert cut.config.num_layers == 2
+    np.testing.assert_array_equal(np.asarray(cut.layers.attn.q[...]),
+                                  np.asarray(model.layers.attn.q[...])[:2])
+    np.testing.assert_array_equal(np.asarray(cut.embed[...]), np.asarray(model.embed[...]))

@@ -141,9 +141,11 @@ def load_gguf_llama(
     `keep_layers` > 0: only the first that many decoder layers."""
     from gguf import GGUFReader
 
+    if keep_layers:
+        config_overrides["num_layers"] = keep_layers  # iter_hf_tensors skips the later blocks
     path = os.fspath(path or default_gguf_path())
     reader = GGUFReader(path)
     config = gguf_config(reader, path, param_dtype=dtype, dtype=compute_dtype or dtype,
-                         **({"num_layers": keep_layers} if keep_layers else {}), **config_overrides)
-    model = fill_llama(config, iter_hf_tensors(reader, config, path), truncate=bool(keep_layers))
+                         **config_overrides)
+    model = fill_llama(config, iter_hf_tensors(reader, config, path))
     return model, load_gguf_tokenizer(path)
