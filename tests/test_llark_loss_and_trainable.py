@@ -1,6 +1,7 @@
 """masked_lm_loss (shift, segments, normalisations) and trainable-set presets."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -120,3 +121,57 @@ def test_scored_positions_give_the_full_loss_and_count_what_they_leave_out(batch
 def _numpy_supervised_per_row(labels, segs):
     valid = ((labels[:, 1:] != IGNORE_INDEX) & (segs[:, 1:] == segs[:, :-1]) & (segs[:, 1:] != 0))
     return valid.sum(axis=1).tolist()
+
+
+def _dot_output_shapes(fn, *args) -> list[tuple[int, ...]]:
+    """Output shapes of every dot_general in the jaxpr of `fn(*args)` (nested jaxprs included)."""
+    shapes = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                shapes.append(tuple(eqn.outvars[0].aval.shape))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return shapes
+
+
+def test_tied_head_trains_the_masked_rows_without_the_full_weight_gradient():
+    """`embed_grad_rows` on a tied head: same loss, same masked gradient (the rows of
+    `llark_reference` in both roles) as the full [V, D] head gradient, and no [V, D] matmul."""
+    from llark_helpers import reference_batch
+
+    tok, _, batch, audio = reference_batch()
+    model = tiny_llark(tok, tie=True)
+    graphdef, params = nnx.split(model, nnx.Param)
+    rows = trainable.trained_rows("llark_reference", (model.audio_start_id, model.audio_end_id))
+    assert rows == (model.audio_start_id, model.audio_end_id)
+    assert trainable.trained_rows("all", rows) is None
+    assert trainable.trained_rows("projector_only", rows) is None
+    ids, labels = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["labels"])
+    segs = jnp.asarray(batch["attention_mask"])
+
+    def loss(p, grad_rows):
+        logits = nnx.merge(graphdef, p)(ids, jnp.asarray(audio), segment_ids=segs,
+                                        embed_grad_rows=grad_rows)
+        return masked_lm_loss(logits, labels, segs)[0]
+
+    full_loss, full = jax.value_and_grad(loss)(params, None)
+    rows_loss, by_rows = jax.value_and_grad(loss)(params, rows)
+    assert float(rows_loss) == float(full_loss)
+    mask = trainable.gradient_mask(model, "llark_reference")
+    full, by_rows = trainable.apply_mask(full, mask), trainable.apply_mask(by_rows, mask)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(full), jax.tree.leaves(by_rows),
+                            strict=True):
+        scale = float(jnp.abs(a).max()) or 1.0
+        assert float(jnp.abs(a - b).max()) <= 1e-6 * scale, jax.tree_util.keystr(path)
+    embed = by_rows["llama"]["embed"][...]
+    assert set(np.flatnonzero(np.abs(np.asarray(embed)).sum(1))) == set(rows)
+
+    v, d = model.llama.config.padded_vocab_size, model.llama.config.hidden_size
+    full_shapes = _dot_output_shapes(jax.grad(loss), params, None)
+    rows_shapes = _dot_output_shapes(lambda p: jax.grad(loss)(p, rows), params)
+    assert (v, d) in full_shapes or (d, v) in full_shapes  # the check sees the full gradient
+    assert (v, d) not in rows_shapes and (d, v) not in rows_shapes

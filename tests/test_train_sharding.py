@@ -10,7 +10,7 @@ from train_helpers import run_steps, tiny_config
 from llark_jax.model.loss import supervised_targets
 from llark_jax.model.sharding import logical_rules
 from llark_jax.train.loop import TrainSetup, make_batches, to_global_batch
-from llark_jax.train.step import check_all_scored
+from llark_jax.train.step import check_all_scored, make_train_step
 
 STEPS = 5
 
@@ -82,3 +82,32 @@ def test_lm_head_at_scored_positions_only_equals_the_full_head(single_device_los
     assert int(metrics["unscored_tokens"]) > 0
     with pytest.raises(ValueError, match="train.head_positions"):
         check_all_scored(jax.device_get(metrics), 1, step=1)
+
+
+def test_tied_head_row_gradient_trains_like_the_full_head_gradient():
+    """A tied LM under `llark_reference` on a sharded mesh (the trainer passes the trained rows
+    to the head, `llark_jax.model.llama.tied_logits`) moves every parameter as the single-device
+    step that computes the full [V, D] head gradient and masks it."""
+    config = tiny_config(model__llama__tie_word_embeddings="True",
+                         train__head_positions="64")
+    setup, state, losses = run_steps(config, {"fsdp": 4, "tensor": 2}, STEPS)
+    assert losses[-1] != losses[0]
+
+    plain = TrainSetup(config, {"fsdp": 1}, jax.devices()[:1])
+    step = jax.jit(make_train_step(plain.graphdef, plain.tx, plain.schedule,
+                                   grad_mask=plain.grad_mask, head_positions=64))
+    batches = make_batches(config)
+    plain_losses = []
+    with logical_rules(plain.mesh, plain.rules):
+        plain_state = plain.fresh_state()
+        for _ in range(STEPS):
+            plain_state, metrics = step(plain_state, next(batches))
+            plain_losses.append(float(metrics["loss"]))
+    np.testing.assert_allclose(losses, plain_losses, rtol=2e-5)
+    ours = state["params"]["llama"]["embed"][...]
+    theirs = plain_state["params"]["llama"]["embed"][...]
+    start, end = config.model.audio_start_id, config.model.audio_end_id
+    moved = np.flatnonzero(np.abs(np.asarray(ours) - np.asarray(
+        plain.fresh_state()["params"]["llama"]["embed"][...])).sum(1))
+    assert set(moved) == {start, end}
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=0, atol=1e-5)

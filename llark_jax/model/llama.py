@@ -28,6 +28,12 @@ profiler traces.
 Dtype policy: params stored in `param_dtype`; matmuls in `dtype`; attention scores, softmax and
 RMSNorm statistics in float32; logits float32.
 
+Tied head gradient: with `tie_word_embeddings` the embedding is also the output layer, and its
+weight gradient through the head is a [V, D] matmul over every scored position. A trainer whose
+mask trains only a few embedding rows (the `<audio_start>`/`<audio_end>` rows of LLark's recipe)
+passes them as `embed_grad_rows`; the head then computes the weight gradient of those rows only
+(`tied_logits`). Logits and every other gradient are unchanged.
+
 Masks (`llark_jax.model.attention`): a query attends a key iff key slot <= query slot (causal),
 both have the same segment id, and the key's segment id is not 0 (padding). `segment_ids` [B, T]
 int32 (0 = padding) packs several sequences in a row; HF-style `attention_mask` (1 = token) serves
@@ -47,6 +53,7 @@ each row continues at its own length. One sequence per row when a cache is used.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -292,6 +299,39 @@ def _scan_layers_cached(layers: DecoderLayer, x_btd, cos_bth, sin_bth, segment_i
     return x_btd, KVCache(k=k_lbskh, v=v_lbskh, segment_ids=seg_bs, index=cache.index + t)
 
 
+def _tied_logits_plain(x_btd: jax.Array, table_vd: jax.Array) -> jax.Array:
+    return jnp.einsum("btd,vd->btv", x_btd, table_vd, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def tied_logits(x_btd: jax.Array, table_vd: jax.Array, grad_rows: tuple[int, ...]) -> jax.Array:
+    """x [B,T,D] · table [V,D] -> logits [B,T,V] float32, with the table's gradient computed
+    only at the rows `grad_rows` (token ids) and exactly zero elsewhere.
+
+    The input gradient is the plain einsum's; the row gradients are the plain einsum's
+    restricted to those columns of the logits, so a row-masked trainer gets the same update for
+    [R, D] of weight-gradient work instead of [V, D].
+    """
+    return _tied_logits_plain(x_btd, table_vd)
+
+
+def _tied_logits_fwd(x_btd: jax.Array, table_vd: jax.Array, grad_rows: tuple[int, ...]):
+    return _tied_logits_plain(x_btd, table_vd), (x_btd, table_vd)
+
+
+def _tied_logits_bwd(grad_rows: tuple[int, ...], residuals: tuple, g_btv: jax.Array):
+    x_btd, table_vd = residuals
+    rows_r = jnp.asarray(grad_rows, jnp.int32)
+    _, x_vjp = jax.vjp(lambda x: _tied_logits_plain(x, table_vd), x_btd)
+    _, rows_vjp = jax.vjp(lambda r: _tied_logits_plain(x_btd, r), table_vd[rows_r])
+    (dx_btd,) = x_vjp(g_btv)
+    (drows_rd,) = rows_vjp(g_btv[..., rows_r])
+    return dx_btd, jnp.zeros_like(table_vd).at[rows_r].set(drows_rd)
+
+
+tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+
+
 class Llama(nnx.Module):
     """Llama causal LM. See the module docstring for names, masks, dtypes and the KV cache."""
 
@@ -319,13 +359,15 @@ class Llama(nnx.Module):
         attention_mask_bt: jax.Array | None = None,
         cache: KVCache | None = None,
         logits_at: jax.Array | None = None,
+        embed_grad_rows: tuple[int, ...] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """The transformer on input embeddings [B, T, D] -> (logits [B, T, V] f32, new cache).
 
         With `logits_at` (int [B] or [B, K]: positions per row) the final norm and the LM head
         run only there, giving [B, 1, V] or [B, K, V] instead of [B, T, V]: a prefill needs only
         each prompt's last position (at 7B, T=2048, B=8 the full logits are ~2 GB of float32),
-        training only the positions that predict a supervised token.
+        training only the positions that predict a supervised token. `embed_grad_rows`: see the
+        module docstring (tied head gradient).
         """
         cfg = self.config
         b, t = x_btd.shape[:2]
@@ -346,10 +388,14 @@ class Llama(nnx.Module):
                                  unroll=not cfg.scan_layers)
         else:
             x_btd, cache = _scan_layers_cached(self.layers, x_btd, *per_token, cache)
-        return self.head(x_btd, logits_at), cache
+        return self.head(x_btd, logits_at, embed_grad_rows), cache
 
-    def head(self, x_btd: jax.Array, logits_at: jax.Array | None) -> jax.Array:
-        """Final norm + LM head on x [B,T,D] (only at `logits_at`) -> logits [B,T|K,V] f32."""
+    def head(self, x_btd: jax.Array, logits_at: jax.Array | None,
+             embed_grad_rows: tuple[int, ...] | None = None) -> jax.Array:
+        """Final norm + LM head on x [B,T,D] (only at `logits_at`) -> logits [B,T|K,V] f32.
+
+        With tied embeddings and `embed_grad_rows`, the head's weight gradient reaches only
+        those embedding rows (`tied_logits`)."""
         cfg = self.config
         if logits_at is not None:
             at_bk = logits_at[:, None] if logits_at.ndim == 1 else logits_at
@@ -358,8 +404,9 @@ class Llama(nnx.Module):
             x_btd = self.final_norm(x_btd)
         with jax.named_scope("lm_head"):
             if cfg.tie_word_embeddings:
-                logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.embed[...].astype(cfg.dtype),
-                                        preferred_element_type=jnp.float32)
+                table_vd = self.embed[...].astype(cfg.dtype)
+                logits_btv = (_tied_logits_plain(x_btd, table_vd) if embed_grad_rows is None
+                              else tied_logits(x_btd, table_vd, tuple(embed_grad_rows)))
             else:
                 logits_btv = jnp.einsum("btd,dv->btv", x_btd,
                                         self.lm_head[...].astype(cfg.dtype),

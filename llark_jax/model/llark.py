@@ -169,16 +169,19 @@ class LLark(nnx.Module):
         audio_frame_index: jax.Array | None = None,
         audio_mask: jax.Array | None = None,
         logits_at: jax.Array | None = None,
+        embed_grad_rows: tuple[int, ...] | None = None,
     ) -> jax.Array:
         """input_ids [B,T] int32, audio [B,S,T_a,D] | [B,T_a,D] | None -> logits [B,T,V] f32.
 
-        positions/segment_ids/attention_mask/logits_at as in `Llama.decode_embeddings` (with
-        `logits_at` [B,K] the logits are [B,K,V]); audio_frame_index [B,T] int32 = s*T'+t at
-        patch positions (T' = T_a/temporal_pool), ignored elsewhere.
+        positions/segment_ids/attention_mask/logits_at/embed_grad_rows as in
+        `Llama.decode_embeddings` (with `logits_at` [B,K] the logits are [B,K,V]);
+        audio_frame_index [B,T] int32 = s*T'+t at patch positions (T' = T_a/temporal_pool),
+        ignored elsewhere.
         """
         x_bte = self.embed_inputs(input_ids, audio, audio_frame_index, audio_mask)
         logits_btv, _ = self.llama.decode_embeddings(
             x_bte, positions_bt=positions, segment_ids_bt=segment_ids,
             attention_mask_bt=attention_mask, logits_at=logits_at,
+            embed_grad_rows=embed_grad_rows,
         )
         return logits_btv

@@ -26,6 +26,10 @@ embeddings lets gradient reach `embed_tokens` only through the `<audio_start>`/`
 and `lm_head` has requires_grad=False. With tied embeddings (SmolLM2) the embedding is also the
 output layer; the row mask then trains those two rows in both roles.
 
+`trained_rows` names the rows a preset trains; the train step passes them to the model as
+`embed_grad_rows`, so a tied head computes the weight gradient of those rows only
+(`llark_jax.model.llama.tied_logits`) instead of all V rows that the mask then zeroes.
+
 `gradient_mask` returns a tree with the structure of `nnx.state(model, nnx.Param)` whose leaves
 are Python bools or float32 row masks; `masked_optimizer` wraps an optax transform so masked
 gradients enter the optimizer and masked updates leave it (frozen entries: exactly zero update,
@@ -105,6 +109,14 @@ def gradient_mask(
     return jax.tree_util.tree_map_with_path(
         leaf_mask, state, is_leaf=lambda x: isinstance(x, nnx.Variable)
     )
+
+
+def trained_rows(preset: str, token_ids: Sequence[int]) -> tuple[int, ...] | None:
+    """The embedding rows `preset` trains: `token_ids` under a "rows" preset, else None (the
+    preset trains every row or none)."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown trainable preset {preset!r}; known: {sorted(PRESETS)}")
+    return tuple(int(t) for t in token_ids) if PRESETS[preset]["embed"] == ROWS else None
 
 
 def apply_mask(tree: Any, mask: Any) -> Any:

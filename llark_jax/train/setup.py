@@ -20,7 +20,7 @@ from llark_jax.checkpoints.build import (
 )
 from llark_jax.config import ConfigError
 from llark_jax.data.batch import NDIMS as batch_ndims
-from llark_jax.model.trainable import gradient_mask
+from llark_jax.model.trainable import gradient_mask, trained_rows
 from llark_jax.train.checkpoint import TrainCheckpointer
 from llark_jax.train.flops import train_flops_per_step
 from llark_jax.train.mesh import batch_sharding, make_mesh, replicated, rules_of
@@ -67,7 +67,9 @@ class TrainSetup:
         step_fn = make_train_step(
             graphdef, self.tx, self.schedule, micro_steps=config.train.micro_steps,
             normalization=config.train.loss_normalization, grad_mask=self.grad_mask,
-            head_positions=config.train.head_positions)
+            head_positions=config.train.head_positions,
+            embed_grad_rows=trained_rows(config.model.trainable,
+                                         (config.model.audio_start_id, config.model.audio_end_id)))
         self.batch_shardings = {k: batch_sharding(self.mesh, nd)
                                 for k, nd in batch_ndims.items()}
         self.train_step = jit_train_step(step_fn, self.state_shardings, self.batch_shardings,

@@ -55,13 +55,16 @@ def split_micro_batches(batch: Batch, micro_steps: int) -> Batch:
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, *, normalization: str = "micro_batch_mean",
-                 head_positions: int = 0) -> Callable:
+                 head_positions: int = 0,
+                 embed_grad_rows: tuple[int, ...] | None = None) -> Callable:
     """`loss_fn(params, rest, batch, total_tokens) -> (loss, (supervised, unscored))`: the LM
     loss of one (micro-)batch, shared by the train step (differentiated) and the eval step.
 
     `total_tokens` is the step's supervised-token count for `global_tokens` (None: this batch's);
     `head_positions` K > 0 scores only the first K supervised positions per row
-    (`llark_jax.model.loss.scored_positions`) and counts the rest in `unscored`.
+    (`llark_jax.model.loss.scored_positions`) and counts the rest in `unscored`;
+    `embed_grad_rows` (the rows a row mask trains) keeps a tied head's weight gradient to those
+    rows (`llark_jax.model.llama.tied_logits`).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"loss normalization {normalization!r} not in {NORMALIZATIONS}")
@@ -71,7 +74,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, *, normalization: str = "micro_batch_me
         inputs = (micro["input_ids"], micro["audio"], micro["positions"])
         extras = {"segment_ids": micro["segment_ids"],
                   "audio_frame_index": micro["audio_frame_index"],
-                  "audio_mask": micro["audio_mask"]}
+                  "audio_mask": micro["audio_mask"], "embed_grad_rows": embed_grad_rows}
         if head_positions:
             positions_bk, targets_bk, valid_bk, unscored = scored_positions(
                 micro["labels"], micro["segment_ids"], head_positions)
@@ -149,19 +152,21 @@ def make_train_step(
     normalization: str = "micro_batch_mean",
     grad_mask: Any | None = None,
     head_positions: int = 0,
+    embed_grad_rows: tuple[int, ...] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns `train_step(state, batch) -> (state, metrics)`, a pure function to jit.
 
     The batch follows the batch contract of `llark_jax.data.batch` (leading dim = global batch).
     `head_positions` K > 0 runs the LM head and the loss only at the first K positions per row
     that predict a supervised token (`llark_jax.model.loss.scored_positions`), the same loss
-    when no row has more; 0 = every position.
+    when no row has more; 0 = every position. `embed_grad_rows`: the embedding rows
+    `grad_mask` trains (`llark_jax.model.trainable.trained_rows`), see `make_loss_fn`.
     metrics: `loss` (normalised as above), `grad_norm` (global norm after masking, before
     clipping), `lr` (rate of this update), `supervised_tokens`, and with K > 0 `unscored_tokens`
     (supervised predictions beyond K in a row, left out: the caller checks it is 0).
     """
     objective = make_loss_fn(graphdef, normalization=normalization,
-                             head_positions=head_positions)
+                             head_positions=head_positions, embed_grad_rows=embed_grad_rows)
     grad_fn, trained, expand = trained_grad_fn(objective, grad_mask)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
