@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from llark_jax.checkpoints.gguf import default_gguf_path, load_gguf_llama, unpermute_rows
+from llark_jax.checkpoints.gguf import (
+    default_gguf_path,
+    load_gguf_llama,
+    load_gguf_tokenizer,
+    unpermute_rows,
+)
 from llark_jax.infer.generate import Generator, Prompt, SamplingConfig
 
 PROMPT = "What is the capital of France? Answer in one sentence."
@@ -80,3 +85,13 @@ def test_keep_layers_reads_the_first_blocks_only(smollm2):
     np.testing.assert_array_equal(np.asarray(cut.layers.attn.q[...]),
                                   np.asarray(model.layers.attn.q[...])[:2])
     np.testing.assert_array_equal(np.asarray(cut.embed[...]), np.asarray(model.embed[...]))
+
+
+def test_the_gguf_tokenizer_is_parsed_once_and_each_caller_gets_its_own(smollm2):
+    """The trainer reads the tokenizer for its config and again with the weights: the second
+    read is the cached parse, and extending one copy (LLark tokens) leaves the others alone."""
+    first, second = load_gguf_tokenizer(), load_gguf_tokenizer()
+    assert first is not second and len(first) == len(second)
+    first.add_tokens(["<audio_patch>"])
+    assert len(first) == len(second) + 1 == len(load_gguf_tokenizer()) + 1
+    assert second(PROMPT).input_ids == smollm2[1](PROMPT).input_ids

