@@ -199,9 +199,13 @@ def _demo(r: dict) -> list[str]:
     stages = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_seconds"].items())
     rows = [[name, metric, f"{score['audio']:.3f}", "yes" if score["grounded"] else "no"]
             for name, metrics in r["scores"].items() for metric, score in metrics.items()]
+    cache = {"empty": "an empty XLA compilation cache (a first run)",
+             "warm": "the user's warm XLA compilation cache (a rerun's compiles)"}.get(
+                 r.get("compilation_cache", ""), "an unrecorded XLA compilation cache")
     return [f"Total {r['total_s']:.0f} s wall ({r['total_cpu_s']:.0f} CPU s) by the demo's own "
-            f"stage markers; stages (s): {stages}. Grounded: own audio beats shuffled audio and "
-            "the best constant answer with disjoint 95% intervals (docs/demo.md).", "",
+            f"stage markers, with {cache}; stages (s): {stages}. Grounded: own audio beats "
+            "shuffled audio and the best constant answer with disjoint 95% intervals "
+            "(docs/demo.md).", "",
             *_table(["set", "metric", "own audio", "grounded"], rows)]
 
 
