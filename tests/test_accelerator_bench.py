@@ -49,3 +49,17 @@ def test_tiny_run_measures_train_and_decode_and_writes_its_section(tmp_path):
 
     again = replace_section(text, ACCELERATOR_HEADING, accelerator_section(result))
     assert again == text  # rewriting replaces the section, nothing else moves
+
+
+@pytest.mark.parametrize("outside, shown", [(0.023, "| 2.3% | - | **met** |"),
+                                            (-0.03, "| -3.0% (below 0: "),
+                                            (0.08, "| 8.0% | - | short |")])
+def test_goal_table_shows_the_host_loop_row_and_labels_a_negative_fraction(outside, shown):
+    """The Goals table of RESULTS.md: a host-loop fraction below 0 can only be noise and says so."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from render import render
+
+    text = render({"host_loop": {"prefetch": {"outside": outside}}}, {})
+    row = next(line for line in text.splitlines() if line.startswith("| Host loop"))
+    assert shown in row
+    assert ("run-to-run noise" in row) == (outside < 0)
