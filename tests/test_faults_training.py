@@ -138,27 +138,28 @@ def _saved_arrays(step_dir: Path) -> dict[str, np.ndarray]:
 
 
 def _flip_bytes_in_state(step_dir: Path, must_change: str = "") -> None:
-    """Flips 8 bytes of the largest array data file of a checkpoint where Orbax reads the
-    damaged values back WITHOUT an error (the silent case of the issue): tries a few offsets,
-    keeping the first flip that changes a restored array (whose name starts with
-    `must_change`)."""
+    """Flips 8 bytes of an array data file of a checkpoint where Orbax reads the damaged values
+    back WITHOUT an error (the silent case of the issue): tries a few offsets in each data file,
+    largest first, keeping the first flip that changes a restored array (whose name starts with
+    `must_change`). Which arrays share a data file depends on Orbax's writer threads, so the
+    largest file need not hold the arrays asked for."""
     before = _saved_arrays(step_dir)
-    data = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-               key=lambda p: p.stat().st_size)
-    raw = data.read_bytes()
-    for at in np.linspace(0.05, 0.95, 19) * len(raw):
-        at = int(at)
-        data.write_bytes(raw[:at] + bytes(b ^ 0x5A for b in raw[at : at + 8]) + raw[at + 8 :])
-        try:
-            after = _saved_arrays(step_dir)
-        except Exception:  # noqa: BLE001 - a flip Orbax notices: not the silent case
-            continue
-        if any(name.startswith(must_change) and not np.array_equal(before[name], after[name],
-                                                                  equal_nan=True)
-               for name in before):
-            return
-    data.write_bytes(raw)
-    raise AssertionError(f"no silent flip found in {data}")
+    files = sorted((p for p in (step_dir / "state").rglob("*") if p.is_file()
+                    and p.parent.name == "d"), key=lambda p: p.stat().st_size, reverse=True)
+    for data in files:
+        raw = data.read_bytes()
+        for at in np.linspace(0.05, 0.95, 19) * len(raw):
+            at = int(at)
+            data.write_bytes(raw[:at] + bytes(b ^ 0x5A for b in raw[at : at + 8]) + raw[at + 8 :])
+            try:
+                after = _saved_arrays(step_dir)
+            except Exception:  # noqa: BLE001 - a flip Orbax notices: not the silent case
+                continue
+            if any(name.startswith(must_change) and not np.array_equal(
+                    before[name], after[name], equal_nan=True) for name in before):
+                return
+        data.write_bytes(raw)
+    raise AssertionError(f"no silent flip found in {step_dir}")
 
 
 def test_flipped_bytes_fail_the_integrity_check_and_the_step_is_set_aside(tmp_path, capsys,
