@@ -35,13 +35,15 @@ from llark_jax.train.step import (
 log = logging.getLogger("llark_jax.train")
 
 
-def gradient_mask_for(config: ml_collections.ConfigDict, params: Any) -> Any:
-    """The trainable-set mask of preset `config.model.trainable` (`llark_jax.model.trainable`).
+def audio_rows(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """The embedding rows a rows-trained preset trains: `<audio_start>`, `<audio_end>` (spec
+    §1.4-1.5)."""
+    return config.model.audio_start_id, config.model.audio_end_id
 
-    Rows-trained embeddings train the `<audio_start>`/`<audio_end>` rows (spec §1.4-1.5).
-    """
-    m = config.model
-    return gradient_mask(params, m.trainable, (m.audio_start_id, m.audio_end_id))
+
+def gradient_mask_for(config: ml_collections.ConfigDict, params: Any) -> Any:
+    """The trainable-set mask of preset `config.model.trainable` (`llark_jax.model.trainable`)."""
+    return gradient_mask(params, config.model.trainable, audio_rows(config))
 
 
 class TrainSetup:
@@ -68,8 +70,7 @@ class TrainSetup:
             graphdef, self.tx, self.schedule, micro_steps=config.train.micro_steps,
             normalization=config.train.loss_normalization, grad_mask=self.grad_mask,
             head_positions=config.train.head_positions,
-            embed_grad_rows=trained_rows(config.model.trainable,
-                                         (config.model.audio_start_id, config.model.audio_end_id)))
+            embed_grad_rows=trained_rows(config.model.trainable, audio_rows(config)))
         self.batch_shardings = {k: batch_sharding(self.mesh, nd)
                                 for k, nd in batch_ndims.items()}
         self.train_step = jit_train_step(step_fn, self.state_shardings, self.batch_shardings,
