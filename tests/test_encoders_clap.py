@@ -123,7 +123,7 @@ def test_model_dir_with_clap_features_answers_through_infer_and_serve(clap_dir, 
     from llark_jax.checkpoints.model_dir import load_model, new_model_dir
     from llark_jax.data.conversation import AudioTokenIds
     from llark_jax.data.features import FeatureSpec
-    from llark_jax.infer.cli import window_features
+    from llark_jax.infer.windows import Windowing
     from llark_jax.model.llama import Llama, LlamaConfig
     from llark_jax.model.llark import LLark
     from llark_jax.serve.audio_input import AudioFeaturizer, AudioLimits
@@ -140,12 +140,13 @@ def test_model_dir_with_clap_features_answers_through_infer_and_serve(clap_dir, 
     wav = tmp_path / "clip.wav"
     soundfile.write(wav, _clip(15.0, seed=4), SR)  # two windows: 0-10 s, 10-15 s
     served = load_model(directory)
-    from_infer = window_features(wav, served)
+    windowing = Windowing.for_model(served)
+    from_infer = windowing.file_windows(wav)  # the whole file (infer --span all)
     assert [f.shape for f in from_infer] == [(1, PROJECTION)] * 2
-    featurizer = AudioFeaturizer(served.features, AudioLimits())
+    featurizer = AudioFeaturizer(windowing, AudioLimits())
     try:
-        np.testing.assert_allclose(featurizer.features(wav.read_bytes()), from_infer[0],
-                                   atol=1e-6, rtol=0)  # serve: one token, the first window
+        [from_serve] = featurizer.windows(wav.read_bytes())  # the crop: the first window
+        np.testing.assert_allclose(from_serve, from_infer[0], atol=1e-6, rtol=0)
     finally:
         featurizer.close()
     done = subprocess.run([sys.executable, "-m", "llark_jax", "infer", "--checkpoint",

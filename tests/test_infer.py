@@ -17,13 +17,9 @@ from tokenizer_fixtures import make_llark_tokenizer
 
 from llark_jax.data import conversation as conv
 from llark_jax.data.records import ClipRecord, QAPair, encode_clip, frame_record
-from llark_jax.infer.answer import (
-    Answerer,
-    answer_records,
-    request_from_windows,
-    split_waveform,
-)
+from llark_jax.infer.answer import Answerer, answer_records, request_from_windows
 from llark_jax.infer.generate import SamplingConfig
+from llark_jax.infer.windows import split_waveform
 
 AUDIO_DIM = 160  # the mel encoder's width, so --audio works on the same checkpoint
 BUCKETS = (64, 128, 256)
@@ -52,6 +48,31 @@ def test_split_waveform():
     windows = split_waveform(np.arange(250), 100)
     assert [len(w) for w in windows] == [100, 100, 50]
     assert [len(w) for w in split_waveform(np.arange(205), 100)] == [100, 100]  # 5 < 10% dropped
+
+
+def test_span_crop_hears_one_training_window_by_the_paper_rule():
+    from types import SimpleNamespace
+
+    import ml_collections
+
+    from llark_jax.data.features import FeatureSpec
+    from llark_jax.infer.windows import Windowing
+
+    loaded = SimpleNamespace(features=FeatureSpec("mel", pool=5),  # 10 Hz frames: 4 x 5 = 2 s
+                             config=ml_collections.ConfigDict({"data": {"audio_frames": 4}}))
+    windowing = Windowing.for_model(loaded)
+    assert windowing.window_seconds == 2.0
+
+    def heard(duration_s: float, span: str) -> tuple[float, float]:
+        window = windowing.span(duration_s, span)
+        return window.start_s, window.end_s
+
+    assert heard(240.0, "crop") == (30.0, 32.0)  # longer than 60 s: from 30 s on
+    assert heard(60.0, "crop") == (0.0, 2.0)  # up to 60 s: from the start
+    assert heard(1.5, "crop") == (0.0, 1.5)
+    assert heard(240.0, "all") == (0.0, 240.0)
+    with pytest.raises(ValueError, match="expected one of crop, all"):
+        windowing.span(10.0, "middle")
 
 
 def test_multi_window_prompt_layout():
@@ -206,12 +227,12 @@ def read_clips(records):
 
 @pytest.mark.slow
 def test_infer_features_equal_the_training_features(trained):
-    """THE JOIN: `window_features` of a WAV == the feature spec applied to the clip's record ==
+    """THE JOIN: `Windowing.file_windows` of a WAV == the feature spec applied to the record ==
     what the training pipeline puts into `batch["audio"]` for it; the saved statistics are those
     of the training records."""
     from llark_jax.checkpoints.model_dir import load_model
     from llark_jax.data.features import fit_standardization
-    from llark_jax.infer.cli import window_features
+    from llark_jax.infer.windows import Windowing
     from llark_jax.train.inputs import tfrecord_batches
 
     loaded = load_model(trained / "work")
@@ -225,7 +246,7 @@ def test_infer_features_equal_the_training_features(trained):
 
     computed = {}
     for clip_id, clip in clips.items():
-        windows = window_features(trained / "clips" / f"{clip_id}.wav", loaded)
+        windows = Windowing.for_model(loaded).file_windows(trained / "clips" / f"{clip_id}.wav")
         assert len(windows) == 1 and windows[0].shape == (10, AUDIO_DIM)
         stored = spec.apply(clip.embedding)
         np.testing.assert_array_equal(windows[0], stored)
@@ -287,17 +308,33 @@ def test_infer_cli_records_and_multi_window_audio(trained, tmp_path, capsys):
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert sorted(r["clip_id"] for r in rows) == ["clip0", "clip1", "clip2"]
     assert all(r["question"] == QUESTION and r["reference"] == "A minor" for r in rows)
-    # 5 s of audio with 2 s windows (10 audio tokens of 2 mel frames) -> 3 windows
+    # 2 s windows (10 audio tokens of 2 mel frames): a 5 s file is 3 windows, a 65 s one 33
     song = write_wav(tmp_path / "song.wav", 5.0, 62)
-    capsys.readouterr()
-    assert main(["--checkpoint", work, *COMMON, "--audio", str(song), "--question", "Key?"]) == 0
-    out, err = capsys.readouterr()
-    [row] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert row["windows"] == 3 and row["audio"] == str(song) and row["question"] == "Key?"
-    assert set(row) == {"audio", "clip_id", "question", "answer", "finish_reason", "windows"}
-    assert row["clip_id"] == "song"
-    summary = json.loads(err[err.index("{"):])
-    assert summary["step"] == 2 and summary["answered"] == 1
+    long_song = write_wav(tmp_path / "long.wav", 65.0, 62)
+
+    def ask(path: Path, *span: str) -> dict:
+        capsys.readouterr()
+        assert main(["--checkpoint", work, *COMMON, "--audio", str(path), "--question", "Key?",
+                     *span]) == 0
+        out, err = capsys.readouterr()
+        [row] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        summary = json.loads(err[err.index("{"):])
+        assert summary["step"] == 2 and summary["answered"] == 1
+        assert set(row) == {"audio", "clip_id", "question", "answer", "finish_reason", "span",
+                            "start_s", "end_s", "windows"}
+        assert (row["audio"], row["clip_id"], row["question"]) == (str(path), path.stem, "Key?")
+        return row
+
+    def heard(row: dict) -> tuple:
+        return row["span"], row["start_s"], row["end_s"], row["windows"]
+
+    assert heard(ask(song)) == ("crop", 0.0, 2.0, 1)  # the default: one training window
+    assert heard(ask(song, "--span", "all")) == ("all", 0.0, 5.0, 3)
+    cropped = ask(long_song)
+    assert heard(cropped) == ("crop", 30.0, 32.0, 1)  # > 60 s: from 30 s on
+    part = tmp_path / "part.wav"  # the same samples as a file of their own
+    sf.write(part, tone(65.0, 62, 0)[30 * SR : 32 * SR], SR, subtype="PCM_16")
+    assert ask(part)["answer"] == cropped["answer"]
 
 
 @pytest.mark.slow
@@ -323,7 +360,8 @@ def test_infer_audio_dir_is_resumable_and_skips_unreadable_files(trained, tmp_pa
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert sorted(r["audio"] for r in rows) == [str(w) for w in wavs]
     for r in rows:
-        assert set(r) == {"audio", "clip_id", "question", "answer", "finish_reason", "windows"}
+        assert set(r) == {"audio", "clip_id", "question", "answer", "finish_reason", "span",
+                          "start_s", "end_s", "windows"}
         assert (r["clip_id"], r["question"], r["windows"]) == (Path(r["audio"]).stem, QUESTION, 1)
     assert (first["answered"], first["already_done"]) == (3, 0)
     assert [s["audio"] for s in first["skipped"]] == [str(folder / "broken.wav")]

@@ -1,5 +1,5 @@
 """A training config's `data.encoder_args` reach every `get_encoder` built from it: the feature
-spec a run saves, infer --audio (`window_features`) and served model directories (tiny real
+spec a run saves, infer --audio (`Windowing.file_windows`) and served model directories (tiny real
 MERT checkpoint)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from musilingo_fixtures import write_mert_checkpoint
 
 from llark_jax.config import config_to_json, load_config
 from llark_jax.data.features import FeatureSpec, spec_from_config
-from llark_jax.infer.cli import window_features
+from llark_jax.infer.windows import Windowing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,13 +62,14 @@ def test_infer_encodes_audio_with_the_encoder_args(tmp_path, mert_dir):
     wav = one_second_wav(tmp_path / "clip.wav")
     args = {"mert_dir": mert_dir, "frame_rate": "group25", "layers": "mean"}
 
-    def loaded(encoder_args):  # window_features reads only the feature spec and audio_frames
-        return SimpleNamespace(features=FeatureSpec("mert", dict(encoder_args)),
-                               config=ml_collections.ConfigDict({"data": {"audio_frames": 3}}))
+    def windowing(encoder_args):  # reads only the feature spec and audio_frames of a model
+        return Windowing.for_model(SimpleNamespace(
+            features=FeatureSpec("mert", dict(encoder_args)),
+            config=ml_collections.ConfigDict({"data": {"audio_frames": 3}})))
 
-    (mean_td,) = window_features(wav, loaded(args))  # one window of 3 groups of 25
+    (mean_td,) = windowing(args).file_windows(wav)  # one window of 3 groups of 25
     assert mean_td.shape == (3, 32)  # the layer mean: D = hidden size 32
-    (all_tf,) = window_features(wav, loaded({**args, "layers": "all"}))
+    (all_tf,) = windowing({**args, "layers": "all"}).file_windows(wav)
     assert all_tf.shape == (3, 4 * 32)  # 3 transformer layers + the input state, layer-major
     np.testing.assert_allclose(all_tf.reshape(3, 4, 32).mean(1), mean_td, atol=1e-5)
 
@@ -97,13 +98,14 @@ def test_served_model_dir_records_and_applies_the_encoder_args(tmp_path, mert_di
     assert manifest["features"]["encoder_args"] == args
     served = load_model(directory)
     assert (served.features.encoder, served.features.encoder_args) == ("mert", args)
-    featurizer = AudioFeaturizer(served.features, AudioLimits())
+    windowing = Windowing.for_model(served)
+    featurizer = AudioFeaturizer(windowing, AudioLimits())
     try:
         assert featurizer.encoder.dim == 32 and featurizer.encoder.group == 25
         # serve (uploaded bytes) and infer (a file) compute the same features from the same clip
         wav = one_second_wav(tmp_path / "clip.wav")
-        (from_infer,) = window_features(wav, served)
-        from_serve = featurizer.features(wav.read_bytes())
+        (from_infer,) = windowing.file_windows(wav)
+        (from_serve,) = featurizer.windows(wav.read_bytes())
     finally:
         featurizer.close()
     assert from_infer.shape == (3, 32)

@@ -135,7 +135,38 @@ def test_buckets_and_loopback():
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     served = load_model(make_model_dir(tmp_path_factory.mktemp("units") / "model"))
-    return Engine(served, batch_size=2, clip_tokens=6)
+    return Engine(served, batch_size=2, block_tokens=6)
+
+
+def test_featurizer_hears_the_span_infer_hears_and_decodes_only_that(engine, tmp_path):
+    """A 100 s upload with 2 s training windows: `crop` decodes and encodes [30, 32) s only (the
+    features `infer` computes for that part of the file), whatever the file's length; `all`
+    hears the whole file and so meets `max_audio_seconds` (422 audio_too_long)."""
+    import soundfile as sf
+
+    from llark_jax.infer.windows import Windowing
+    from llark_jax.serve.audio_input import AudioFeaturizer, AudioInputError, AudioLimits
+
+    rate = 8000
+    t = np.arange(100 * rate) / rate
+    wav = tmp_path / "long.wav"
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + t / 100)).astype(np.float32), rate)
+    windowing = Windowing.for_model(engine.served)
+    assert windowing.window_seconds == 2.0
+    limits = AudioLimits(max_audio_seconds=5.0)
+    crop, whole = AudioFeaturizer(windowing, limits), AudioFeaturizer(windowing, limits, "all")
+    try:
+        assert crop.waveform(wav.read_bytes()).shape == (2 * windowing.encoder.sample_rate,)
+        [heard] = crop.windows(wav.read_bytes())
+        [from_infer] = windowing.file_windows(wav, 30.0, 32.0)
+        np.testing.assert_array_equal(heard, from_infer)
+        with pytest.raises(AudioInputError) as err:
+            whole.windows(wav.read_bytes())
+        assert (err.value.status, err.value.code) == (422, "audio_too_long")
+        assert "100.0 s" in err.value.message
+    finally:
+        crop.close()
+        whole.close()
 
 
 def test_prompt_places_every_clip_and_ends_with_assistant_prefix(engine):
@@ -350,7 +381,7 @@ def test_model_dir_round_trip_and_training_workdir(tmp_path):
     try:
         assert state.engine.served.model_name == "renamed"
         assert state.engine.served.template.system_prompt == "Be brief."
-        assert state.featurizer.spec == served.features
+        assert state.featurizer.windowing.features == served.features
     finally:
         state.batcher.close(10)
         state.featurizer.close()
@@ -395,6 +426,6 @@ def test_model_dir_round_trip_and_training_workdir(tmp_path):
     assert len(ours) == len(saved) > 0
     for a, b in zip(ours, saved, strict=True):
         np.testing.assert_array_equal(a, b)
-    chat = Engine(workdir, batch_size=1, clip_tokens=4).build_prompt(
+    chat = Engine(workdir, batch_size=1, block_tokens=4).build_prompt(
         [("Key?", "")], [np.ones((3, 160), np.float32)], RowSettings(4))
     assert list(chat.prompt.input_ids).count(ids.patch) == 3

@@ -6,7 +6,7 @@ A row is ``{key, system, clip_id, question, answer, ...}`` with ``key = "{system
 resumes and a finished one rescored costs no model call. A row with ``error`` records a clip
 that could not be answered (its reason is listed in the report's skipped clips).
 
-The model answers through `infer`'s path: `llark_jax.infer.cli.window_features` (the model's
+The model answers through `infer`'s path: `llark_jax.infer.windows.Windowing` (the model's
 encoder and feature pipeline on the clip's crop, cut into training windows) and
 `llark_jax.infer.answer.Answerer`. `model-shuffled` asks the same question with another clip's
 audio: clips are taken in a seeded random order and each gets the next one's audio (a
@@ -80,15 +80,14 @@ def shuffled_partners(items: Sequence[str], seed: int) -> tuple[list[int], dict[
 
 
 class ClipFeatures:
-    """Audio-token windows of clips through `infer`'s path (`window_features` on the crop),
+    """Audio-token windows of clips through `infer`'s path (`Windowing.file_windows` on the crop),
     cached until `clear` (one chunk); a clip whose audio fails gives the reason instead."""
 
     def __init__(self, loaded: Any, clips: Sequence[Clip]):
-        from llark_jax.audio.encoders import get_encoder
+        from llark_jax.infer.windows import Windowing
 
-        self.loaded, self.clips = loaded, clips
-        self.encoder = get_encoder(loaded.features.encoder, **loaded.features.encoder_args)
-        self.window_tokens = int(loaded.config.data.audio_frames)
+        self.clips = clips
+        self.windowing = Windowing.for_model(loaded)
         self.cache: dict[tuple[str, float, float], list | str] = {}
 
     def clear(self) -> None:
@@ -97,14 +96,12 @@ class ClipFeatures:
     def __call__(self, i: int) -> list | str:
         """Clip i's windows (clips of one audio crop, e.g. questions on one track, share them)."""
         from llark_jax.audio.io import AudioError
-        from llark_jax.infer.cli import window_features
 
         clip = self.clips[i]
         key = (clip.audio_path, clip.window.start_s, clip.window.end_s)
         if key not in self.cache:
             try:
-                self.cache[key] = window_features(Path(clip.audio_path), self.loaded,
-                                                  self.encoder, *key[1:])
+                self.cache[key] = self.windowing.file_windows(Path(clip.audio_path), *key[1:])
             except (AudioError, ValueError, RuntimeError) as err:
                 self.cache[key] = f"audio features failed: {err}"
         return self.cache[key]
@@ -116,7 +113,7 @@ class ClipFeatures:
         windows = self(i)
         if isinstance(windows, str):
             return windows
-        return request_from_windows(question, windows, self.window_tokens)
+        return request_from_windows(question, windows, self.windowing.window_tokens)
 
 
 def answer_clips(answerer: Any, loaded: Any, clips: Sequence[Clip], question: str,

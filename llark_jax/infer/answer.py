@@ -5,10 +5,9 @@ template's assistant suffix, so it ends with the assistant prefix ("### Assistan
 v0). Generation stops on that suffix's token ids (the stop sequence a trained model emits after an
 answer, e.g. "\\n### ") or on EOS.
 
-Audio longer than one window (paper §7, future work): the waveform is cut into consecutive windows
-of the training clip length, each window is encoded separately, and the prompt gets one
-`<audio_start> patches <audio_end>` block per window, back to back, whose frames are the windows'
-frames in order.
+A request holds one or more audio windows (`llark_jax.infer.windows`: which part of a recording
+the model hears); the prompt gets one `<audio_start> patches <audio_end>` block per window, back to
+back, whose frames are the windows' frames in order.
 """
 
 from __future__ import annotations
@@ -58,15 +57,6 @@ def request_from_windows(question: str, windows: Sequence[np.ndarray],
     for s, w in enumerate(windows):
         audio[s, : w.shape[0]] = w
     return Request(question, audio, tuple(int(w.shape[0]) for w in windows))
-
-
-def split_waveform(waveform_n: np.ndarray, window_samples: int) -> list[np.ndarray]:
-    """Consecutive windows of `window_samples`; a last partial window is kept if >= 1/10 window."""
-    starts = range(0, len(waveform_n), window_samples)
-    windows = [waveform_n[s : s + window_samples] for s in starts]
-    if len(windows) > 1 and len(windows[-1]) < window_samples // 10:
-        windows.pop()
-    return windows
 
 
 class Answerer:

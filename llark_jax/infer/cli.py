@@ -8,19 +8,24 @@
 `--checkpoint` is a training workdir or a model directory (`llark_jax.checkpoints.model_dir`):
 its manifest gives the tokenizer, template, system prompt and the feature pipeline the model was
 trained with (encoder and arguments, pooling, standardisation), so the features computed from a
-file equal those the training records held for it. Audio longer than one training clip is cut
-into windows of `data.audio_frames` audio tokens, one audio block each.
+file equal those the training records held for it. The model hears one training window of each
+file (`--span crop`, the default: a recording longer than 60 s from 30 s on, a shorter one from
+its start; the paper's crop rule), or the whole file as consecutive windows, one audio block each
+(`--span all`; more blocks than training ever showed, so long files get worse answers), see
+`llark_jax.infer.windows`.
 
 `--audio` takes one or more files, `--audio-dir` every audio file of a folder; the model is loaded
 once and the files are answered in batches. Every file is checked BEFORE the model is loaded
 (`llark_jax.audio.io.check_audio`: decodable, not cut short, at least 0.1 s): a bad `--audio`
 file ends the command with one `error:` line; bad files of a folder are skipped and listed.
 With `--output` each answer is one JSONL row
-`{"audio", "clip_id", "question", "answer", "finish_reason", "windows"}` (clip_id = the file's
-stem, the key `python -m llark_jax eval` joins labels on) appended as it is made, so a rerun
-skips what is done (and a killed run resumes); without it the answers are printed. Files that
-cannot be read are listed in the summary and skipped. `--records` answers every question of the
-TFRecord shards, resumably, for `python -m llark_jax eval`.
+`{"audio", "clip_id", "question", "answer", "finish_reason", "span", "start_s", "end_s",
+"windows"}` (clip_id = the file's stem, the key `python -m llark_jax eval` joins labels on;
+[start_s, end_s) the seconds heard, in `windows` windows) appended as it is made, so a rerun
+skips what is done for the same question and span (and a killed run resumes); without it the
+answers are printed. Files that cannot be read are listed in the summary and skipped.
+`--records` answers every question of the TFRecord shards, resumably, for
+`python -m llark_jax eval`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 from llark_jax import errors
 from llark_jax.infer.generate import SamplingConfig
+from llark_jax.infer.windows import SPANS
 
 
 class InferError(ValueError):
@@ -74,52 +80,32 @@ def usable_audio(files: Sequence[Path], *, folder: str | None) -> tuple[list[Pat
     return usable, skipped
 
 
-def window_features(path: Path, loaded: Any, encoder: Any = None, start_s: float = 0.0,
-                    end_s: float | None = None) -> list:
-    """Audio-token features [T_i, D] of each consecutive training-length window of the file
-    (of its part [start_s, end_s) s, e.g. a benchmark's crop): the model's encoder (with its
-    arguments; built here unless given, e.g. once per folder) then its feature pipeline (pool,
-    standardise)."""
-    from llark_jax.audio.encoders import get_encoder
-    from llark_jax.audio.io import SAMPLE_RATE, load_audio, resample
-    from llark_jax.infer.answer import split_waveform
-
-    spec = loaded.features
-    encoder = encoder or get_encoder(spec.encoder, **spec.encoder_args)
-    waveform = resample(load_audio(str(path), start_s, end_s), SAMPLE_RATE,
-                        encoder.sample_rate)
-    window_frames = int(loaded.config.data.audio_frames) * spec.pool
-    window_samples = int(round(window_frames / encoder.frame_rate_hz * encoder.sample_rate))
-    return [spec.apply(frames) for frames in
-            encoder.encode_batch(split_waveform(waveform, window_samples))]
-
-
-def _done(output: Path | None) -> set[tuple[str, str]]:
+def _done(output: Path | None) -> set[tuple[str, str, str]]:
     from llark_jax.infer.answer import drop_torn_tail
 
     if output is None or not output.exists():
         return set()
     drop_torn_tail(output)
     rows = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
-    return {(r["audio"], r["question"]) for r in rows}
+    return {(r["audio"], r["question"], r.get("span", "all")) for r in rows}  # older rows: all
 
 
 def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: str,
-                 output: Path | None, *, chunk: int,
+                 output: Path | None, *, chunk: int, span: str = "crop",
                  skipped: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
-    """Answers `question` about every file (chunks of `chunk` requests); see module docstring."""
+    """Answers `question` about the `span` of every file (chunks of `chunk` requests); see
+    module docstring."""
     import os
 
     from tqdm import tqdm
 
-    from llark_jax.audio.encoders import get_encoder
-    from llark_jax.audio.io import AudioError
+    from llark_jax.audio.io import AudioError, audio_duration
     from llark_jax.infer.answer import request_from_windows
+    from llark_jax.infer.windows import Windowing
 
-    window_tokens = int(loaded.config.data.audio_frames)  # pad every file's windows alike
-    encoder = get_encoder(loaded.features.encoder, **loaded.features.encoder_args)
+    windowing = Windowing.for_model(loaded)
     done = _done(output)
-    todo = [f for f in files if (str(f), question) not in done]
+    todo = [f for f in files if (str(f), question, span) not in done]
     skipped = list(skipped)  # files `usable_audio` already set aside
     out = open(output, "a", encoding="utf-8") if output is not None else sys.stdout
     answered = 0
@@ -129,16 +115,19 @@ def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: st
                 batch, requests = [], []
                 for path in todo[start : start + chunk]:
                     try:
-                        windows = window_features(path, loaded, encoder)
+                        heard = windowing.span(audio_duration(path), span)
+                        windows = windowing.file_windows(path, heard.start_s, heard.end_s)
                     except (AudioError, ValueError, RuntimeError) as err:
                         skipped.append({"audio": str(path), "reason": str(err)})
                         continue
-                    batch.append((path, len(windows)))
-                    requests.append(request_from_windows(question, windows, window_tokens))
-                for (path, windows), result in zip(batch, answerer.answer(requests),
-                                                   strict=True):
+                    batch.append((path, heard, len(windows)))
+                    requests.append(request_from_windows(question, windows,
+                                                         windowing.window_tokens))
+                for (path, heard, windows), result in zip(batch, answerer.answer(requests),
+                                                          strict=True):
                     row = {"audio": str(path), "clip_id": path.stem, "question": question,
-                           **result, "windows": windows}
+                           **result, "span": span, "start_s": round(heard.start_s, 3),
+                           "end_s": round(heard.end_s, 3), "windows": windows}
                     out.write(json.dumps(row) + "\n")
                     answered += 1
                 out.flush()
@@ -164,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--audio-dir", help="ask about every audio file under this folder")
     source.add_argument("--records", help="directory of TFRecord shards (with --output)")
     parser.add_argument("--question", help="the question for --audio / --audio-dir")
+    parser.add_argument("--span", choices=SPANS, default="crop",
+                        help="the part of each file the model hears: one training window by the "
+                             "paper's crop rule (default), or all of it as consecutive windows")
     parser.add_argument("--output", type=Path, help="answers JSONL (appended; resumable)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=512)
@@ -200,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                                  feature_fn=loaded.features.apply)
     else:
         summary = answer_files(answerer, loaded, files, args.question, args.output,
-                               chunk=4 * args.batch_size, skipped=unusable)
+                               chunk=4 * args.batch_size, span=args.span, skipped=unusable)
     print(json.dumps({"step": loaded.step, **summary}, indent=2), file=sys.stderr)
     return 0
 

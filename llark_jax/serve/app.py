@@ -182,21 +182,22 @@ async def _wait_for_client(request: web.Request, task: asyncio.Future, deadline:
             raise TimeoutError
 
 
-async def _features(state: ServerState, data: bytes) -> np.ndarray:
-    return await asyncio.get_running_loop().run_in_executor(None, state.featurizer.features, data)
+async def _windows(state: ServerState, data: bytes) -> list[np.ndarray]:
+    return await asyncio.get_running_loop().run_in_executor(None, state.featurizer.windows, data)
 
 
-async def _clip_features(state: ServerState, chat: ChatRequest) -> list[np.ndarray]:
-    clips = []
+async def _audio_blocks(state: ServerState, chat: ChatRequest) -> list[np.ndarray]:
+    """The audio blocks [T, D] of a request: every window heard of each clip, in order."""
+    blocks = []
     for ref in chat.audio:
         if ref.file_id is not None:
             if ref.file_id not in state.files:
                 raise RequestError(404, "file_not_found", f"no uploaded file {ref.file_id!r}")
-            clips.append(state.files[ref.file_id]["features"])
+            blocks.extend(state.files[ref.file_id]["windows"])
         else:
             data = decode_base64_audio(ref.data, state.featurizer.limits)
-            clips.append(await _features(state, data))
-    return clips
+            blocks.extend(await _windows(state, data))
+    return blocks
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -220,9 +221,9 @@ async def _chat_completions(request: web.Request, state: ServerState) -> web.Str
                                                    f"this server serves {name!r}", "model")
     with _service_errors(limits):
         state.batcher.check_capacity()  # a full queue answers 503 before any audio is decoded
-    clips = await _clip_features(state, chat)
+    blocks = await _audio_blocks(state, chat)
     sampling = RowSettings(chat.max_tokens, chat.temperature, chat.top_p, chat.seed)
-    build = functools.partial(state.engine.build_prompt, chat.exchanges, clips, sampling,
+    build = functools.partial(state.engine.build_prompt, chat.exchanges, blocks, sampling,
                               chat.system_prompt)
     try:
         prompt = await asyncio.get_running_loop().run_in_executor(state.tokenizer_thread, build)
@@ -358,7 +359,7 @@ def _file_object(file_id: str, entry: dict) -> dict:
     return {"id": file_id, "object": "file", "bytes": entry["bytes"],
             "created_at": entry["created_at"], "filename": entry["filename"],
             "purpose": entry["purpose"], "status": "processed",
-            "audio_tokens": int(entry["features"].shape[0])}
+            "audio_tokens": sum(int(w.shape[0]) for w in entry["windows"])}
 
 
 async def upload_file(request: web.Request) -> web.Response:
@@ -372,9 +373,9 @@ async def upload_file(request: web.Request) -> web.Response:
         raise RequestError(400, "invalid_request_error", "multipart field 'file' is missing",
                            "file")
     data = upload.file.read(state.featurizer.limits.max_audio_bytes + 1)
-    features = await _features(state, data)
+    windows = await _windows(state, data)
     file_id = f"file-{uuid.uuid4().hex}"
-    state.files[file_id] = {"features": features, "bytes": len(data),
+    state.files[file_id] = {"windows": windows, "bytes": len(data),
                             "created_at": int(time.time()), "purpose": str(form.get("purpose", "")),
                             "filename": Path(str(upload.filename or "audio")).name[:200]}
     while len(state.files) > state.limits.max_files:

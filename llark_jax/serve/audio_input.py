@@ -10,12 +10,15 @@ mp3, aiff), whose typed `AudioError`s become HTTP errors:
       (read from the header, before decoding)     -> 413 audio_too_large
     0 bytes, truncated, undecodable, no frames,
     NaN/inf, all-zero, bad channel count/rate     -> 422 invalid_audio
-    longer than `max_audio_seconds`               -> 422 audio_too_long
+    a heard span longer than `max_audio_seconds`  -> 422 audio_too_long (only `--span all`:
+                                                    a crop is one training window)
 
-Features come from the model's feature pipeline (`llark_jax.data.features.FeatureSpec`, saved
-with the model): its encoder with the training arguments (`llark_jax.audio.encoders.get_encoder`;
-a torch encoder imports torch only when built), then the same pooling and standardisation the
-training records went through.
+The server hears the span of each clip that `infer` hears (`llark_jax.infer.windows`; `--span`,
+default one training window by the paper's crop rule), and only that span is decoded. Features
+come from the model's feature pipeline (`llark_jax.data.features.FeatureSpec`, saved with the
+model): its encoder with the training arguments (`llark_jax.audio.encoders.get_encoder`; a torch
+encoder imports torch only when built), then the same pooling and standardisation the training
+records went through; each window is one audio block of the prompt.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import threading
 
 import numpy as np
 
-from llark_jax.data.features import FeatureSpec
+from llark_jax.infer.windows import Windowing
 
 
 class AudioInputError(Exception):
@@ -76,27 +79,23 @@ def decode_base64_audio(data: str, limits: AudioLimits) -> bytes:
 
 
 class AudioFeaturizer:
-    """Bytes -> audio-token features `[T, D]` float32 through the model's feature pipeline
-    (thread-safe)."""
+    """Bytes -> the audio-token windows `[T_i, D]` of the part of a clip the model hears
+    (`llark_jax.infer.windows`, the span `infer` uses too), through the model's feature
+    pipeline (thread-safe)."""
 
-    def __init__(self, features: FeatureSpec, limits: AudioLimits):
-        from llark_jax.audio.encoders import get_encoder
-
-        self.encoder = get_encoder(features.encoder, **features.encoder_args)
-        self.spec = features
+    def __init__(self, windowing: Windowing, limits: AudioLimits, span: str = "crop"):
+        self.windowing = windowing
+        self.encoder = windowing.encoder
         self.limits = limits
+        self.span = span
         self._tmpdir = tempfile.TemporaryDirectory(prefix="llark-serve-")
         self._lock = threading.Lock()
         self._counter = 0
 
-    @property
-    def max_tokens_per_clip(self) -> int:
-        """Audio tokens of the longest allowed clip."""
-        frames = int(self.limits.max_audio_seconds * self.encoder.frame_rate_hz)
-        return self.spec.tokens_for(frames)
-
     def waveform(self, data: bytes) -> np.ndarray:
-        """Validated mono float32 waveform at the encoder's rate (raises `AudioInputError`)."""
+        """The validated mono float32 waveform of the heard span, at the encoder's rate (raises
+        `AudioInputError`). Only the span is decoded, so with span ``crop`` a recording of any
+        length costs one training window."""
         from llark_jax.audio import io as audio
 
         if len(data) > self.limits.max_audio_bytes:
@@ -111,17 +110,17 @@ class AudioFeaturizer:
             f.write(data)
         try:
             info = audio.probe_audio(path)  # the header only: nothing decoded yet
-            seconds = info.frames / info.samplerate
-            if seconds > self.limits.max_audio_seconds:
-                raise AudioInputError(422, "audio_too_long", f"audio is {seconds:.1f} s long; "
-                                      f"the limit is {self.limits.max_audio_seconds:g} s")
-            samples = info.frames * info.channels
+            heard = self.windowing.span(info.frames / info.samplerate, self.span)
+            if heard.duration_s > self.limits.max_audio_seconds:
+                raise AudioInputError(422, "audio_too_long", f"audio is {heard.duration_s:.1f} s "
+                                      f"long; the limit is {self.limits.max_audio_seconds:g} s")
+            samples = int(heard.duration_s * info.samplerate) * info.channels
             if samples > self.limits.max_audio_samples:
                 raise AudioInputError(
                     413, "audio_too_large", f"audio would decode to {samples} samples "
-                    f"({info.frames} frames x {info.channels} channels at {info.samplerate} Hz); "
-                    f"the limit is {self.limits.max_audio_samples} samples")
-            waveform = audio.load_audio(path)
+                    f"({heard.duration_s:.1f} s x {info.channels} channels at "
+                    f"{info.samplerate} Hz); the limit is {self.limits.max_audio_samples} samples")
+            waveform = audio.load_audio(path, heard.start_s, heard.end_s)
         except audio.AudioError as err:
             reason = err.reason.replace(path, "the upload")  # no server paths in replies
             raise AudioInputError(422, "invalid_audio", f"audio rejected: {reason}") from None
@@ -131,13 +130,13 @@ class AudioFeaturizer:
             waveform = audio.resample(waveform, audio.SAMPLE_RATE, self.encoder.sample_rate)
         return waveform
 
-    def features(self, data: bytes) -> np.ndarray:
-        """Audio tokens' features `[T, D]` float32 (T >= 1) of an encoded audio file."""
-        frames_td = self.encoder.encode_batch([self.waveform(data)])[0]
-        if frames_td.shape[0] == 0:
+    def windows(self, data: bytes) -> list[np.ndarray]:
+        """Audio-token features `[T_i, D]` float32 (each T_i >= 1) of every window heard."""
+        windows = self.windowing.encode(self.waveform(data))
+        if any(w.shape[0] == 0 for w in windows):
             raise AudioInputError(422, "invalid_audio", "audio is shorter than one encoder frame "
                                   f"({1 / self.encoder.frame_rate_hz:g} s)")
-        return self.spec.apply(frames_td)
+        return windows
 
     def close(self) -> None:
         self._tmpdir.cleanup()

@@ -23,6 +23,7 @@ import sys
 
 from llark_jax import errors
 from llark_jax.errors import UserError
+from llark_jax.infer.windows import SPANS
 from llark_jax.serve.audio_input import AudioLimits
 
 log = logging.getLogger("llark_jax.serve")
@@ -51,7 +52,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="UTF-8 text of all messages of a request, checked before tokenizing")
     p.add_argument("--max-audio-mb", type=float, default=limits.max_audio_bytes / 2**20,
                    help="encoded size limit per clip")
-    p.add_argument("--max-audio-seconds", type=float, default=limits.max_audio_seconds)
+    p.add_argument("--max-audio-seconds", type=float, default=limits.max_audio_seconds,
+                   help="audio heard per clip (binds with --span all; a crop is one window)")
+    p.add_argument("--span", choices=SPANS, default="crop",
+                   help="the part of each clip the model hears: one training window by the "
+                        "paper's crop rule (default), or all of it as consecutive windows")
     p.add_argument("--max-clips", type=int, default=4, help="clips per request")
     p.add_argument("--max-files", type=int, default=64, help="uploaded clips kept in memory")
     p.add_argument("--default-max-tokens", type=int, default=256)
@@ -63,6 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def build_state(args: argparse.Namespace):
     """Loads the model and wires engine, featurizer and batcher (imports JAX)."""
     from llark_jax.checkpoints.model_dir import load_model
+    from llark_jax.infer.windows import Windowing
     from llark_jax.serve.app import ServerLimits, ServerState
     from llark_jax.serve.audio_input import AudioFeaturizer
     from llark_jax.serve.batcher import MicroBatcher
@@ -84,13 +90,13 @@ def build_state(args: argparse.Namespace):
     served.model_name = args.model_name or served.model_name
     audio_limits = AudioLimits(max_audio_bytes=int(args.max_audio_mb * 2**20),
                                max_audio_seconds=args.max_audio_seconds)
-    featurizer = AudioFeaturizer(served.features, audio_limits)
+    featurizer = AudioFeaturizer(Windowing.for_model(served), audio_limits, span=args.span)
     audio_dim = served.model.projector.audio_dim
     if featurizer.encoder.dim != audio_dim:
         raise UserError(f"encoder {served.features.encoder!r} gives {featurizer.encoder.dim} "
                          f"features per frame; the model's projector takes {audio_dim}")
     engine = Engine(served, batch_size=args.batch_size,
-                    clip_tokens=featurizer.max_tokens_per_clip,
+                    block_tokens=featurizer.windowing.window_tokens,
                     max_new_tokens=args.max_tokens_limit)
     batcher = MicroBatcher(engine.generate, lambda prompt: prompt.batch_key,
                            max_batch=args.batch_size, max_wait_s=args.batch_wait_ms / 1000,

@@ -2,18 +2,19 @@
 
 Prompts are built segment by segment with `llark_jax.data.conversation.build_example` (the
 checkpoint's template; an empty final answer whose closing suffix, the template's stop sequence,
-is cut off), so a served prompt is token-for-token the prompt the model was trained on. All clips
-of a conversation go into its first user turn, audio before the question (`audio_first`), each as
-`<audio_start>` + n x `<audio_patch>` + `<audio_end>` with n = audio tokens of that clip.
+is cut off), so a served prompt is token-for-token the prompt the model was trained on. The audio
+blocks of a conversation (each window heard of each clip, `llark_jax.infer.windows`) go into its
+first user turn, audio before the question (`audio_first`), each as `<audio_start>` + n x
+`<audio_patch>` + `<audio_end>` with n = audio tokens of that block.
 
-Compiled programs form a small fixed set: each clip's features are zero-padded to the server's
-longest allowed clip (padded frames are never referenced by a patch token), a batch has 1, 2, 4,
+Compiled programs form a small fixed set: each block's features are zero-padded to a training
+window (padded frames are never referenced by a patch token), a batch has 1, 2, 4,
 ... or `batch_size` rows (the smallest that holds the requests queued; never `batch_size` copies
 of one request), and the decode loop runs for a step bucket (powers of two from 16 up to the
 `max_new_tokens` limit) that holds the batch's largest `max_tokens`; each row stops at its own
 limit and the loop ends when every row is done. Temperature, top-p and seed are per-row traced
 values, so requests with different sampling settings share a batch and a program. XLA compiles
-once per (rows, prompt-length bucket, step bucket, clips per request); `compile_stats()` counts
+once per (rows, prompt-length bucket, step bucket, blocks per request); `compile_stats()` counts
 the compilations of this process.
 
 Generation goes through `llark_jax.infer.generate.Generator` with `keys=[0]` per request and the
@@ -116,18 +117,18 @@ class Engine:
     Args:
       served: the loaded workdir or model directory (`llark_jax.checkpoints.model_dir`).
       batch_size: the most rows per batch.
-      clip_tokens: audio tokens of the longest allowed clip (features are padded to it).
+      block_tokens: audio tokens of a training window (each block's features are padded to it).
       max_new_tokens: the largest `max_tokens` a request may ask for.
     """
 
-    def __init__(self, served: LoadedModel, *, batch_size: int, clip_tokens: int,
+    def __init__(self, served: LoadedModel, *, batch_size: int, block_tokens: int,
                  max_new_tokens: int = 1024):
         _COMPILES.register()
         self.served = served
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         pool = served.model.temporal_pool
-        self.clip_frames = -(-clip_tokens // pool) * pool  # features per padded clip
+        self.block_frames = -(-block_tokens // pool) * pool  # features per padded block
         self.audio_ids = conv.AudioTokenIds(served.model.audio_start_id,
                                             served.model.audio_patch_id,
                                             served.model.audio_end_id)
@@ -163,11 +164,11 @@ class Engine:
     def build_prompt(
         self,
         exchanges: Sequence[tuple[str, str]],
-        clips: Sequence[np.ndarray],
+        blocks: Sequence[np.ndarray],
         sampling: RowSettings,
         system_prompt: str | None = None,
     ) -> ChatPrompt:
-        """`exchanges` = [(question, answer), ..., (last question, "")]; clips: features [T, D].
+        """`exchanges` = [(question, answer), ..., (last question, "")]; blocks: features [T, D].
 
         Raises `ValueError` for an empty conversation.
         """
@@ -177,8 +178,8 @@ class Engine:
         if system_prompt is not None:
             template = dataclasses.replace(template, system_prompt=system_prompt)
         pool = self.served.model.temporal_pool
-        clips = [c[: max(pool, len(c) // pool * pool)] for c in clips]
-        tokens = [len(c) // pool for c in clips]
+        blocks = [b[: max(pool, len(b) // pool * pool)] for b in blocks]
+        tokens = [len(b) // pool for b in blocks]
         (question, answer), *turns = exchanges
         example = conv.build_example(
             self.served.tokenizer, template, question, answer, tokens, True,
@@ -189,13 +190,13 @@ class Engine:
         if self.stop and tuple(ids[n:].tolist()) != self.stop:
             raise AssertionError("the prompt does not end with the template's stop sequence")
         ids = ids[:n]
-        if not clips:
+        if not blocks:
             return ChatPrompt(Prompt(ids), sampling)
-        audio = np.zeros((len(clips), self.clip_frames, clips[0].shape[1]), np.float32)
-        for s, clip in enumerate(clips):
-            audio[s, : len(clip)] = clip[: self.clip_frames]
+        audio = np.zeros((len(blocks), self.block_frames, blocks[0].shape[1]), np.float32)
+        for s, block in enumerate(blocks):
+            audio[s, : len(block)] = block[: self.block_frames]
         index = conv.audio_frame_index(len(ids), example["audio_patch_starts"], tokens,
-                                       self.clip_frames // pool)
+                                       self.block_frames // pool)
         return ChatPrompt(Prompt(ids, audio, index), sampling)
 
     def generate(self, prompts: Sequence[ChatPrompt]) -> list[Generation]:
