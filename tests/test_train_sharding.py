@@ -111,3 +111,17 @@ def test_tied_head_row_gradient_trains_like_the_full_head_gradient():
         plain.fresh_state()["params"]["llama"]["embed"][...])).sum(1))
     assert set(moved) == {start, end}
     np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("overrides", "mesh", "message"), [
+    ({"data__batch_size": "4"}, {"fsdp": 8}, "does not split over the mesh's 8 batch shards"),
+    ({"data__batch_size": "4"}, {"data": 1, "fsdp": 3}, "a multiple of 3"),
+    ({"data__batch_size": "6", "train__micro_steps": "4"}, {"fsdp": 1}, "micro-batches"),
+])
+def test_a_batch_that_does_not_fit_the_mesh_is_a_config_error(overrides, mesh, message):
+    """One `error:` line before anything compiles, not XLA's IndivisibleError traceback."""
+    from llark_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        TrainSetup(tiny_config(**overrides), mesh, devices=jax.devices()[: np.prod(
+            list(mesh.values()))])

@@ -46,6 +46,23 @@ def gradient_mask_for(config: ml_collections.ConfigDict, params: Any) -> Any:
     return gradient_mask(params, config.model.trainable, audio_rows(config))
 
 
+def check_batch_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """Raises `ConfigError` unless `data.batch_size` splits into `train.micro_steps`
+    micro-batches and over the mesh's batch shards (data x fsdp devices)."""
+    batch, micro = int(config.data.batch_size), int(config.train.micro_steps)
+    shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
+    if batch % micro:
+        raise ConfigError(f"data.batch_size {batch} does not split into train.micro_steps "
+                          f"{micro} micro-batches: set --config.data.batch_size to a multiple "
+                          f"of {micro}")
+    if batch % shards:
+        raise ConfigError(
+            f"data.batch_size {batch} does not split over the mesh's {shards} batch shards "
+            f"(data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']} devices): set "
+            f"--config.data.batch_size to a multiple of {shards}, or a mesh whose data x fsdp "
+            f"divides {batch}")
+
+
 class TrainSetup:
     """Mesh, jitted train step (state donated) and eval step (`eval_step(params, rest, batch)`),
     shardings, optimizer."""
@@ -55,6 +72,7 @@ class TrainSetup:
         self.config = config
         self.mesh = make_mesh(mesh_sizes if mesh_sizes is not None else config.mesh.to_dict(),
                               devices)
+        check_batch_fits_mesh(config, self.mesh)
         self.rules = rules_of(config)
         # Structure and shardings come from the abstract model: nothing is allocated here.
         graphdef, abstract_params, abstract_rest = abstract_model(
