@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from flax import nnx
@@ -94,18 +95,24 @@ def _demo(workdir: Path, lm: Path, user: Path) -> subprocess.CompletedProcess:
 
 
 def user_folder(path: Path) -> Path:
-    """Two labelled files of the user's own (here: OGG at 32 kHz, one in a subfolder)."""
+    """The user's own labelled files: two OGGs at 32 kHz (one in a subfolder), a 62 s WAV (the
+    piece repeated: heard from 30 s on, as `infer` hears it) and a silent WAV (left out)."""
     from data_prep.demo_augment import through_rate
     from data_prep.demo_dataset import compose_clip, render, soundfont_path
 
     labels = []
-    for i, name in enumerate(("a.ogg", "sub/b.ogg")):
+    for i, name in enumerate(("a.ogg", "sub/b.ogg", "long.wav")):
         midi, truth = compose_clip(f"u{i}", "user", 77 + i, 4.0)
         audio = through_rate(render(midi, 4.0, soundfont_path()), 44100, 32000)
         (path / name).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path / name, audio, 44100, format="OGG", subtype="VORBIS")
+        if name == "long.wav":
+            sf.write(path / name, np.tile(audio, 16)[: 62 * 44100], 44100)
+        else:
+            sf.write(path / name, audio, 44100, format="OGG", subtype="VORBIS")
         labels.append({"file": name, "key": truth.key, "tempo": truth.tempo,
                        "instruments": truth.instruments})
+    sf.write(path / "silent.wav", np.zeros(44100 * 4), 44100)
+    labels.append({**labels[0], "file": "silent.wav"})
     (path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
     return path
 
@@ -120,7 +127,9 @@ def test_mini_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
 
     report = json.loads((workdir / "report.json").read_text())
     assert report["n_eval"] == 2  # clips 3 and 4 of seed 0 at eval_fraction 0.5
-    assert report["ood"]["n_eval"] == 3 and report["user"]["n_eval"] == 2
+    assert report["ood"]["n_eval"] == 3 and report["user"]["n_eval"] == 3
+    ood_stage = json.loads((workdir / "stages" / "ood.json").read_text())
+    assert (ood_stage["user_clips"], ood_stage["user_left_out"]) == (3, ["silent"])
     for section in (report, report["ood"], report["user"]):
         for name in METRICS:
             row = section[name]
@@ -151,6 +160,8 @@ def test_mini_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
     assert set(index["tasks"]) == {"key", "tempo", "instruments"}  # data.task_weights' names
     answers = json.loads((workdir / "eval" / "answers.json").read_text())["sets"]
     assert set(answers) == {"in_distribution", "ood", "user"}
+    assert answers["user"]["clip_ids"] == [  # one clip each, by the crop rule infer uses
+        "a-start0.000-end3.000", "b-start0.000-end3.000", "long-start30.000-end33.000"]
     for entry in answers.values():
         assert all(a != b for a, b in zip(entry["clip_ids"], entry["partner_ids"], strict=True))
     markdown = (workdir / "report.md").read_text()

@@ -44,6 +44,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from llark_jax.errors import UserError
 from llark_jax.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 STAGES = ("synth", "crop", "annotate", "instruct", "embed", "records", "train", "ood", "eval",
@@ -289,21 +290,42 @@ class Demo:
         return {"clips": n_clips, **user}
 
     def stage_ood_user(self) -> dict:
-        """`--ood-dir DIR`: DIR/labels.jsonl names each labelled file (docs/demo.md); the files
-        are embedded like the training clips and their labels kept as `ood/user/labels.jsonl`."""
+        """`--ood-dir DIR`: DIR/labels.jsonl names each labelled file (docs/demo.md). Each file
+        is cropped to one clip of `dataset.seconds` by the rule `infer` hears files with (the
+        paper's crop rule without its coin: from 30 s on in a file longer than 60 s, else from
+        the start), then embedded like the training clips. The labels are kept as
+        `ood/user/labels.jsonl` with `clip_id` = the clip's name (`<stem>-start<S>-end<E>`);
+        a labelled file that gives no clip is left out and listed."""
         from llark_jax.demo.eval import read_user_labels
 
         folder = Path(self.config.ood.dir)
         labels = read_user_labels(folder)
-        write_jsonl_atomic(self.path("ood", "user", "labels.jsonl"), labels)
+        clips = self.path("ood", "user", "clips")
+        _run("ood", ["data_prep", "crop", "--input-dir", str(folder), "--output-dir", str(clips),
+                     "--crop-seconds", str(self.config.dataset.seconds), "--p-middle", "1.0",
+                     "--workers", str(self.config.stages.workers)])
+        embeddings = self.path("ood", "user", "embeddings")
         _run("ood", ["data_prep", "embed", "--encoder", self.config.data.encoder, "--audio-dir",
-                     str(folder), "--output-dir", str(self.path("ood", "user", "embeddings"))])
-        return {"user_clips": len(labels)}
+                     str(clips), "--output-dir", str(embeddings)])
+        clip_of = {row["track_id"]: row["id"] for row in read_jsonl(clips / "crops.jsonl")
+                   if (embeddings / f"{row['id']}.npy").is_file()}
+        heard = [{**row, "clip_id": clip_of[row["clip_id"]]} for row in labels
+                 if row["clip_id"] in clip_of]
+        left_out = sorted(row["clip_id"] for row in labels if row["clip_id"] not in clip_of)
+        if not heard:
+            raise UserError(f"--ood-dir {folder}: no labelled file gives an embedded clip (the "
+                            f"reasons: {clips / 'crops.jsonl.report.json'}, "
+                            f"{embeddings / 'embed.report.json'})")
+        if left_out:
+            print(f"ood: {len(left_out)} labelled file(s) give no embedded clip and are left "
+                  f"out: {', '.join(left_out)}", flush=True)
+        write_jsonl_atomic(self.path("ood", "user", "labels.jsonl"), heard)
+        return {"user_clips": len(heard), "user_left_out": left_out}
 
     def eval_sets(self) -> dict[str, tuple[list[str], list[np.ndarray]]]:
         """{set name: (clip ids, encoder frames [T, D] per clip)}: the held-out records
-        (`in_distribution`) and, when built, the OOD set (`ood`) and the user's labelled folder
-        (`user`), each cut to its first `dataset.seconds`."""
+        (`in_distribution`) and, when built, the OOD set (`ood`) and the crops of the user's
+        labelled folder (`user`), each at most `dataset.seconds`."""
         from llark_jax.demo.eval import read_clips
 
         clips = read_clips(self._shards("eval"))
