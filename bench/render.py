@@ -198,6 +198,15 @@ def _levers(r: dict) -> list[str]:
         ["lever", "measured", "effect"], rows)
 
 
+def _demo_distortions(r: dict) -> list[str]:
+    rows = [[variant, f"{v['key_mirex']:.3f}", f"{v['key_same']:.2f}", f"{v['tempo_acc2']:.3f}",
+             f"{v['tempo_same']:.2f}"] for variant, v in r["variants"].items()]
+    return [f"The demo model's answers on its {r['n_clips']} {r['set']} clips written as users' "
+            "files (`data_prep.demo_augment.USER_FILE_DISTORTIONS`) and asked through `infer "
+            "--audio-dir`; \"same\": share of answers equal to the undistorted file's.", "",
+            *_table(["file", "key MIREX", "key same", "tempo Acc2", "tempo same"], rows)]
+
+
 ACCELERATOR_HEADING = "## Accelerator (`bench/accelerator.py`)"
 
 
@@ -297,6 +306,9 @@ def render(results: dict, info: dict) -> str:
     if "demo_run" in results:
         out += ["## Demo (`bench/demo_run.py`: `make demo` from an empty workdir)", "",
                 *_demo(results["demo_run"]), ""]
+    if "demo_distortions" in results:
+        out += ["### Demo answers through users' files (`bench/demo_distortions.py`)", "",
+                *_demo_distortions(results["demo_distortions"]), ""]
     if "generate" in results:
         out += ["## Decode (KV cache)", "", *_generate(results["generate"]), ""]
     if "plan" in results:

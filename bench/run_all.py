@@ -38,6 +38,7 @@ BENCHMARKS = {
     "pipeline": ["bench/pipeline.py"],
     "host_loop": ["bench/host_loop.py"],
     "demo_run": ["bench/demo_run.py"],
+    "demo_distortions": ["bench/demo_distortions.py", "--workdir", "runs/bench/demo"],  # demo_run's
 }
 JSON_FLAG = {"pipeline": False}  # bench/pipeline.py prints its JSON; the others write --json
 

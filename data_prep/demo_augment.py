@@ -4,12 +4,16 @@ Each function maps a mono float32 signal `x_n` at `rate` Hz to a new float32 sig
 length and rate. `draw_train_distortions` draws the training chain per clip (reverb, band-limiting,
 noise, gain, a Vorbis round trip) and `apply_distortions` applies such a record. The
 out-of-distribution set (`data_prep.demo_ood`) uses what training never does: another
-synthesiser, 22.05 kHz sources and MP3.
+synthesiser, 22.05 kHz sources and MP3. `write_user_file` writes a clip as a file that went
+through one of `USER_FILE_DISTORTIONS` (what ordinary users' files have been through), for the
+feature robustness tests and `bench/demo_distortions.py`.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +21,7 @@ import soundfile as sf
 from scipy import signal
 
 CODECS = {"mp3": ("MP3", "MPEG_LAYER_III"), "ogg": ("OGG", "VORBIS")}
+FILE_FORMATS = {"wav": ("WAV", "PCM_16"), **CODECS}
 
 
 def gain(x_n: np.ndarray, db: float) -> np.ndarray:
@@ -106,3 +111,39 @@ def apply_distortions(x_n: np.ndarray, rate: int, applied: dict[str, Any],
 def _same_length(y_n: np.ndarray, n: int) -> np.ndarray:
     y_n = np.asarray(y_n, np.float32)[:n]
     return np.pad(y_n, (0, n - y_n.shape[0])) if y_n.shape[0] < n else y_n
+
+
+def _unchanged(x_n: np.ndarray, rate: int) -> np.ndarray:
+    return x_n
+
+
+SignalChange = Callable[[np.ndarray, int], np.ndarray]
+# name -> (signal change at the clip's rate, the file's sample rate (None: the clip's), format)
+USER_FILE_DISTORTIONS: dict[str, tuple[SignalChange, int | None, str]] = {
+    "lowpass_8k": (lambda x, rate: lowpass(x, rate, 8000), None, "wav"),
+    "lowpass_11k": (lambda x, rate: lowpass(x, rate, 11000), None, "wav"),
+    "lowpass_16k": (lambda x, rate: lowpass(x, rate, 16000), None, "wav"),
+    "gain_-30dB": (lambda x, rate: gain(x, -30.0), None, "wav"),
+    "noise_30dB": (lambda x, rate: add_noise(x, np.random.default_rng(0), 30.0), None, "wav"),
+    "source_22050": (_unchanged, 22050, "wav"),
+    "source_32000": (_unchanged, 32000, "wav"),
+    "source_48000": (_unchanged, 48000, "wav"),
+    "mp3_22050": (_unchanged, 22050, "mp3"),
+    "mp3_44100": (_unchanged, None, "mp3"),
+    "vorbis_44100": (_unchanged, None, "ogg"),
+}
+
+
+def write_user_file(x_n: np.ndarray, rate: int, distortion: str, stem: Path) -> Path:
+    """Writes mono `x_n` at `rate` Hz to `stem`.<format> through `distortion` (a key of
+    `USER_FILE_DISTORTIONS`: the signal change, then the file's rate and codec); returns the path.
+    Read it back with `llark_jax.audio.io.load_audio`, as the product reads a user's file."""
+    from llark_jax.audio.io import resample
+
+    change, file_rate, fmt = USER_FILE_DISTORTIONS[distortion]
+    file_rate = file_rate or rate
+    y_n = resample(change(np.asarray(x_n, np.float32), rate), rate, file_rate)
+    path = Path(f"{stem}.{fmt}")
+    sf.write(path, np.clip(y_n, -1.0, 1.0), file_rate, format=FILE_FORMATS[fmt][0],
+             subtype=FILE_FORMATS[fmt][1])
+    return path

@@ -27,6 +27,7 @@ MINI = ["--n-clips", "8", "--seconds", "3", "--steps", "3",
         "--config.data.seq_len=256", "--config.data.batch_size=2", "--config.ood.n_clips=3",
         "--config.stages.annotate_clips=6", "--config.model.keep_layers=1"]
 METRICS = ("key_mirex", "tempo_acc2", "instruments_f1")
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def tiny_hf_lm(path: Path) -> Path:
@@ -77,7 +78,7 @@ def _serve_and_export(model: Path, workdir: Path) -> None:
 
 def _bench_reads(report: dict) -> None:
     """`make bench`'s demo rows (bench/demo_run.py, bench/render.py) read this report."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.insert(0, str(BENCH))
     from demo_run import summary
     from render import render
 
@@ -86,6 +87,27 @@ def _bench_reads(report: dict) -> None:
     assert set(result["scores"]) == {"held_out", "ood"}
     text = render({"demo_run": result}, {})
     assert "| Demo: `make demo` from an empty workdir" in text and "## Demo (" in text
+
+
+def _bench_distortions(workdir: Path, out: Path) -> None:
+    """`bench/demo_distortions.py` asks the demo's model about its clips written as users' files
+    (every distortion of `USER_FILE_DISTORTIONS`), and `make bench` renders the result."""
+    from data_prep.demo_augment import USER_FILE_DISTORTIONS
+
+    sys.path.insert(0, str(BENCH))
+    from render import render
+
+    run = subprocess.run([sys.executable, str(BENCH / "demo_distortions.py"), "--workdir",
+                          str(workdir), "--n-clips", "1", "--max-new-tokens", "4", "--json",
+                          str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["n_clips"] == 1 and list(result["variants"]) == ["as_is", *USER_FILE_DISTORTIONS]
+    for row in result["variants"].values():
+        assert all(0.0 <= value <= 1.0 for value in row.values())
+    assert result["variants"]["as_is"]["key_same"] == 1.0  # the file itself agrees with itself
+    assert "### Demo answers through users' files" in render({"demo_distortions": result}, {})
 
 
 def _demo(workdir: Path, lm: Path, user: Path) -> subprocess.CompletedProcess:
@@ -186,6 +208,7 @@ def test_mini_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
     assert len(rows) == 8 and all(r["windows"] == 1 for r in rows)
 
     _serve_and_export(model, workdir)
+    _bench_distortions(workdir, tmp_path / "distortions.json")
 
     second = _demo(workdir, lm, user)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -5,15 +5,15 @@ the standardised, clipped audio tokens (the demo's pipeline: pool 20, training s
 by a mean |difference| of at most 0.45 (different clips are ~1.0 apart), and a fixed read-out
 of those features (the key profile and the tempo class with the strongest column) gives the same
 answer on at least 3 of the 4 clips. The same read-out on the old `mel` features is not robust
-(what the issue measured); the trained model's answers through a real MP3 round trip are measured
-by the demo report's OOD section, not here.
+(what the issue measured). Each distortion is a real file (`demo_augment.write_user_file`) read
+by the product's loader; the trained model's answers through the same files are measured by
+`bench/demo_distortions.py` (docs/demo.md), not here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from data_prep import demo_augment, demo_dataset
 from llark_jax.audio.encoders import get_encoder
@@ -65,34 +65,13 @@ def readout(frames_td: np.ndarray) -> tuple[int, int]:
     return int(np.argmax(mean_d[s["key"]])), int(np.argmax(mean_d[s["tempo_class"]]))
 
 
-def wav_round_trip(tmp_path, x_n: np.ndarray, rate: int, fmt: str, subtype: str) -> np.ndarray:
-    """x at 44.1 kHz -> a file at `rate` in `fmt` -> the product's loader (mono, 44.1 kHz)."""
-    path = tmp_path / f"clip.{fmt.lower()}"
-    sf.write(path, resample(x_n, SAMPLE_RATE, rate), rate, format=fmt, subtype=subtype)
-    return load_audio(path)
-
-
-DISTORTIONS = {
-    "lowpass_8k": lambda x, tmp: demo_augment.lowpass(x, SAMPLE_RATE, 8000),
-    "lowpass_11k": lambda x, tmp: demo_augment.lowpass(x, SAMPLE_RATE, 11000),
-    "lowpass_16k": lambda x, tmp: demo_augment.lowpass(x, SAMPLE_RATE, 16000),
-    "gain_-30dB": lambda x, tmp: demo_augment.gain(x, -30.0),
-    "source_22050": lambda x, tmp: wav_round_trip(tmp, x, 22050, "WAV", "PCM_16"),
-    "source_32000": lambda x, tmp: wav_round_trip(tmp, x, 32000, "WAV", "PCM_16"),
-    "source_48000": lambda x, tmp: wav_round_trip(tmp, x, 48000, "WAV", "PCM_16"),
-    "mp3_22050": lambda x, tmp: wav_round_trip(tmp, x, 22050, "MP3", "MPEG_LAYER_III"),
-    "mp3_44100": lambda x, tmp: wav_round_trip(tmp, x, 44100, "MP3", "MPEG_LAYER_III"),
-    "vorbis_44100": lambda x, tmp: wav_round_trip(tmp, x, 44100, "OGG", "VORBIS"),
-    "noise_30dB": lambda x, tmp: demo_augment.add_noise(x, np.random.default_rng(0), 30.0),
-}
-
-
-@pytest.mark.parametrize("name", sorted(DISTORTIONS))
+@pytest.mark.parametrize("name", sorted(demo_augment.USER_FILE_DISTORTIONS))
 def test_distortion_keeps_features_and_readout(name, encoder, clips, spec, tmp_path):
     distances, same = [], 0
     for x_n in clips:
         clean_td = encode(encoder, x_n)
-        distorted_td = encode(encoder, DISTORTIONS[name](x_n, tmp_path))
+        path = demo_augment.write_user_file(x_n, SAMPLE_RATE, name, tmp_path / "clip")
+        distorted_td = encode(encoder, load_audio(path))
         assert distorted_td.shape == clean_td.shape
         distances.append(np.abs(spec.apply(distorted_td) - spec.apply(clean_td)).mean())
         same += readout(distorted_td) == readout(clean_td)
