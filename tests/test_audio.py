@@ -84,6 +84,20 @@ def test_load_audio_reads_each_container(tmp_path, suffix):
     assert abs(audio.audio_duration(path) - 3.0) < 0.05
 
 
+def test_checking_an_mp3_prints_nothing_on_stderr(tmp_path, capfd):
+    """The truncation check decodes an MP3 in whole MPEG frames: a read ending inside a frame
+    makes libmpg123 print `error: part2_3_length ... too large` (a `make demo` printed 51)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(22050 * 10) / 22050
+    x = 0.2 * np.sin(2 * np.pi * 220 * t * (1 + 0.5 * t)) + 0.05 * rng.standard_normal(t.size)
+    path = tmp_path / "noisy.mp3"
+    sf.write(str(path), x.astype(np.float32), 22050, format="MP3", subtype="MPEG_LAYER_III")
+    capfd.readouterr()
+    assert audio.check_audio(path) == pytest.approx(10.0, abs=0.1)
+    assert audio.load_audio(path).size == pytest.approx(10 * SR, rel=0.01)
+    assert capfd.readouterr().err == ""
+
+
 def test_write_wav_atomic_roundtrip(tmp_path):
     signal = (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)
     path = tmp_path / "clip.wav"

@@ -37,6 +37,7 @@ MAX_SOURCE_RATE = 384000
 # (decoders differ by up to a frame of encoder delay/padding; a truncated file misses far more).
 COMPRESSED_FORMATS = ("MP3", "OGG", "FLAC")
 TRUNCATION_TOLERANCE = (4096, 0.01)  # samples, fraction of the header's length
+DECODE_BLOCK_FRAMES = 1 << 22  # frames per read of the truncation check (95 s at 44.1 kHz)
 # The shortest audio `infer` takes: one frame of the 10 Hz grid every encoder here produces.
 MIN_DURATION_S = 0.1
 
@@ -112,12 +113,17 @@ def _check_wav_truncation(path: Path) -> None:
 
 @functools.lru_cache(maxsize=512)
 def _decoded_frames(path: str, size: int, mtime_ns: int) -> tuple[int, str | None]:
-    """(frames the decoder delivers, the decoder's error if it stopped on one)."""
+    """(frames the decoder delivers, the decoder's error if it stopped on one).
+
+    Decodes in blocks of `DECODE_BLOCK_FRAMES` int16 frames: every read of an MP3 after the
+    first can make libmpg123 print a spurious `error: part2_3_length ... too large` line to stderr
+    (the samples are those of one whole read), so a clip is decoded in one read and a song in a
+    few, with at most 16 MiB per block of stereo."""
     del size, mtime_ns  # cache key only: a rewritten file is decoded again
     frames = 0
     try:
         with sf.SoundFile(path) as f:  # not `blocks()`: it pads a short read to the header's size
-            while block := len(f.read(1 << 16, dtype="float32", always_2d=True)):
+            while block := len(f.read(DECODE_BLOCK_FRAMES, dtype="int16", always_2d=True)):
                 frames += block
     except (sf.LibsndfileError, RuntimeError) as err:
         return frames, str(err)
