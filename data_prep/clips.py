@@ -8,7 +8,6 @@ are re-exported here. Audio loading (mono, 44.1 kHz, typed `AudioError`s) is
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from llark_jax.audio.crop import (  # noqa: F401 - the crop rule lives in llark_
 )
 from llark_jax.audio.io import SAMPLE_RATE, require_audio_files
 from llark_jax.errors import MissingInputError
-from llark_jax.io import atomic_output
+from llark_jax.io import atomic_output, read_jsonl, require_fields
 
 
 def write_wav_atomic(path: str | os.PathLike, audio_n: np.ndarray, rate: int = SAMPLE_RATE) -> None:
@@ -48,8 +47,9 @@ def list_tracks(
         return [(p.stem, str(p)) for p in require_audio_files(audio_dir, audio_flag)]
     if not Path(records).is_file():
         raise MissingInputError(f"--records {records}: no such file")
-    with open(records, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(records)
     if not rows:
         raise MissingInputError(f"--records {records}: no records (empty file)")
+    require_fields(rows, ("id", "audio_path"), records,
+                   "track records of `python -m data_prep jsonify` ({id, audio_path} per line)")
     return [(str(row["id"]), str(row["audio_path"])) for row in rows]

@@ -90,6 +90,10 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     `file.py:ARG` calls `get_config("ARG")` (e.g. `configs/musilingo.py:instruct` for a stage).
     """
     path, arg = resolve_config(path)
+    if path.suffix.lower() in (".json", ".jsonl", ".yaml", ".yml", ".toml"):
+        raise ConfigError(f"config file {path}: --config takes a Python config (configs/*.py, or "
+                          f"a shipped name such as 'demo'), not a {path.suffix} file (a model "
+                          f"directory's llark.json is read by infer/serve/export, not by train)")
     name = f"llark_config_{path.stem}"  # any file name: a Python source, whatever its suffix
     spec = importlib.util.spec_from_loader(name, SourceFileLoader(name, str(path)))
     module = importlib.util.module_from_spec(spec)

@@ -9,11 +9,14 @@ filesystem). `atomic_output` gives that temporary path to writers that need a pa
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from llark_jax.errors import UserError
 
 
 @contextlib.contextmanager
@@ -21,6 +24,12 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path` (parents created); renamed over `path` when the block
     ends without an exception, removed otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file path", str(path))
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, so it cannot hold the output",
+                                 f"{blocker} (in {path})")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
@@ -56,9 +65,37 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every non-empty line of a JSONL file, parsed."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Every non-empty line of a JSONL file, parsed; a file that is not JSONL of objects (an
+    audio file, a JSON array) is a `UserError` naming the file and line."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise UserError(f"{path}:{line_no}: a JSONL row must be an object, got "
+                                    f"{type(row).__name__}")
+                rows.append(row)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 JSONL file ({err.reason} at byte {err.start})"
+                        ) from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{line_no}: not JSONL ({err.msg})") from err
+    return rows
+
+
+def require_fields(rows: Iterable[dict[str, Any]], fields: Iterable[str], path: str | os.PathLike,
+                   what: str) -> None:
+    """A `UserError` naming `path` when a row lacks one of `fields` (`what`: the kind of file the
+    command expects, e.g. "track records from `data_prep jsonify`")."""
+    fields = tuple(fields)
+    for line_no, row in enumerate(rows, 1):
+        missing = [k for k in fields if k not in row]
+        if missing:
+            raise UserError(f"{path}: row {line_no} has no {', '.join(map(repr, missing))}: "
+                            f"expected {what}")
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict[str, Any]], *,

@@ -121,6 +121,45 @@ MISTAKES: list[tuple[str, list[str], str]] = [
     ("benchmark-no-questions", ["llark_jax", "benchmark", "muchomusic", "--data-dir",
                                 "{tmp}/empty", "--model", "{tmp}/m", "--output", "{tmp}/b"],
      "no muchomusic.json"),
+    ("infer-zero-new-tokens", ["llark_jax", "infer", "--checkpoint", "{tmp}/empty", "--audio",
+                               "{tmp}/audio/a.wav", "--question", "Key?", "--max-new-tokens",
+                               "0"], "expected an integer >= 1, got 0"),
+    ("infer-top-p-above-one", ["llark_jax", "infer", "--checkpoint", "{tmp}/empty", "--audio",
+                               "{tmp}/audio/a.wav", "--question", "Key?", "--top-p", "2"],
+     "expected a number in (0, 1], got 2"),
+    ("serve-port-out-of-range", ["llark_jax", "serve", "--checkpoint", "{tmp}/empty", "--port",
+                                 "99999"], "expected a port in 0..65535"),
+    ("serve-zero-batch", ["llark_jax", "serve", "--checkpoint", "{tmp}/empty", "--batch-size",
+                          "0"], "expected an integer >= 1"),
+    ("plan-json-config", ["llark_jax", "plan", "--config", "{tmp}/llark.json"],
+     "not a .json file"),
+    ("plan-unknown-mesh-axis", ["llark_jax", "plan", "--config", "tiny", "--mesh", "bogus=2"],
+     "bad mesh spec 'bogus=2'"),
+    ("plan-zero-mfu", ["llark_jax", "plan", "--config", "tiny", "--mfu", "0"],
+     "expected a number in (0, 1]"),
+    ("eval-negative-tolerance", ["llark_jax", "eval", "tempo", "--predictions", "p", "--labels",
+                                 "l", "--output", "r", "--tolerance", "-1"], "a number > 0"),
+    ("eval-audio-as-predictions", ["llark_jax", "eval", "key", "--predictions",
+                                   "{tmp}/audio/a.wav", "--labels", "{tmp}/labels.jsonl",
+                                   "--output", "{tmp}/r.json"], "not a UTF-8 JSONL file"),
+    ("eval-nothing-joins", ["llark_jax", "eval", "key", "--predictions", "{tmp}/rows.jsonl",
+                            "--labels", "{tmp}/labels.jsonl", "--output", "{tmp}/r.json"],
+     "nothing to score"),
+    ("eval-output-is-a-folder", ["llark_jax", "eval", "key", "--predictions", "{tmp}/pred.jsonl",
+                                 "--labels", "{tmp}/labels.jsonl", "--output", "{tmp}/empty"],
+     "is a folder, expected a file path: {tmp}/empty"),
+    ("annotate-records-not-jsonl", ["data_prep", "annotate", "--records", "{tmp}/fake.wav",
+                                    "--output", "{tmp}/a.jsonl"], "fake.wav:1: not JSONL"),
+    ("crop-records-of-another-kind", ["data_prep", "crop", "--records", "{tmp}/rows.jsonl",
+                                      "--output-dir", "{tmp}/clips"],
+     "row 1 has no 'id', 'audio_path': expected track records"),
+    ("embed-unknown-encoder-arg", ["data_prep", "embed", "--audio-dir", "{tmp}/audio",
+                                   "--output-dir", "{tmp}/emb", "--encoder", "mir",
+                                   "--encoder-arg", "nonsense=3"],
+     "encoder 'mir' has no argument(s) ['nonsense']"),
+    ("demo-missing-ood-dir", ["llark_jax", "demo", "--workdir", "{tmp}/demo", "--ood-dir",
+                              "{tmp}/nope", "--stop-after", "synth"],
+     "--ood-dir {tmp}/nope: no such folder"),
 ]
 
 
@@ -144,6 +183,11 @@ def scratch(tmp_path_factory) -> Path:
     t = np.arange(22050) / 44100
     sf.write(tmp / "audio" / "a.wav", (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32),
              44100)
+    (tmp / "fake.wav").write_text("not audio\n")
+    (tmp / "llark.json").write_text('{"standardize": true}\n')  # a model directory's manifest
+    (tmp / "rows.jsonl").write_text('{"clip_id": "x", "answer": "C major"}\n')
+    (tmp / "pred.jsonl").write_text('{"clip_id": "c", "answer": "C major"}\n')
+    (tmp / "labels.jsonl").write_text('{"clip_id": "c", "key": "C major"}\n')
     return tmp
 
 
@@ -190,3 +234,4 @@ def test_no_output_is_left_behind_by_a_rejected_input(scratch, results):
     assert not (scratch / "clips").exists()  # crop checks its input before creating OUT
     assert not (scratch / "emb").exists()
     assert not (scratch / "w").exists()  # config checks come before the workdir is made
+    assert not (scratch / "demo").exists()  # --ood-dir is checked before the first stage

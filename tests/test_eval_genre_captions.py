@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from llark_jax.errors import MissingInputError, UserError
 from llark_jax.eval import captions
 from llark_jax.eval.captions import caption_metrics, length_statistics, tokenize
 from llark_jax.eval.cli import main as eval_main
@@ -138,6 +139,41 @@ def test_eval_cli_key_and_tempo_reports(tmp_path):
     assert tempo["tempo_acc2"]["value"] == pytest.approx(2 / 3)
     assert (tmp_path / "key" / "key_confusion.png").stat().st_size > 1000
     assert (tmp_path / "tempo" / "tempo_scatter.png").stat().st_size > 1000
+
+
+def test_eval_scores_each_task_on_its_rows_of_infer_records_output(tmp_path, capsys):
+    """`infer --records` writes one row per question, each with its `task`: `eval tempo` scores
+    the tempo rows, not whichever row of a clip came last (it used to score the instruments
+    answers as tempo: 0.0)."""
+    rows = []
+    for clip, bpm in (("a", 120), ("b", 90)):
+        rows += [{"clip_id": clip, "task": "key", "answer": "C major"},
+                 {"clip_id": clip, "task": "tempo", "answer": f"{bpm} BPM"},
+                 {"clip_id": clip, "task": "instruments", "answer": "piano, drums"}]
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"clip_id": "a", "tempo": 120}, {"clip_id": "b", "tempo": 90}]))
+    out = tmp_path / "tempo.json"
+    assert eval_main(["tempo", "--predictions", str(tmp_path / "pred.jsonl"), "--labels",
+                      str(tmp_path / "labels.jsonl"), "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["metrics"]["tempo_acc1"]["value"] == 1.0 and report["skipped_lines"] == []
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_eval_refuses_files_that_do_not_join_or_are_not_jsonl(tmp_path, capsys):
+    (tmp_path / "pred.jsonl").write_text(json.dumps({"clip_id": "track1", "answer": "C"}) + "\n")
+    (tmp_path / "labels.jsonl").write_text(json.dumps({"clip_id": "clip1", "key": "C major"})
+                                           + "\n")
+    (tmp_path / "audio.wav").write_bytes(b"RIFF\xe8\x00\x00\x00WAVEfmt ")
+    args = ["--labels", str(tmp_path / "labels.jsonl"), "--output", str(tmp_path / "r.json")]
+    assert eval_main(["key", "--predictions", str(tmp_path / "pred.jsonl"), *args]) == 2
+    assert "nothing to score" in capsys.readouterr().err
+    with pytest.raises(UserError, match="not a UTF-8 JSONL file"):
+        eval_main(["key", "--predictions", str(tmp_path / "audio.wav"), *args])
+    with pytest.raises(MissingInputError, match="a folder, not a JSONL file"):
+        eval_main(["key", "--predictions", str(tmp_path), *args])
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_score_task_in_process_with_report(tmp_path):

@@ -22,7 +22,7 @@ from data_prep.clips import list_tracks
 from data_prep.stages.runner import options_tag, run_cached, write_report
 from llark_jax.audio.io import AudioError
 from llark_jax.errors import MissingInputError, UserError
-from llark_jax.io import read_jsonl, write_jsonl_atomic
+from llark_jax.io import read_jsonl, require_fields, write_jsonl_atomic
 
 
 def initialize_worker() -> None:
@@ -66,15 +66,20 @@ def main(argv: list[str]) -> int:
     if args.output.is_dir():
         raise UserError(f"--output {args.output}: is a directory (give a .jsonl file path)")
     tracks = list_tracks(args.audio_dir, args.records)
-    if args.crops is not None and not args.crops.is_file():
-        raise MissingInputError(f"--crops {args.crops}: no such file")
+    crops = None
+    if args.crops is not None:
+        if not args.crops.is_file():
+            raise MissingInputError(f"--crops {args.crops}: no such file")
+        crops = read_jsonl(args.crops)
+        require_fields(crops, ("id", "track_id", "start_secs", "end_secs"), args.crops,
+                       "the crops.jsonl of `python -m data_prep crop`")
     work = partial(annotate_track, max_seconds=args.max_seconds)
     cache_dir = args.output.with_name(f"{args.output.name}.cache") / options_tag(work.keywords)
     result = run_cached(tracks, work,
                         key=lambda track: track[0], cache_dir=cache_dir, stage="annotate",
                         workers=args.workers, initializer=initialize_worker,
                         expected_errors=(AudioError,))
-    sources = {} if args.records is None else {r["id"]: r for r in read_jsonl(args.records)}
+    sources = {r["id"]: r for r in read_jsonl(args.records)} if args.records else {}
     carried = ("dataset", "split", "metadata")
     tracks = {
         key: {"id": key, **{k: sources[key][k] for k in carried if k in sources.get(key, {})},
@@ -84,7 +89,6 @@ def main(argv: list[str]) -> int:
     if args.crops is None:
         rows = list(tracks.values())
     else:
-        crops = read_jsonl(args.crops)
         rows = clip_records(tracks, crops, args.max_crop_seconds)
         result.extra["clips_without_annotation"] = sorted(
             c["id"] for c in crops if c["track_id"] not in tracks)

@@ -17,9 +17,11 @@ from typing import Any
 
 import ml_collections
 
+from llark_jax.argtypes import positive_float, positive_int
 from llark_jax.config import load_config, split_overrides, validate_config
 from llark_jax.demo import run as demo_run
 from llark_jax.demo.run import STAGES, Demo, StageFailed
+from llark_jax.errors import MissingInputError
 
 DEFAULT_CONFIG = "demo"  # a shipped config, by name (llark_jax.config.resolve_config)
 FLAG_TO_CONFIG: dict[str, tuple[str, Callable[[Any], str]]] = {
@@ -38,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help="a config file or a shipped config's name (default: %(default)s)")
-    parser.add_argument("--n-clips", type=int, help="clips to synthesise (config.dataset.n_clips)")
-    parser.add_argument("--seconds", type=float, help="clip length (config.dataset.seconds)")
-    parser.add_argument("--steps", type=int, help="training steps (config.train.steps)")
+    parser.add_argument("--n-clips", type=positive_int,
+                        help="clips to synthesise (config.dataset.n_clips)")
+    parser.add_argument("--seconds", type=positive_float,
+                        help="clip length (config.dataset.seconds)")
+    parser.add_argument("--steps", type=positive_int, help="training steps (config.train.steps)")
     parser.add_argument("--ood-dir", help="a folder of your own labelled audio, evaluated beside "
                         "the OOD set (DIR/labels.jsonl, docs/demo.md; config.ood.dir)")
     parser.add_argument("--stop-after", choices=STAGES, default="report",
@@ -89,6 +93,11 @@ def config_from_args(args: argparse.Namespace,
              if getattr(args, name) is not None]
     config = load_config(args.config, flags + overrides)
     validate_config(config)
+    ood_dir = config.get("ood", {}).get("dir")
+    if ood_dir and not (Path(ood_dir) / "labels.jsonl").is_file():
+        why = "no labels.jsonl in it" if Path(ood_dir).is_dir() else "no such folder"
+        raise MissingInputError(f"--ood-dir {ood_dir}: {why} (docs/demo.md, 'Your own "
+                                f"labelled audio')")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("absl", "orbax", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -7,8 +7,10 @@ instruments | caption}, for `detail` the baseline model's {clip_id, answer}, for
 OPENAI_BASE_URL or --openai-base-url for another endpoint). Clips are joined on clip_id: a
 labelled clip without a prediction is scored as an empty answer and counted (judge tasks skip it)
 (`missing_predictions`); predictions without a label are ignored and counted; malformed lines are
-reported by file and line and skipped. Writes report.json (metrics, n, 95% intervals and their
-method) and, with --report-dir, report.md plus PNG plots.
+reported by file and line and skipped. Prediction rows with a `task` field (`infer --records`
+writes one row per question) are narrowed to TASK's rows when any row has that task; files
+whose clip_ids do not meet are an error, not a score of 0. Writes report.json (metrics, n, 95%
+intervals and their method) and, with --report-dir, report.md plus PNG plots.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from llark_jax import errors
-from llark_jax.errors import MissingInputError
+from llark_jax.argtypes import positive_float, positive_int
+from llark_jax.errors import MissingInputError, UserError
 from llark_jax.eval import report
 from llark_jax.eval.intervals import MetricResult
 from llark_jax.eval.parse import parse_key, parse_tempo, strip_completion
@@ -39,33 +42,47 @@ LABEL_FIELDS = {
 }
 
 
-def read_clip_rows(path: str | Path, required: Sequence[str]
+def read_clip_rows(path: str | Path, required: Sequence[str], task: str | None = None
                    ) -> tuple[dict[str, dict], list[str]]:
     """A JSONL file's rows keyed by clip_id (each must have `required`), and a list of problems
-    ("file:line: why") for skipped lines."""
-    rows: dict[str, dict] = {}
+    ("file:line: why") for skipped lines. With `task`, rows whose `task` field names another task
+    are left out (`infer --records` writes one row per question, each with its task), if any row
+    names `task` at all. Duplicate clip_ids keep the last row and are one problem line."""
+    rows: list[tuple[int, dict]] = []
     problems: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                problems.append(f"{path}:{line_no}: invalid JSON ({error.msg})")
-                continue
-            missing = [
-                k for k in ("clip_id", *required) if not isinstance(row, dict) or k not in row
-            ]
-            if missing:
-                problems.append(f"{path}:{line_no}: missing field(s) {missing}")
-                continue
-            if str(row["clip_id"]) in rows:
-                problems.append(
-                    f"{path}:{line_no}: duplicate clip_id {row['clip_id']!r}, kept last"
-                )
-            rows[str(row["clip_id"])] = row
-    return rows, problems
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 JSONL file ({err.reason} at byte {err.start})"
+                        ) from err
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            problems.append(f"{path}:{line_no}: invalid JSON ({error.msg})")
+            continue
+        missing = [k for k in ("clip_id", *required) if not isinstance(row, dict) or k not in row]
+        if missing:
+            problems.append(f"{path}:{line_no}: missing field(s) {missing}")
+            continue
+        rows.append((line_no, row))
+    if task is not None and any(row.get("task") == task for _, row in rows):
+        rows = [(n, row) for n, row in rows if row.get("task", task) == task]
+    by_clip: dict[str, dict] = {}
+    duplicates: list[tuple[int, str]] = []
+    for line_no, row in rows:
+        if str(row["clip_id"]) in by_clip:
+            duplicates.append((line_no, str(row["clip_id"])))
+        by_clip[str(row["clip_id"])] = row
+    if duplicates:
+        line_no, clip_id = duplicates[0]
+        problems.append(f"{path}:{line_no}: {len(duplicates)} rows repeat a clip_id (first "
+                        f"{clip_id!r}), the last row of each clip kept; one answer per clip, "
+                        f"or rows with a `task` field, are expected")
+    return by_clip, problems
 
 
 def join(
@@ -217,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", required=True, help="JSONL of {clip_id, <task field>}")
     parser.add_argument("--output", required=True, help="report JSON path")
     parser.add_argument("--report-dir", help="also write report.md and PNG plots here")
-    parser.add_argument("--tolerance", type=float, default=0.04, help="tempo tolerance (0.04)")
+    parser.add_argument("--tolerance", type=positive_float, default=0.04,
+                        help="tempo tolerance (0.04)")
     parser.add_argument("--genres", help="comma-separated genre set (default: labels seen)")
     parser.add_argument("--embedder", choices=("local", "openai"), default="local")
     parser.add_argument("--openai-model", default="text-embedding-3-small")
@@ -226,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-map", help="JSON {raw instrument label: canonical or null}")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs java)")
     parser.add_argument("--judge-model", default="gpt-4", help="chat model of the GPT judges")
-    parser.add_argument("--n-options", type=int, default=3, help="matching: answers per trial")
-    parser.add_argument("--concurrency", type=int, default=8, help="judge requests in flight")
+    parser.add_argument("--n-options", type=positive_int, default=3,
+                        help="matching: answers per trial")
+    parser.add_argument("--concurrency", type=positive_int, default=8,
+                        help="judge requests in flight")
     parser.add_argument("--seed", type=int, default=0, help="judge order/distractor seed")
     return parser
 
@@ -262,9 +282,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     for flag, path in (("--predictions", args.predictions), ("--labels", args.labels)):
         if not Path(path).is_file():
-            raise MissingInputError(f"{flag} {path}: no such file")
+            what = "a folder, not a JSONL file" if Path(path).is_dir() else "no such file"
+            raise MissingInputError(f"{flag} {path}: {what}")
     field = LABEL_FIELDS[args.task]
-    predictions, problems = read_clip_rows(args.predictions, ["answer"])
+    predictions, problems = read_clip_rows(args.predictions, ["answer"], task=args.task)
     labels, label_problems = read_clip_rows(args.labels, [field])
     problems += label_problems
     for problem in problems:
@@ -272,6 +293,9 @@ def main(argv: list[str]) -> int:
     clip_ids, answers, label_values, counts = join(predictions, labels, field)
     if not clip_ids:
         return errors.fail(f"no usable labels in {args.labels}")
+    if predictions and counts["missing_predictions"] == len(clip_ids):
+        return errors.fail(f"no clip_id of {args.predictions} (e.g. {next(iter(predictions))!r}) "
+                           f"is in {args.labels} (e.g. {clip_ids[0]!r}): nothing to score")
     out_dir = Path(args.report_dir) if args.report_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)

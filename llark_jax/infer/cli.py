@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from llark_jax import errors
+from llark_jax.argtypes import non_negative_float, positive_int, unit_fraction
 from llark_jax.infer.generate import SamplingConfig
 from llark_jax.infer.windows import SPANS
 
@@ -157,10 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the part of each file the model hears: one training window by the "
                              "paper's crop rule (default), or all of it as consecutive windows")
     parser.add_argument("--output", type=Path, help="answers JSONL (appended; resumable)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper)")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=512)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0,
+                        help="0 = greedy (paper)")
+    parser.add_argument("--top-p", type=unit_fraction, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     return parser
 

@@ -22,6 +22,7 @@ import signal
 import sys
 
 from llark_jax import errors
+from llark_jax.argtypes import non_negative_float, port, positive_float, positive_int
 from llark_jax.errors import UserError
 from llark_jax.infer.windows import SPANS
 from llark_jax.serve.audio_input import AudioLimits
@@ -40,28 +41,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--system-prompt", default=None, help="replaces the trained system prompt")
     p.add_argument("--model-name", default=None, help="model id clients must send")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="0 = any free port")
+    p.add_argument("--port", type=port, default=8000, help="0 = any free port")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="require 'Authorization: Bearer $VAR' on /v1/* (VAR must be set)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per compiled batch")
-    p.add_argument("--batch-wait-ms", type=float, default=20.0,
+    p.add_argument("--batch-size", type=positive_int, default=8, help="rows per compiled batch")
+    p.add_argument("--batch-wait-ms", type=non_negative_float, default=20.0,
                    help="how long the first request of a batch waits for company")
-    p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503")
-    p.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit")
-    p.add_argument("--max-text-kb", type=float, default=64.0,
+    p.add_argument("--max-queue", type=positive_int, default=256,
+                   help="waiting requests before 503")
+    p.add_argument("--max-request-mb", type=positive_float, default=16.0, help="request body limit")
+    p.add_argument("--max-text-kb", type=positive_float, default=64.0,
                    help="UTF-8 text of all messages of a request, checked before tokenizing")
-    p.add_argument("--max-audio-mb", type=float, default=limits.max_audio_bytes / 2**20,
+    p.add_argument("--max-audio-mb", type=positive_float, default=limits.max_audio_bytes / 2**20,
                    help="encoded size limit per clip")
-    p.add_argument("--max-audio-seconds", type=float, default=limits.max_audio_seconds,
+    p.add_argument("--max-audio-seconds", type=positive_float, default=limits.max_audio_seconds,
                    help="audio heard per clip (binds with --span all; a crop is one window)")
     p.add_argument("--span", choices=SPANS, default="crop",
                    help="the part of each clip the model hears: one training window by the "
                         "paper's crop rule (default), or all of it as consecutive windows")
-    p.add_argument("--max-clips", type=int, default=4, help="clips per request")
-    p.add_argument("--max-files", type=int, default=64, help="uploaded clips kept in memory")
-    p.add_argument("--default-max-tokens", type=int, default=256)
-    p.add_argument("--max-tokens-limit", type=int, default=1024)
-    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--max-clips", type=positive_int, default=4, help="clips per request")
+    p.add_argument("--max-files", type=positive_int, default=64,
+                   help="uploaded clips kept in memory")
+    p.add_argument("--default-max-tokens", type=positive_int, default=256)
+    p.add_argument("--max-tokens-limit", type=positive_int, default=1024)
+    p.add_argument("--request-timeout", type=positive_float, default=120.0,
+                   help="seconds per request")
     return p.parse_args(argv)
 
 

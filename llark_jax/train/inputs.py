@@ -82,8 +82,11 @@ def feature_spec(config: ml_collections.ConfigDict, workdir: Path) -> FeatureSpe
     storage = first[1].dtype.name if first is not None else "float32"
     if not d.standardize:
         return spec_from_config(d, storage_dtype=storage)
+    if first is None:
+        raise ConfigError(f"data.path={d.path!r}: no training shard (*.tfrecord) there to take "
+                          f"the feature statistics of data.standardize from")
     log.info("feature statistics over the training shards (data.standardize)")
-    embeddings = itertools.chain([first[1]] if first else [], (e for _, e in clips))
+    embeddings = itertools.chain([first[1]], (e for _, e in clips))
     return spec_from_config(d, clips=embeddings, storage_dtype=storage)
 
 

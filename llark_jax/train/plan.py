@@ -18,6 +18,8 @@ import math
 import os
 import time
 
+from llark_jax.argtypes import unit_fraction
+
 PEAK_BF16_FLOPS = {"H100": 989e12, "TPU v5p": 459e12, "TPU v5e": 197e12}
 GB = 1e9
 
@@ -136,7 +138,8 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--mesh", default="fsdp=8", help="e.g. fsdp=8 or data=2,fsdp=4")
-    parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    parser.add_argument("--mfu", type=unit_fraction, default=0.4,
+                        help="assumed model FLOPs utilisation, in (0, 1]")
     args = parser.parse_args(rest)
 
     try:  # the device count must be known before jax is imported
@@ -147,7 +150,10 @@ def main(argv: list[str]) -> int:
     from llark_jax.config import load_config, validate_config
     from llark_jax.train.mesh import parse_mesh_flag
 
-    sizes = parse_mesh_flag(args.mesh)
+    try:
+        sizes = parse_mesh_flag(args.mesh)
+    except ValueError as err:
+        parser.error(f"--mesh: {err}")
     if any(size < 1 for size in sizes.values()):
         parser.error("--mesh sizes must be explicit positive numbers for planning")
 

@@ -8,6 +8,7 @@ one line to `ENCODERS` (or call `register_encoder` from your own code).
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from llark_jax.audio.encoders.base import AudioEncoder, EncoderError
 
@@ -39,6 +40,12 @@ def get_encoder(name: str, **kwargs) -> AudioEncoder:
         raise EncoderError(f"unknown encoder {name!r}; available: {known}")
     module_name, class_name = ENCODERS[name].split(":")
     encoder_cls = getattr(importlib.import_module(module_name), class_name)
+    params = inspect.signature(encoder_cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise EncoderError(f"encoder {name!r} has no argument(s) {unknown}; it takes: "
+                               f"{', '.join(params) or 'none'}")
     return encoder_cls(**kwargs)
 
 
