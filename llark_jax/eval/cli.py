@@ -320,5 +320,8 @@ def main(argv: list[str]) -> int:
             low, high = value.ci95
             interval = f"95% [{low:.4f}, {high:.4f}] {value.interval}"
             print(f"{name}: {value.value:.4f} (n={value.n}, {interval})")
+    if counts["missing_predictions"]:  # e.g. labels of every split, predictions of one
+        print(f"missing_predictions: {counts['missing_predictions']} of {len(clip_ids)} labelled "
+              f"clips have no prediction (scored as empty answers)")
     print(f"wrote {args.output}")
     return 0
