@@ -27,6 +27,7 @@ from llark_jax.data.records import (
     iter_records,
     shard_name,
 )
+from llark_jax.errors import UserError
 from llark_jax.io import atomic_write_bytes
 
 
@@ -132,6 +133,11 @@ def write_records(annotations: Path, qa: list[Path], embeddings: Path, output_di
             ready.append((clip_id, clips[clip_id], pairs[clip_id]))
     for clip_id in sorted(set(pairs) - set(clips)):
         problems.append({"clip_id": clip_id, "kind": "QA for a clip not in the annotations"})
+    if not ready:  # nothing for training to read: a user mistake, not an empty shard
+        reasons = collections.Counter(p["kind"] for p in problems)
+        why = "; ".join(f"{kind}: {n}" for kind, n in reasons.most_common()) or "no clips"
+        raise UserError(f"no {split!r} record to write from {annotations} ({len(clips)} clips of "
+                        f"that split), --qa and --embeddings {embeddings}: {why}")
 
     output_dir.mkdir(parents=True, exist_ok=True)
     if encoder is None:  # the first sidecar names the encoder of the whole run

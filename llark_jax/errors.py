@@ -128,7 +128,10 @@ def message(err: BaseException) -> str:
     if hint:
         return hint
     if isinstance(err, OSError) and not isinstance(err, UserError) and err.filename:
-        text = f"{err.strerror or type(err).__name__}: {err.filename}"
+        what = err.strerror or type(err).__name__
+        if isinstance(err, FileExistsError) and os.path.isfile(err.filename):
+            what = "a file is in the way of a folder"  # mkdir(parents=True) of an output
+        text = f"{what}: {err.filename}"
         if err.filename2:
             text += f" -> {err.filename2}"
     else:

@@ -157,6 +157,17 @@ MISTAKES: list[tuple[str, list[str], str]] = [
                                    "--output-dir", "{tmp}/emb", "--encoder", "mir",
                                    "--encoder-arg", "nonsense=3"],
      "encoder 'mir' has no argument(s) ['nonsense']"),
+    ("train-process-id-without-coordinator", ["llark_jax", "train", "--config", "tiny",
+                                              "--workdir", "{tmp}/w", "--num_processes", "2",
+                                              "--process_id", "1"], "need --coordinator"),
+    ("embed-output-dir-is-a-file", ["data_prep", "embed", "--audio-dir", "{tmp}/audio",
+                                    "--output-dir", "{tmp}/rows.jsonl"],
+     "a file is in the way of a folder: {tmp}/rows.jsonl"),
+    ("crop-p-middle-above-one", ["data_prep", "crop", "--input-dir", "{tmp}/audio",
+                                 "--output-dir", "{tmp}/clips", "--p-middle", "3"],
+     "expected a probability in [0, 1], got 3"),
+    ("crop-no-usable-audio", ["data_prep", "crop", "--input-dir", "{tmp}/bad", "--output-dir",
+                              "{tmp}/clips-of-bad"], "crop: none of the 1 inputs could be used"),
     ("demo-missing-ood-dir", ["llark_jax", "demo", "--workdir", "{tmp}/demo", "--ood-dir",
                               "{tmp}/nope", "--stop-after", "synth"],
      "--ood-dir {tmp}/nope: no such folder"),
@@ -184,6 +195,8 @@ def scratch(tmp_path_factory) -> Path:
     sf.write(tmp / "audio" / "a.wav", (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32),
              44100)
     (tmp / "fake.wav").write_text("not audio\n")
+    (tmp / "bad").mkdir()
+    (tmp / "bad" / "fake.wav").write_text("not audio\n")
     (tmp / "llark.json").write_text('{"standardize": true}\n')  # a model directory's manifest
     (tmp / "rows.jsonl").write_text('{"clip_id": "x", "answer": "C major"}\n')
     (tmp / "pred.jsonl").write_text('{"clip_id": "c", "answer": "C major"}\n')

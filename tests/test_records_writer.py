@@ -20,6 +20,7 @@ from llark_jax.data.records import (
     encode_example,
     iter_records,
 )
+from llark_jax.errors import UserError
 
 
 def _run_writer(root, *extra):
@@ -88,6 +89,16 @@ def test_writer_float32_option_is_bit_exact(tmp_path):
     for clip_id, clip in _read_all(tmp_path / "records").items():
         np.testing.assert_array_equal(clip.embedding,
                                       np.load(tmp_path / "embeddings" / f"{clip_id}.npy"))
+
+
+def test_writer_refuses_when_no_clip_can_be_written(tmp_path):
+    """Embeddings of other clips (or none): a user mistake, not an empty shard for training."""
+    make_inputs(tmp_path, 3)
+    for npy in (tmp_path / "embeddings").glob("*.npy"):
+        npy.rename(npy.with_name("other-" + npy.name))
+    with pytest.raises(UserError, match=r"no 'train' record to write .*no embedding file: 3"):
+        _run_writer(tmp_path)
+    assert not (tmp_path / "records").exists()
 
 
 def _clip(**changes):

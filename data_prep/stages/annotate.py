@@ -19,7 +19,8 @@ from pathlib import Path
 
 from data_prep.annotate import DEFAULT_MAX_CROP_S, MAX_ANNOTATION_S, annotate_file, crop_annotations
 from data_prep.clips import list_tracks
-from data_prep.stages.runner import options_tag, run_cached, write_report
+from data_prep.stages.runner import exit_status, options_tag, run_cached, write_report
+from llark_jax.argtypes import positive_float, positive_int
 from llark_jax.audio.io import AudioError
 from llark_jax.errors import MissingInputError, UserError
 from llark_jax.io import read_jsonl, require_fields, write_jsonl_atomic
@@ -55,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--records", type=Path, help="jsonify output: id + audio_path per line")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--crops", type=Path, help="crops.jsonl from the crop stage")
-    parser.add_argument("--max-seconds", type=float, default=MAX_ANNOTATION_S)
-    parser.add_argument("--max-crop-seconds", type=float, default=DEFAULT_MAX_CROP_S)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--max-seconds", type=positive_float, default=MAX_ANNOTATION_S)
+    parser.add_argument("--max-crop-seconds", type=positive_float, default=DEFAULT_MAX_CROP_S)
+    parser.add_argument("--workers", type=positive_int, default=1)
     return parser
 
 
@@ -94,4 +95,4 @@ def main(argv: list[str]) -> int:
             c["id"] for c in crops if c["track_id"] not in tracks)
     result.extra["records"] = write_jsonl_atomic(args.output, rows, sort_keys=True)
     print(f"annotate: {result.counts} -> {write_report(args.output, result)}")
-    return 0 if result.ok else 1
+    return exit_status(result)

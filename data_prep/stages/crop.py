@@ -16,7 +16,8 @@ from functools import partial
 from pathlib import Path
 
 from data_prep.clips import choose_crop, clip_id, list_tracks, multicrop_windows, write_wav_atomic
-from data_prep.stages.runner import options_tag, run_cached, write_report
+from data_prep.stages.runner import exit_status, options_tag, run_cached, write_report
+from llark_jax.argtypes import positive_float, positive_int, probability
 from llark_jax.audio.io import AudioError, TooShortAudioError, audio_duration, load_audio
 from llark_jax.io import write_jsonl_atomic
 
@@ -65,15 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input-dir", type=Path, help="audio files; track id = file stem")
     source.add_argument("--records", type=Path, help="jsonify output: id + audio_path per line")
     parser.add_argument("--output-dir", required=True, type=Path)
-    parser.add_argument("--crop-seconds", type=float, default=25.0,
+    parser.add_argument("--crop-seconds", type=positive_float, default=25.0,
                         help="clip length (paper 25; the reference's files are 30)")
-    parser.add_argument("--p-middle", type=float, default=0.8,
+    parser.add_argument("--p-middle", type=probability, default=0.8,
                         help="P([30, 30+crop)) for tracks > 60 s; 1.0 = the reference's --p 0")
     parser.add_argument("--multicrop", action="store_true",
                         help="every full window (MusicNet captioning)")
-    parser.add_argument("--min-clip-seconds", type=float, default=1.0)
+    parser.add_argument("--min-clip-seconds", type=positive_float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=positive_int, default=1)
     return parser
 
 
@@ -92,4 +93,4 @@ def main(argv: list[str]) -> int:
     manifest = args.output_dir / MANIFEST
     result.extra["clips"] = write_jsonl_atomic(manifest, rows, sort_keys=True)
     print(f"crop: {result.counts} -> {write_report(manifest, result)}")
-    return 0 if result.ok else 1
+    return exit_status(result)

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.stages.runner import Failure, StageResult, write_report
+from data_prep.stages.runner import Failure, StageResult, exit_status, write_report
+from llark_jax.argtypes import non_negative_int, positive_float, positive_int
 from llark_jax.audio.encoders import available_encoders, get_encoder
 from llark_jax.audio.encoders.base import AudioEncoder, EncoderError
 from llark_jax.audio.io import SAMPLE_RATE, AudioError, load_audio, require_audio_files, resample
@@ -44,8 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--encoder", choices=available_encoders(), default="mel")
     parser.add_argument("--audio-dir", required=True, type=Path)
     parser.add_argument("--output-dir", required=True, type=Path)
-    parser.add_argument("--batch-size", type=int, default=4, help="clips per encoder call")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N clips (0: all)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="clips per encoder call")
+    parser.add_argument("--limit", type=non_negative_int, default=0,
+                        help="only the first N clips (0: all)")
     parser.add_argument("--encoder-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="extra constructor argument for any encoder (repeatable; VALUE is "
                              "JSON if it parses, else a string), e.g. mert_dir=/models/mert")
@@ -55,12 +57,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     jukebox.add_argument("--pooling", choices=("reference", "paper"), default="reference",
                          help="reference: the code's 34-token windows, 240 frames (default; "
                               "configs/llark_7b.py); paper: exact 10 Hz, 250 frames for 25 s")
-    jukebox.add_argument("--max-seconds", type=float, default=25.0,
+    jukebox.add_argument("--max-seconds", type=positive_float, default=25.0,
                          help="audio used per clip with --pooling paper")
     jukebox.add_argument("--device", default="auto")
     jukebox.add_argument("--dtype", default="auto",
                          choices=("auto", "float32", "bfloat16", "float16"))
-    jukebox.add_argument("--windows-per-forward", type=int, default=4)
+    jukebox.add_argument("--windows-per-forward", type=positive_int, default=4)
     jukebox.add_argument("--jukebox-trust-pickle", action="store_true",
                          help="read checkpoints with weights_only=False (trusted files only)")
     return parser.parse_args(argv)
@@ -185,4 +187,4 @@ def main(argv: list[str]) -> int:
     report = write_report(args.output_dir / REPORT_STEM, result)
     print(f"embed[{encoder.name}]: {n_encoded} encoded, {n_cached} already done, "
           f"{len(failures)} failed in {seconds:.1f} s ({clips_per_s:.2f} clips/s); report {report}")
-    return 0 if result.ok else 1
+    return exit_status(result)

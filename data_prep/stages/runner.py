@@ -28,7 +28,7 @@ Typical stage ``main``::
                         expected_errors=(AudioError,))
     write_jsonl_atomic(out, result.results.values(), sort_keys=True)  # llark_jax.io
     write_report(out, result)
-    return 0 if result.ok else 1
+    return exit_status(result)
 
 Outputs are assembled from the cache in the order of ``items``, so an interrupted-then-resumed
 run writes exactly what an uninterrupted run writes.
@@ -52,6 +52,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from llark_jax import errors
 from llark_jax.io import write_json_atomic
 
 
@@ -84,6 +85,19 @@ class StageResult:
     def ok(self) -> bool:
         """False when some item failed with an unexpected (non-input) error."""
         return all(f.expected for f in self.failures)
+
+
+def exit_status(result: StageResult) -> int:
+    """A stage's exit status: 1 when an item failed unexpectedly (a bug: its traceback tail was
+    printed); 2 with one `error:` line when every item was skipped as unusable input (nothing
+    was produced, so the next stage has nothing to read); else 0."""
+    if not result.ok:
+        return 1
+    if result.counts["items"] and not result.counts["results"]:
+        example = "".join(f" (e.g. {f.item}: {f.reason})" for f in result.failures[:1])
+        return errors.fail(f"{result.stage}: none of the {result.counts['items']} inputs could be "
+                           f"used{example}")
+    return 0
 
 
 # ------------------------------------------------------------------------------- reports

@@ -50,6 +50,7 @@ def read_clip_rows(path: str | Path, required: Sequence[str], task: str | None =
     names `task` at all. Duplicate clip_ids keep the last row and are one problem line."""
     rows: list[tuple[int, dict]] = []
     problems: list[str] = []
+    lacking: dict[str, list[int]] = {}  # missing fields -> line numbers
     try:
         with open(path, encoding="utf-8") as f:
             lines = list(f)
@@ -66,9 +67,11 @@ def read_clip_rows(path: str | Path, required: Sequence[str], task: str | None =
             continue
         missing = [k for k in ("clip_id", *required) if not isinstance(row, dict) or k not in row]
         if missing:
-            problems.append(f"{path}:{line_no}: missing field(s) {missing}")
+            lacking.setdefault(str(missing), []).append(line_no)
             continue
         rows.append((line_no, row))
+    problems += [f"{path}:{lines_of[0]}: {len(lines_of)} row(s) missing field(s) {missing}"
+                 for missing, lines_of in lacking.items()]
     if task is not None and any(row.get("task") == task for _, row in rows):
         rows = [(n, row) for n, row in rows if row.get("task", task) == task]
     by_clip: dict[str, dict] = {}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -35,6 +36,7 @@ import jax
 import ml_collections
 
 from llark_jax import errors
+from llark_jax.argtypes import non_negative_int, port, positive_int
 from llark_jax.checkpoints.build import resolve_config
 from llark_jax.checkpoints.model_dir import save_model_dir, write_manifest
 from llark_jax.config import (
@@ -241,9 +243,9 @@ def main(argv: list[str]) -> int:
         "multi-host", "jax.distributed settings; each falls back to its LLARK_* variable "
         "(llark_jax.train.mesh.maybe_initialize_distributed)")
     multihost.add_argument("--coordinator", help="host or host:port of process 0")
-    multihost.add_argument("--coordinator_port", type=int, help="coordinator port")
-    multihost.add_argument("--num_processes", type=int, help="number of processes")
-    multihost.add_argument("--process_id", type=int, help="index of this process")
+    multihost.add_argument("--coordinator_port", type=port, help="coordinator port")
+    multihost.add_argument("--num_processes", type=positive_int, help="number of processes")
+    multihost.add_argument("--process_id", type=non_negative_int, help="index of this process")
     parser.add_argument("--restart", action="store_true",
                         help="move the workdir's previous run to W/previous/<time>/ and start "
                              "over (needed after a config change of the model's structure, or "
@@ -252,6 +254,15 @@ def main(argv: list[str]) -> int:
                         help="write a JAX profiler trace of steps N..M to W/profile "
                              "(= --config.train.profile_steps=N:M)")
     args = parser.parse_args(rest)
+    given = [f for f, v in (("--num_processes", args.num_processes), ("--process_id",
+             args.process_id), ("--coordinator_port", args.coordinator_port)) if v is not None]
+    if given and not (args.coordinator or os.environ.get("LLARK_COORDINATOR")):
+        parser.error(f"{', '.join(given)} need --coordinator (or LLARK_COORDINATOR): without it "
+                     f"this would run as a single host")
+    if args.num_processes and args.process_id is not None and \
+            args.process_id >= args.num_processes:
+        parser.error(f"--process_id {args.process_id} must be below --num_processes "
+                     f"{args.num_processes}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("absl", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
