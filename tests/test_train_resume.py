@@ -22,10 +22,11 @@ def checkpoint_steps(workdir):
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
-def test_corrupt_newest_checkpoint_falls_back_and_resumes_exactly(tmp_path, caplog):
+def test_corrupt_newest_checkpoint_falls_back_and_resumes_exactly(tmp_path, caplog, capsys):
     config = tiny_config(train__steps="6", train__checkpoint_every="2",
                          train__keep_checkpoints="3")
     assert train(config, tmp_path) == 0
+    assert "trained steps 1..6" in capsys.readouterr().out
     first = read_metrics(tmp_path)
     assert [r["step"] for r in first] == [1, 2, 3, 4, 5, 6]
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu"} <= set(first[0])
@@ -41,10 +42,13 @@ def test_corrupt_newest_checkpoint_falls_back_and_resumes_exactly(tmp_path, capl
     assert (tmp_path / "checkpoints" / "6.corrupt").is_dir()
     second = read_metrics(tmp_path)
     assert [r["step"] for r in second] == [1, 2, 3, 4, 5, 6]
+    assert "trained steps 5..6" in capsys.readouterr().out
     # Steps 5-6 were recomputed from checkpoint 4 (params, Adam state, data position): bit-exact.
     assert [r["loss"] for r in second] == [r["loss"] for r in first]
     assert [r["grad_norm"] for r in second] == [r["grad_norm"] for r in first]
     assert checkpoint_steps(tmp_path) == [2, 4, 6]
+    assert train(config, tmp_path) == 0  # a finished run: nothing to do, and it says so
+    assert "already trained to step 6, nothing to do" in capsys.readouterr().out
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):

@@ -332,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     records, problems = read_metadata(args.metadata)
     if not records and not problems:
         raise MissingInputError(f"--metadata {args.metadata}: no records (empty file)")
+    if not records:
+        raise UserError(f"--metadata {args.metadata}: no usable clip record ("
+                        f"{', '.join(f'{k}: {n}' for k, n in problems.items())}); expected the "
+                        f"clip metadata JSONL of `python -m data_prep merge`")
     kind = choose_backend(args)
     if args.backend == "auto" and kind == "offline":
         print(f"{API_KEY_ENV} is not set: using the offline template backend", file=sys.stderr)
@@ -349,4 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: report[k] for k in ("selected", "already_done", "succeeded", "failed",
                                               "outstanding_failures", "clips_written",
                                               "pairs_written", "estimated_cost_usd_all_runs")}))
-    return 1 if report["outstanding_failures"] or problems else 0
+    if report["outstanding_failures"] or problems:
+        failed = ", ".join(f"{k}: {n}" for k, n in {**report["outstanding_failures"],
+                                                    **problems}.items())
+        print(f"error: not every clip got question/answer pairs ({failed}); a rerun retries the "
+              f"failures; details in {args.output}.report.json", file=sys.stderr)
+        return 1
+    return 0

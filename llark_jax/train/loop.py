@@ -220,7 +220,9 @@ def _run(config, setup: TrainSetup, workdir: Path, batches: Any,
         print(f"error: {error}", file=sys.stderr, flush=True)
     if status == 0:
         write_summary(workdir, total, start, time.perf_counter() - began, trainable, batches)
-        print(f"trained {total} steps in {workdir} (metrics: {workdir / 'metrics.jsonl'})")
+        done_now = (f"trained steps {start + 1}..{total}" if start < total
+                    else f"already trained to step {total}, nothing to do")
+        print(f"{done_now} in {workdir} (metrics: {workdir / 'metrics.jsonl'})")
         bad = getattr(batches, "bad_records", None)
         if bad and primary:
             print(f"input: {len(bad)} unreadable or unusable record(s) in "
