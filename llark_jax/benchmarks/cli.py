@@ -4,7 +4,9 @@ NAME is one of `llark_jax.benchmarks.registry.BENCHMARKS` (giantsteps-key, giant
 gtzan, medleydb, medleydb-genre, musicnet, musiccaps, muchomusic, mmau); DIR holds the dataset in
 its published layout; MODEL is a training workdir or a model directory. The clips are cropped
 by the paper's rule and checked before the model is loaded (a missing audio file of an annotated
-track, a malformed annotation or benchmark JSON: one `error:` line naming the file), the model
+track, a missing annotation folder or a malformed benchmark JSON: one `error:` line naming the
+file; one unreadable label among many, e.g. a `.bpm` that is not a number, is skipped and listed
+with its reason in the summary and report), the model
 is asked the paper's prompt through `infer`'s audio path, the answers of every system (the
 model, the model with another clip's audio, the baselines) are scored with the paper's metric,
 and OUT gets report.json, report.md (+ PNG plots) and answers.jsonl (every system's answer per
