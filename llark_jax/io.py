@@ -19,6 +19,11 @@ from typing import Any
 from llark_jax.errors import UserError
 
 
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest parent of `path` that exists and is not a folder, if any."""
+    return next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path` (parents created); renamed over `path` when the block
@@ -26,7 +31,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file path", str(path))
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    blocker = _file_in_the_way(path)
     if blocker is not None:
         raise NotADirectoryError(errno.ENOTDIR, "is a file, so it cannot hold the output",
                                  f"{blocker} (in {path})")
@@ -37,6 +42,19 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_output_path(path: str | os.PathLike, flag: str, *, folder: bool) -> None:
+    """A `UserError` before any work when `path` cannot become the command's output (`folder`:
+    a folder of outputs, else one file): a folder where a file goes, a file where a folder goes,
+    or a file on the way to it."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"{flag} {path}: is a {'file' if folder else 'folder'}, expected "
+                        f"{'a folder' if folder else 'a file path'}")
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise UserError(f"{flag} {path}: {blocker} is a file, so it cannot hold the output")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -41,7 +41,7 @@ from data_prep.instruct.captions import PROVIDED_CAPTION_FIELDS
 from data_prep.instruct.filters import MODES, QAFilter
 from data_prep.instruct.prompts import REASONING_TRACK_CAP, TASKS
 from llark_jax.errors import MissingInputError, UserError
-from llark_jax.io import write_json_atomic, write_jsonl_atomic
+from llark_jax.io import check_output_path, write_json_atomic, write_jsonl_atomic
 from llark_jax.llm.client import API_KEY_ENV, ChatClient, RequestFailedError, RetryPolicy
 from llark_jax.llm.redact import Redactor
 
@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.metadata.is_file():
         raise MissingInputError(f"--metadata {args.metadata}: no such file")
+    check_output_path(args.output, "--output", folder=False)
     records, problems = read_metadata(args.metadata)
     if not records and not problems:
         raise MissingInputError(f"--metadata {args.metadata}: no records (empty file)")

@@ -23,6 +23,7 @@ from typing import Any
 
 from llark_jax.benchmarks.registry import BENCHMARKS, Benchmark
 from llark_jax.errors import MissingInputError, UserError
+from llark_jax.io import check_output_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace, embedder: Any = None) -> dict[str, Any]:
     benchmark = BENCHMARKS[args.name]
     if not args.data_dir.is_dir():
         raise MissingInputError(f"--data-dir {args.data_dir}: no such directory")
+    check_output_path(args.output, "--output", folder=True)
     if benchmark.task == "mcq":
         clips, skipped, notes = read_mcq_clips(benchmark, args.data_dir, args.questions,
                                                args.limit, args.seed)
