@@ -82,25 +82,32 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def read_text_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 text file; any other bytes (an audio file given for a JSONL one) are
+    a `UserError` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return list(f)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 JSONL file ({err.reason} at byte {err.start})"
+                        ) from err
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Every non-empty line of a JSONL file, parsed; a file that is not JSONL of objects (an
     audio file, a JSON array) is a `UserError` naming the file and line."""
     rows = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise UserError(f"{path}:{line_no}: a JSONL row must be an object, got "
-                                    f"{type(row).__name__}")
-                rows.append(row)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not a UTF-8 JSONL file ({err.reason} at byte {err.start})"
-                        ) from err
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{line_no}: not JSONL ({err.msg})") from err
+    for line_no, line in enumerate(read_text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{line_no}: not JSONL ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{line_no}: a JSONL row must be an object, got "
+                            f"{type(row).__name__}")
+        rows.append(row)
     return rows
 
 

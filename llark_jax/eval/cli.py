@@ -25,11 +25,11 @@ from typing import Any
 
 from llark_jax import errors
 from llark_jax.argtypes import positive_float, positive_int
-from llark_jax.errors import MissingInputError, UserError
+from llark_jax.errors import MissingInputError
 from llark_jax.eval import report
 from llark_jax.eval.intervals import MetricResult
 from llark_jax.eval.parse import parse_key, parse_tempo, strip_completion
-from llark_jax.io import write_json_atomic
+from llark_jax.io import read_text_lines, write_json_atomic
 
 LABEL_FIELDS = {
     "key": "key",
@@ -51,13 +51,7 @@ def read_clip_rows(path: str | Path, required: Sequence[str], task: str | None =
     rows: list[tuple[int, dict]] = []
     problems: list[str] = []
     lacking: dict[str, list[int]] = {}  # missing fields -> line numbers
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = list(f)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not a UTF-8 JSONL file ({err.reason} at byte {err.start})"
-                        ) from err
-    for line_no, line in enumerate(lines, 1):
+    for line_no, line in enumerate(read_text_lines(path), 1):
         if not line.strip():
             continue
         try:

@@ -256,8 +256,9 @@ def main(argv: list[str]) -> int:
                         help="write a JAX profiler trace of steps N..M to W/profile "
                              "(= --config.train.profile_steps=N:M)")
     args = parser.parse_args(rest)
-    given = [f for f, v in (("--num_processes", args.num_processes), ("--process_id",
-             args.process_id), ("--coordinator_port", args.coordinator_port)) if v is not None]
+    multihost_flags = {"--num_processes": args.num_processes, "--process_id": args.process_id,
+                       "--coordinator_port": args.coordinator_port}
+    given = [flag for flag, value in multihost_flags.items() if value is not None]
     if given and not (args.coordinator or os.environ.get("LLARK_COORDINATOR")):
         parser.error(f"{', '.join(given)} need --coordinator (or LLARK_COORDINATOR): without it "
                      f"this would run as a single host")
