@@ -93,17 +93,25 @@ def read_text_lines(path: str | os.PathLike) -> list[str]:
                         ) from err
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every non-empty line of a JSONL file, parsed; a file that is not JSONL of objects (an
-    audio file, a JSON array) is a `UserError` naming the file and line."""
-    rows = []
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, parsed value or None, the JSON error or None) of every non-empty line of a
+    UTF-8 file (`read_text_lines`): strict readers raise on an error, tolerant ones report it."""
     for line_no, line in enumerate(read_text_lines(path), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield line_no, json.loads(line), None
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{line_no}: not JSONL ({err.msg})") from err
+            yield line_no, None, err.msg
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every non-empty line of a JSONL file, parsed; a file that is not JSONL of objects (an
+    audio file, a JSON array) is a `UserError` naming the file and line."""
+    rows = []
+    for line_no, row, error in iter_json_lines(path):
+        if error is not None:
+            raise UserError(f"{path}:{line_no}: not JSONL ({error})")
         if not isinstance(row, dict):
             raise UserError(f"{path}:{line_no}: a JSONL row must be an object, got "
                             f"{type(row).__name__}")

@@ -29,7 +29,7 @@ from llark_jax.errors import MissingInputError
 from llark_jax.eval import report
 from llark_jax.eval.intervals import MetricResult
 from llark_jax.eval.parse import parse_key, parse_tempo, strip_completion
-from llark_jax.io import read_text_lines, write_json_atomic
+from llark_jax.io import iter_json_lines, write_json_atomic
 
 LABEL_FIELDS = {
     "key": "key",
@@ -51,13 +51,9 @@ def read_clip_rows(path: str | Path, required: Sequence[str], task: str | None =
     rows: list[tuple[int, dict]] = []
     problems: list[str] = []
     lacking: dict[str, list[int]] = {}  # missing fields -> line numbers
-    for line_no, line in enumerate(read_text_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append(f"{path}:{line_no}: invalid JSON ({error.msg})")
+    for line_no, row, error in iter_json_lines(path):
+        if error is not None:
+            problems.append(f"{path}:{line_no}: invalid JSON ({error})")
             continue
         missing = [k for k in ("clip_id", *required) if not isinstance(row, dict) or k not in row]
         if missing:
