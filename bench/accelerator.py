@@ -48,7 +48,7 @@ SETTINGS = {
     "full": dict(shape="1b", batch=8, seq_len=2048, audio_frames=250, audio_dim=4800,
                  answer_tokens=200, prompt_len=128, new_tokens=128, bandwidth_bytes=2**30),
     "tiny": dict(shape="tiny", batch=2, seq_len=128, audio_frames=16, audio_dim=32,
-                 answer_tokens=32, prompt_len=16, new_tokens=8, bandwidth_bytes=2**24),
+                 answer_tokens=32, prompt_len=16, new_tokens=128, bandwidth_bytes=2**24),
 }
 DECODE_BATCHES = (1, 8, 32)
 TRAIN_SHARE = 0.4  # of the budget
