@@ -180,6 +180,13 @@ MISTAKES: list[tuple[str, list[str], str]] = [
      "expected a probability in [0, 1], got 3"),
     ("crop-no-usable-audio", ["data_prep", "crop", "--input-dir", "{tmp}/bad", "--output-dir",
                               "{tmp}/clips-of-bad"], "crop: none of the 1 inputs could be used"),
+    ("jsonify-split-the-dataset-lacks", ["data_prep", "jsonify", "--dataset", "musiccaps",
+                                         "--root", "{tmp}/musiccaps", "--output",
+                                         "{tmp}/mc.jsonl", "--split", "validation"],
+     "--split validation matches none of the dataset's splits: test"),
+    ("merge-crops-instead-of-annotations", ["data_prep", "merge", "--annotations",
+                                            "{tmp}/crops.jsonl", "--output", "{tmp}/m.jsonl"],
+     "row 1 has neither madmom fields nor dataset labels (`metadata`): expected annotate"),
     ("demo-missing-ood-dir", ["llark_jax", "demo", "--workdir", "{tmp}/demo", "--ood-dir",
                               "{tmp}/nope", "--stop-after", "synth"],
      "--ood-dir {tmp}/nope: no such folder"),
@@ -209,6 +216,14 @@ def scratch(tmp_path_factory) -> Path:
     (tmp / "fake.wav").write_text("not audio\n")
     (tmp / "bad").mkdir()
     (tmp / "bad" / "fake.wav").write_text("not audio\n")
+    (tmp / "musiccaps").mkdir()  # one MusicCaps row, of the test split
+    (tmp / "musiccaps" / "musiccaps-public.csv").write_text(
+        "ytid,start_s,end_s,audioset_positive_labels,aspect_list,caption,author_id,"
+        "is_balanced_subset,is_audioset_eval\n"
+        "abc,30,40,/m/04rlf,\"['piano']\",A piano.,1,False,True\n")
+    (tmp / "crops.jsonl").write_text(  # a crop stage row
+        '{"end_secs": 25.0, "id": "t-0", "path": "clips/t-0.wav", "start_secs": 0.0, '
+        '"track_id": "t"}\n')
     (tmp / "llark.json").write_text('{"standardize": true}\n')  # a model directory's manifest
     (tmp / "rows.jsonl").write_text('{"clip_id": "x", "answer": "C major"}\n')
     (tmp / "pred.jsonl").write_text('{"clip_id": "c", "answer": "C major"}\n')

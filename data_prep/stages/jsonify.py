@@ -5,12 +5,14 @@ track: ``{"id", "dataset", "split", "audio_path", "metadata"}``. ``--split`` kee
 (default: all). Rows that cannot become records, duplicate ids, and (with ``--require-audio``)
 records whose audio file is missing are skipped and listed with their reason in
 ``<output>.report.json``. The output is written atomically, so a rerun simply rewrites it.
-Exit status: 0 ok, 2 when a dataset file is missing or malformed (the report names it).
+Exit status: 0 ok, 2 when a dataset file is missing or malformed (the report names it) or no
+record is left to write (e.g. a `--split` the dataset does not have: the error names its splits).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -73,7 +75,6 @@ def main(argv: list[str]) -> int:
                                                      expected=False)], {"records": 0}, 0.0)
         print(f"jsonify: {err} -> {write_report(args.output, result)}")
         return errors.fail(str(err))
-    write_jsonl_atomic(args.output, (r.to_json() for r in records), sort_keys=True)
     splits: dict[str, int] = {}
     for record in records:
         splits[record.split] = splits.get(record.split, 0) + 1
@@ -81,5 +82,19 @@ def main(argv: list[str]) -> int:
                          {"records": len(records), "skipped": len(skipped), **{
                              f"split.{k}": v for k, v in sorted(splits.items())}},
                          time.monotonic() - started, {"dataset": args.dataset})
+    if not records:
+        report = write_report(args.output, result)
+        return errors.fail(f"no record to write ({len(skipped)} rows skipped, listed in "
+                           f"{report}){_splits_hint(args, ctx)}")
+    write_jsonl_atomic(args.output, (r.to_json() for r in records), sort_keys=True)
     print(f"jsonify: {result.counts} -> {write_report(args.output, result)}")
     return 0
+
+
+def _splits_hint(args: argparse.Namespace, ctx: JsonifyContext) -> str:
+    """When `--split` kept nothing: the splits the dataset does have."""
+    if args.split in (None, "all"):
+        return ""
+    records, _ = collect(args.dataset, dataclasses.replace(ctx, split=None), args.require_audio)
+    present = sorted({record.split for record in records})
+    return f"; --split {args.split} matches none of the dataset's splits: {', '.join(present)}"

@@ -16,10 +16,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llark_jax.errors import MissingInputError
-from llark_jax.io import read_jsonl, write_jsonl_atomic
+from llark_jax.errors import MissingInputError, UserError
+from llark_jax.io import read_jsonl, require_fields, write_jsonl_atomic
 
 MADMOM_RENAMED = ("key", "chords")  # madmom's estimates also kept as `<field>_madmom`
+ANNOTATION_CONTENT = ("tempo_in_beats_per_minute_madmom", "metadata")  # a row has one or both
+ANNOTATE_RECORDS = "annotate records from `data_prep annotate`"
 
 
 def merge_record(annotation: dict[str, Any]) -> dict[str, Any]:
@@ -47,6 +49,13 @@ def main(argv: list[str]) -> int:
     if not args.annotations.is_file():
         raise MissingInputError(f"--annotations {args.annotations}: no such file")
     annotations = read_jsonl(args.annotations)
+    if not annotations:
+        raise UserError(f"--annotations {args.annotations}: no record to merge")
+    require_fields(annotations, ("id",), args.annotations, ANNOTATE_RECORDS)
+    for line_no, annotation in enumerate(annotations, 1):
+        if not any(field in annotation for field in ANNOTATION_CONTENT):
+            raise UserError(f"{args.annotations}: row {line_no} has neither madmom fields nor "
+                            f"dataset labels (`metadata`): expected {ANNOTATE_RECORDS}")
     rows = [merge_record(annotation) for annotation in annotations]
     write_jsonl_atomic(args.output, rows)
     with_truth = sum(bool(annotation.get("metadata")) for annotation in annotations)
