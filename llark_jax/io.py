@@ -57,6 +57,22 @@ def check_output_path(path: str | os.PathLike, flag: str, *, folder: bool) -> No
         raise UserError(f"{flag} {path}: {blocker} is a file, so it cannot hold the output")
 
 
+def check_same_run(run_file: str | os.PathLike, settings: dict[str, Any], output: str) -> None:
+    """Records what produced an output's answers in `run_file` (JSON); when it already holds
+    other settings (another model, step, seed, ...), a resumed run would mix its answers with
+    the logged ones, so it is refused: `output` (e.g. "--output answers.jsonl") names the output
+    in the `UserError`."""
+    run_file = Path(run_file)
+    if run_file.is_file():
+        before = read_json(run_file)
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise UserError(f"{output} holds the answers of another run ({what}); pass a new "
+                            "output path (or delete it)")
+    write_json_atomic(run_file, settings)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Writes `data` to `path` atomically (flushed to disk before the rename); returns the path."""
     with atomic_output(path) as tmp:

@@ -161,6 +161,39 @@ def test_eval_scores_each_task_on_its_rows_of_infer_records_output(tmp_path, cap
     assert "warning" not in capsys.readouterr().err
 
 
+def test_eval_refuses_a_clip_with_answers_to_several_questions_of_another_task(tmp_path):
+    """Records of `instruct --task mir` carry task families ("mir", "captioning"): no row is a
+    key row, and keeping each clip's last answer scored a caption as the key (0.0, status 0)."""
+    rows = [{"clip_id": "a", "task": "mir", "question": "What key?", "answer": "C major"},
+            {"clip_id": "a", "task": "captioning", "question": "Describe it.",
+             "answer": "bass, drums"}]
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "labels.jsonl").write_text(json.dumps({"clip_id": "a", "key": "C major"}) + "\n")
+    with pytest.raises(UserError, match=r"clip 'a' has answers to 2 different questions \(tasks "
+                                        r"captioning, mir; none is 'key'\)"):
+        eval_main(["key", "--predictions", str(tmp_path / "pred.jsonl"), "--labels",
+                   str(tmp_path / "labels.jsonl"), "--output", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_scores_the_labels_of_the_predicted_clips_splits(tmp_path, capsys):
+    """`data_prep merge` metadata holds every split; predictions of the held-out clips are
+    scored against that split's labels (an unpredicted held-out clip stays missing), not against
+    every training clip as an empty answer."""
+    labels = [{"clip_id": f"t{i}", "split": "train", "key": "C major"} for i in range(8)]
+    labels += [{"clip_id": f"e{i}", "split": "eval", "key": "A minor"} for i in range(3)]
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    (tmp_path / "pred.jsonl").write_text("".join(
+        json.dumps({"clip_id": f"e{i}", "answer": "A minor"}) + "\n" for i in range(2)))
+    out = tmp_path / "key.json"
+    assert eval_main(["key", "--predictions", str(tmp_path / "pred.jsonl"), "--labels",
+                      str(tmp_path / "labels.jsonl"), "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["label_splits"] == ["eval"] and report["missing_predictions"] == 1
+    assert report["metrics"]["key_mirex"]["value"] == pytest.approx(2 / 3)
+    assert "scoring the labels of split(s) eval" in capsys.readouterr().err
+
+
 def test_eval_refuses_files_that_do_not_join_or_are_not_jsonl(tmp_path, capsys):
     (tmp_path / "pred.jsonl").write_text(json.dumps({"clip_id": "track1", "answer": "C"}) + "\n")
     (tmp_path / "labels.jsonl").write_text(json.dumps({"clip_id": "clip1", "key": "C major"})

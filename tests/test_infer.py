@@ -17,6 +17,7 @@ from tokenizer_fixtures import make_llark_tokenizer
 
 from llark_jax.data import conversation as conv
 from llark_jax.data.records import ClipRecord, QAPair, encode_clip, frame_record
+from llark_jax.errors import UserError
 from llark_jax.infer.answer import Answerer, answer_records, request_from_windows
 from llark_jax.infer.generate import SamplingConfig
 from llark_jax.infer.windows import split_waveform
@@ -308,6 +309,10 @@ def test_infer_cli_records_and_multi_window_audio(trained, tmp_path, capsys):
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert sorted(r["clip_id"] for r in rows) == ["clip0", "clip1", "clip2"]
     assert all(r["question"] == QUESTION and r["reference"] == "A minor" for r in rows)
+    by_glob = tmp_path / "glob.jsonl"  # a glob of shards (e.g. one split) answers the same
+    assert main(["--checkpoint", work, *COMMON, "--records", str(trained / "records" / "train-*"),
+                 "--output", str(by_glob)]) == 0
+    assert [json.loads(line) for line in by_glob.read_text().splitlines()] == rows
     # 2 s windows (10 audio tokens of 2 mel frames): a 5 s file is 3 windows, a 65 s one 33
     song = write_wav(tmp_path / "song.wav", 5.0, 62)
     long_song = write_wav(tmp_path / "long.wav", 65.0, 62)
@@ -376,6 +381,18 @@ def test_infer_audio_dir_is_resumable_and_skips_unreadable_files(trained, tmp_pa
     assert (torn["answered"], torn["already_done"]) == (1, 2)
     redone = [json.loads(line) for line in output.read_text().splitlines()]
     assert redone == rows  # greedy: the re-answered row is identical
+
+    run_file = tmp_path / "answers.jsonl.run.json"  # what made the rows, kept beside them
+    assert json.loads(run_file.read_text()) == {
+        "model": str((trained / "work").resolve()), "step": 2, "max_new_tokens": 4,
+        "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    with pytest.raises(UserError, match=r"holds the answers of another run \(max_new_tokens "
+                                         r"4 -> 8\)"):
+        main([*args, "--max-new-tokens", "8"])  # would mix two settings' answers in one file
+    assert [json.loads(line) for line in output.read_text().splitlines()] == rows
+    output.unlink()  # a deleted answers file takes its record with it
+    assert main([*args, "--max-new-tokens", "8"]) == 0
+    assert json.loads(run_file.read_text())["max_new_tokens"] == 8
 
 
 # ------------------------------------------------------------------ user mistakes

@@ -23,7 +23,7 @@ from typing import Any
 
 from llark_jax.benchmarks.registry import BENCHMARKS, Benchmark
 from llark_jax.errors import MissingInputError, UserError
-from llark_jax.io import check_output_path
+from llark_jax.io import check_output_path, check_same_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,23 +105,6 @@ def _scoring_options(benchmark: Benchmark, args: argparse.Namespace, embedder: A
     return options
 
 
-def check_same_run(out_dir: Path, settings: dict[str, Any]) -> None:
-    """Records what produced OUT's answers (OUT/run.json); a rerun with other settings (another
-    model, step, seed, ...) would mix its answers with the logged ones, so it is refused."""
-    from llark_jax.io import read_json, write_json_atomic
-
-    path = out_dir / "run.json"
-    if path.is_file():
-        before = read_json(path)
-        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-        if changed:
-            what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise UserError(f"--output {out_dir} holds the answers of another run ({what}); "
-                            "pass a new --output (or delete it)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, settings)
-
-
 def run(args: argparse.Namespace, embedder: Any = None) -> dict[str, Any]:
     """Runs one benchmark (see the module docstring); returns report.json's content.
     `embedder` (texts -> [N, D]) replaces `--embedder` for genre (tests)."""
@@ -156,10 +139,11 @@ def run(args: argparse.Namespace, embedder: Any = None) -> dict[str, Any]:
     answerer = Answerer(loaded.model, loaded.tokenizer, loaded.template,
                         SamplingConfig(max_new_tokens=args.max_new_tokens),
                         batch_size=args.batch_size)
-    check_same_run(args.output, {"benchmark": benchmark.name, "model": str(args.model),
-                                 "step": loaded.step, "seed": args.seed,
-                                 "max_new_tokens": args.max_new_tokens,
-                                 "questions": str(args.questions or "")})
+    args.output.mkdir(parents=True, exist_ok=True)
+    check_same_run(args.output / "run.json",
+                   {"benchmark": benchmark.name, "model": str(args.model), "step": loaded.step,
+                    "seed": args.seed, "max_new_tokens": args.max_new_tokens,
+                    "questions": str(args.questions or "")}, f"--output {args.output}")
     log = runner.AnswerLog(args.output / "answers.jsonl")
     info = {"benchmark": benchmark.name, "description": benchmark.description,
             "task": benchmark.task, "prompt": benchmark.prompt or "question + lettered options",

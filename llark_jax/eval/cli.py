@@ -8,8 +8,11 @@ OPENAI_BASE_URL or --openai-base-url for another endpoint). Clips are joined on 
 labelled clip without a prediction is scored as an empty answer and counted (judge tasks skip it)
 (`missing_predictions`); predictions without a label are ignored and counted; malformed lines are
 reported by file and line and skipped. Prediction rows with a `task` field (`infer --records`
-writes one row per question) are narrowed to TASK's rows when any row has that task; files
-whose clip_ids do not meet are an error, not a score of 0. Writes report.json (metrics, n, 95%
+writes one row per question) are narrowed to TASK's rows when any row has that task; a clip
+left with answers to several questions is an error (one of them would be scored as TASK's
+answer). Label rows with a `split` field (`data_prep merge` metadata of every split) are
+narrowed to the splits of the predicted clips. Files whose clip_ids do not meet are an error,
+not a score of 0. Writes report.json (metrics, n, 95%
 intervals and their method) and, with --report-dir, report.md plus PNG plots.
 """
 
@@ -25,7 +28,7 @@ from typing import Any
 
 from llark_jax import errors
 from llark_jax.argtypes import positive_float, positive_int
-from llark_jax.errors import MissingInputError
+from llark_jax.errors import MissingInputError, UserError
 from llark_jax.eval import report
 from llark_jax.eval.intervals import MetricResult
 from llark_jax.eval.parse import parse_key, parse_tempo, strip_completion
@@ -64,6 +67,7 @@ def read_clip_rows(path: str | Path, required: Sequence[str], task: str | None =
                  for missing, lines_of in lacking.items()]
     if task is not None and any(row.get("task") == task for _, row in rows):
         rows = [(n, row) for n, row in rows if row.get("task", task) == task]
+    _require_one_question_per_clip(path, [row for _, row in rows], task)
     by_clip: dict[str, dict] = {}
     duplicates: list[tuple[int, str]] = []
     for line_no, row in rows:
@@ -76,6 +80,38 @@ def read_clip_rows(path: str | Path, required: Sequence[str], task: str | None =
                         f"{clip_id!r}), the last row of each clip kept; one answer per clip, "
                         f"or rows with a `task` field, are expected")
     return by_clip, problems
+
+
+def _require_one_question_per_clip(path: str | Path, rows: Sequence[dict],
+                                   task: str | None) -> None:
+    """A `UserError` when one clip has answers to different questions (e.g. `infer --records`
+    rows of a task family such as "mir"): keeping one of them would score an answer to another
+    question as a `task` answer."""
+    questions: dict[str, set[str]] = {}
+    for row in rows:
+        if "question" in row:
+            questions.setdefault(str(row["clip_id"]), set()).add(str(row["question"]))
+    clip_id, asked = max(questions.items(), key=lambda item: len(item[1]), default=("", set()))
+    if len(asked) > 1:
+        tasks = sorted({str(row.get("task")) for row in rows if "task" in row})
+        raise UserError(
+            f"{path}: clip {clip_id!r} has answers to {len(asked)} different questions"
+            + (f" (tasks {', '.join(tasks)}; none is {task!r})" if tasks else "")
+            + f"; eval {task or 'TASK'} scores one answer per clip: give it the rows of one "
+            "question (e.g. `infer --audio-dir DIR --question ...`)")
+
+
+def labels_of_predicted_splits(predictions: dict[str, dict], labels: dict[str, dict]
+                               ) -> tuple[dict[str, dict], list[str]]:
+    """Labels narrowed to the splits of the predicted clips, when label rows carry `split`
+    (a metadata file of every split, predictions of the held-out one): (labels, the splits kept,
+    empty when nothing was narrowed). Unpredicted clips of those splits stay missing."""
+    splits = {labels[c].get("split") for c in predictions if c in labels}
+    every = {row.get("split") for row in labels.values()}
+    if None in every or not splits or splits == every:
+        return labels, []
+    kept = {c: row for c, row in labels.items() if row.get("split") in splits}
+    return kept, sorted(splits)
 
 
 def join(
@@ -283,6 +319,10 @@ def main(argv: list[str]) -> int:
     problems += label_problems
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
+    labels, splits = labels_of_predicted_splits(predictions, labels)
+    if splits:
+        print(f"note: scoring the labels of split(s) {', '.join(splits)}, the predicted clips' "
+              f"({len(labels)} labelled clips)", file=sys.stderr)
     clip_ids, answers, label_values, counts = join(predictions, labels, field)
     if not clip_ids:
         return errors.fail(f"no usable labels in {args.labels}")
@@ -301,6 +341,7 @@ def main(argv: list[str]) -> int:
         "task": args.task,
         "metrics": report.results_to_json(results),
         **counts,
+        **({"label_splits": splits} if splits else {}),
         "skipped_lines": problems,
     }
     write_json_atomic(args.output, payload)

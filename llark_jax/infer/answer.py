@@ -13,6 +13,7 @@ back, whose frames are the windows' frames in order.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -125,11 +126,13 @@ class Answerer:
 def record_questions(record_dir: str | Path, problems: list[str],
                      feature_fn: Callable[[np.ndarray], np.ndarray] | None = None,
                      ) -> Iterator[dict[str, Any]]:
-    """Every (clip, question) of the TFRecord shards in `record_dir` (sorted), as dicts with
-    `key`, `clip_id`, `question`, `reference`, `task`, `frames` [T, D] (the stored embedding
-    through `feature_fn`, the model's feature pipeline). Undecodable records and corrupt shard
-    tails are appended to `problems` and skipped."""
-    files = sorted(p for p in Path(record_dir).iterdir() if ".tfrecord" in p.name)
+    """Every (clip, question) of the TFRecord shards in the folder `record_dir`, or matching it
+    as a glob (sorted), as dicts with `key`, `clip_id`, `question`, `reference`, `task`, `frames`
+    [T, D] (the stored embedding through `feature_fn`, the model's feature pipeline).
+    Undecodable records and corrupt shard tails are appended to `problems` and skipped."""
+    folder = Path(record_dir)
+    found = folder.iterdir() if folder.is_dir() else map(Path, glob.glob(str(record_dir)))
+    files = sorted(p for p in found if ".tfrecord" in p.name and p.is_file())
     if not files:
         raise FileNotFoundError(f"no *.tfrecord* shards in {record_dir}")
     for path in files:

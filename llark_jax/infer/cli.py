@@ -23,8 +23,11 @@ With `--output` each answer is one JSONL row
 "windows"}` (clip_id = the file's stem, the key `python -m llark_jax eval` joins labels on;
 [start_s, end_s) the seconds heard, in `windows` windows) appended as it is made, so a rerun
 skips what is done for the same question and span (and a killed run resumes); without it the
-answers are printed. Files that cannot be read are listed in the summary and skipped.
-`--records` answers every question of the TFRecord shards, resumably, for
+answers are printed. `<output>.run.json` records the model (path, step) and decoding settings
+that made the rows: a rerun into the same file with another model or other settings is refused,
+so one file never mixes two models' answers. Files that cannot be read are listed in the
+summary and skipped. `--records` answers every question of the TFRecord shards of a folder, or
+of a glob of shards (`runs/demo/records/eval-*`: the held-out split only), resumably, for
 `python -m llark_jax eval`.
 """
 
@@ -41,6 +44,7 @@ from llark_jax import errors
 from llark_jax.argtypes import non_negative_float, positive_int, unit_fraction
 from llark_jax.infer.generate import SamplingConfig
 from llark_jax.infer.windows import SPANS
+from llark_jax.io import check_output_path
 
 
 class InferError(ValueError):
@@ -89,6 +93,18 @@ def _done(output: Path | None) -> set[tuple[str, str, str]]:
     drop_torn_tail(output)
     rows = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
     return {(r["audio"], r["question"], r.get("span", "all")) for r in rows}  # older rows: all
+
+
+def same_run(output: Path, settings: dict[str, Any]) -> None:
+    """Answers of another model or decoding (`settings`) are never mixed into `output`: what
+    made its rows is kept beside it in `<output>.run.json`, and a rerun with other settings is
+    refused (`llark_jax.io.check_same_run`)."""
+    from llark_jax.io import check_same_run
+
+    run_file = output.with_name(output.name + ".run.json")
+    if not output.exists():
+        run_file.unlink(missing_ok=True)  # of an answers file since deleted
+    check_same_run(run_file, settings, f"--output {output}")
 
 
 def answer_files(answerer: Any, loaded: Any, files: Sequence[Path], question: str,
@@ -152,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio", nargs="+", help="audio file(s) to ask about (with --question)")
     source.add_argument("--audio-dir", help="ask about every audio file under this folder")
-    source.add_argument("--records", help="directory of TFRecord shards (with --output)")
+    source.add_argument("--records", help="folder of TFRecord shards, or a glob of shards "
+                                          "(e.g. 'DIR/eval-*'), with --output")
     parser.add_argument("--question", help="the question for --audio / --audio-dir")
     parser.add_argument("--span", choices=SPANS, default="crop",
                         help="the part of each file the model hears: one training window by the "
@@ -175,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
         raise InferError("--audio/--audio-dir need --question")
     if args.records and not args.output:
         raise InferError("--records needs --output")
+    if args.output is not None:
+        check_output_path(args.output, "--output", folder=False)
     files = None if args.records else audio_files(args.audio or [], args.audio_dir)
     unusable: list[dict[str, str]] = []
     if files is not None:  # checked before the (slow) model load
@@ -189,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
                               top_p=args.top_p, seed=args.seed)
     answerer = Answerer(loaded.model, loaded.tokenizer, loaded.template, sampling,
                         batch_size=args.batch_size)
+    if args.output is not None:
+        same_run(args.output, {"model": str(Path(args.checkpoint).resolve()),
+                               "step": loaded.step, "max_new_tokens": sampling.max_new_tokens,
+                               "temperature": sampling.temperature, "top_p": sampling.top_p,
+                               "seed": sampling.seed})
     if args.records:
         summary = answer_records(answerer, args.records, args.output,
                                  feature_fn=loaded.features.apply)
