@@ -12,6 +12,9 @@
 # process i to GPUs [i*G, (i+1)*G) via CUDA_VISIBLE_DEVICES. The script exits with the first
 # non-zero status of its processes and then stops the others: SIGTERM, and SIGKILL after
 # --stop-grace seconds (default 30); Ctrl-C/SIGTERM stop all of them the same way. Needs bash >= 4.3.
+# Config overrides take either form, `--config.train.steps=20` or `--config.train.steps 20`.
+# The interpreter is --python BIN, else $PYTHON, else the checkout's .venv/bin/python (what
+# `make` creates), else python3.
 set -euo pipefail
 
 usage() {
@@ -24,7 +27,14 @@ cpu_devices=""
 gpus_per_process=""
 port=""
 stop_grace=30
-python_bin="${PYTHON:-python}"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -n "${PYTHON:-}" ]]; then
+  python_bin="$PYTHON"
+elif [[ -x "$repo/.venv/bin/python" ]]; then
+  python_bin="$repo/.venv/bin/python"
+else
+  python_bin=python3
+fi
 dry_run=0
 config=""
 workdir=""
@@ -42,7 +52,10 @@ while (($#)); do
     --workdir) workdir="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage 0 ;;
-    --config.*) overrides+=("$1"); shift ;;
+    --config.*=*) overrides+=("$1"); shift ;;
+    --config.*)
+      [[ $# -ge 2 && "$2" != --* ]] || { echo "local.sh: $1 needs a value" >&2; exit 2; }
+      overrides+=("$1=$2"); shift 2 ;;
     *) echo "local.sh: unknown argument: $1" >&2; usage 2 ;;
   esac
 done

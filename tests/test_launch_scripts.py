@@ -61,9 +61,13 @@ def xm_dry_run(*flags: str) -> dict:
     return json.loads(done.stdout)
 
 
-def shell_dry_run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def shell_dry_run(script: str, *args: str, check: bool = True,
+                  python: str | None = "python") -> subprocess.CompletedProcess:
+    """`bash launch/SCRIPT ARGS`, with $PYTHON set to `python` (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env.update({"PYTHON": python} if python else {})
     done = subprocess.run(["bash", str(LAUNCH / script), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=env)
     if check:
         assert done.returncode == 0, done.stderr
     return done
@@ -222,6 +226,20 @@ def test_local_dry_run_single_and_multi_process():
                                   "--gpus-per-process", "4", "--config", "c.py",
                                   "--workdir", "w").stdout)
     assert [c[4] for c in gpus] == ["CUDA_VISIBLE_DEVICES=0,1,2,3", "CUDA_VISIBLE_DEVICES=4,5,6,7"]
+
+
+def test_local_takes_overrides_in_both_forms_and_the_checkouts_python():
+    """docs/training.md writes `--config.train.steps 20` too; a bare `python` outside the venv
+    has no jax, so without --python or $PYTHON the checkout's .venv runs the job."""
+    [cmd] = commands(shell_dry_run("local.sh", "--dry-run", "--config", "c.py", "--workdir", "w",
+                                   "--config.train.steps", "20", "--config.optim.lr=1e-4",
+                                   python=None).stdout)
+    venv = REPO / ".venv" / "bin" / "python"
+    assert cmd[1] == (str(venv) if venv.exists() else "python3")
+    assert cmd[-2:] == ["--config.train.steps=20", "--config.optim.lr=1e-4"]
+    missing = shell_dry_run("local.sh", "--dry-run", "--config", "c.py", "--workdir", "w",
+                            "--config.train.steps", check=False)
+    assert missing.returncode == 2 and "--config.train.steps needs a value" in missing.stderr
 
 
 @pytest.mark.parametrize("script", ["tpu_vm.sh", "local.sh"])
