@@ -60,6 +60,16 @@ def load_annotations(path: Path, split: str, problems: list[dict]) -> dict[str, 
     return clips
 
 
+def _other_splits(path: Path) -> str:
+    """", the annotations' clips are of split(s) test: 4 (pass --split)" when rows name splits."""
+    splits = collections.Counter(row.get("split") for _, row in _read_jsonl(path)
+                                 if isinstance(row, dict) and row.get("split") is not None)
+    if not splits:
+        return ""
+    counts = ", ".join(f"{name}: {n}" for name, n in sorted(splits.items()))
+    return f"; the annotations' clips are of split(s) {counts} (pass --split)"
+
+
 def _row_pairs(row: dict[str, Any]) -> tuple[Any, bool]:
     """(the row's list of pair dicts, whether an empty question is allowed).
 
@@ -136,6 +146,8 @@ def write_records(annotations: Path, qa: list[Path], embeddings: Path, output_di
     if not ready:  # nothing for training to read: a user mistake, not an empty shard
         reasons = collections.Counter(p["kind"] for p in problems)
         why = "; ".join(f"{kind}: {n}" for kind, n in reasons.most_common()) or "no clips"
+        if not clips:
+            why += _other_splits(annotations)
         raise UserError(f"no {split!r} record to write from {annotations} ({len(clips)} clips of "
                         f"that split), --qa and --embeddings {embeddings}: {why}")
 

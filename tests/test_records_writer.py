@@ -99,6 +99,12 @@ def test_writer_refuses_when_no_clip_can_be_written(tmp_path):
     with pytest.raises(UserError, match=r"no 'train' record to write .*no embedding file: 3"):
         _run_writer(tmp_path)
     assert not (tmp_path / "records").exists()
+    rows = [json.loads(line) for line in (tmp_path / "annotations.jsonl").read_text().splitlines()]
+    (tmp_path / "annotations.jsonl").write_text(
+        "".join(json.dumps({**row, "split": "train"}) + "\n" for row in rows))
+    with pytest.raises(UserError, match=r"no 'test' record to write .*the annotations' clips "
+                                        r"are of split\(s\) train: 3 \(pass --split\)"):
+        _run_writer(tmp_path, "--split", "test")  # the error names the split the clips have
 
 
 def _clip(**changes):
