@@ -20,7 +20,7 @@ torch). Training is the production trainer on `configs/demo.py` (an ordinary tra
 pooling and standardisation of the features, task weights, separate projector/LM learning rates
 are trainer settings), with Orbax checkpoints (a killed demo resumes its training) and
 `train/metrics.jsonl`; it ends with `model/`, a model directory every tool loads (`infer`,
-`serve`, `eval`, `export`).
+`serve`, `benchmark`, `export`; `eval` scores what `infer` writes).
 
 Every finished stage writes `stages/<name>.json` (wall seconds, process CPU seconds of the demo
 and every command it ran, and a hash of the config it ran with);
