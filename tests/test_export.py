@@ -39,6 +39,7 @@ from tokenizer_fixtures import make_llark_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llark_jax.checkpoints import export
+from llark_jax.checkpoints.hf import load_llama
 from llark_jax.data import conversation as conv
 from llark_jax.model.llama import Llama, LlamaConfig
 from llark_jax.model.llark import LLark
@@ -276,3 +277,67 @@ def test_cli_exports_a_model_directory(tmp_path, capsys):
     assert export.main(args) == 2
     assert export.main([*args, "--force"]) == 0
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def _lm_params(llama: Llama, dtype) -> dict[tuple, np.ndarray]:
+    """Every LM param in `dtype` as float32, vocabulary padding dropped (the exported view)."""
+    vocab = llama.config.vocab_size
+    out = {}
+    for path, var in nnx.iter_graph(llama):
+        if isinstance(var, nnx.Param):
+            value = np.asarray(var.get_value()).astype(dtype).astype(np.float32)
+            if path == ("embed",):
+                value = value[:vocab]
+            elif path == ("lm_head",):
+                value = value[:, :vocab]
+            out[path] = value
+    return out
+
+
+def _assert_lm_equal(loaded: Llama, original: Llama, dtype) -> None:
+    ours, ref = _lm_params(loaded, dtype), _lm_params(original, dtype)
+    assert sorted(ours) == sorted(ref)
+    for path in ref:
+        np.testing.assert_array_equal(ours[path], ref[path], err_msg=str(path))
+
+
+def test_our_hf_loader_reads_the_export(exported):
+    """`load_llama` on the export folder reads model.safetensors, not the projector file."""
+    model = exported["model"]
+    for key, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
+        loaded = load_llama(exported[key], dtype=dtype)
+        assert loaded.config.vocab_size == model.llama.config.vocab_size
+        _assert_lm_equal(loaded, model.llama, dtype)
+
+
+def test_cli_exports_a_workdir_trained_without_a_tokenizer(tmp_path, capsys):
+    """`train --config tiny` (synthetic batches) saves no tokenizer: `--tokenizer` supplies it."""
+    from llark_jax.checkpoints.model_dir import load_model
+    from llark_jax.train.loop import main as train_main
+
+    tokenizer = make_llark_tokenizer()
+    ids = conv.AudioTokenIds.from_tokenizer(tokenizer)
+    workdir = tmp_path / "w"
+    assert train_main(["--config", "tiny", "--workdir", str(workdir), "--config.train.steps=2",
+                       "--config.optim.warmup_steps=1", "--config.metrics.tensorboard=False",
+                       f"--config.model.llama.vocab_size={len(tokenizer)}",
+                       f"--config.model.audio_start_id={ids.start}",
+                       f"--config.model.audio_patch_id={ids.patch}",
+                       f"--config.model.audio_end_id={ids.end}"]) == 0
+    tokenizer.save_pretrained(str(tmp_path / "tok"))
+    out = tmp_path / "export"
+    capsys.readouterr()
+    assert export.main(["--checkpoint", str(workdir), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "tokenizer" in err and err.count("\n") == 1
+    args = ["--checkpoint", str(workdir), "--output", str(out), "--tokenizer"]
+    assert export.main([*args, str(tmp_path / "absent")]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+    assert export.main([*args, str(tmp_path / "tok")]) == 0
+    assert "exported step 2" in capsys.readouterr().out
+    assert json.loads((out / export.LLARK_CONFIG_FILE).read_text())["step"] == 2
+    saved = AutoTokenizer.from_pretrained(out)
+    assert saved.convert_tokens_to_ids(["<audio_patch>", "<audio_start>", "<audio_end>"]) == [
+        ids.patch, ids.start, ids.end]
+    trained = load_model(workdir, tokenizer=tokenizer).model.llama
+    _assert_lm_equal(load_llama(out), trained, jnp.float32)

@@ -1,9 +1,11 @@
 """Export a LLark model to a Hugging Face directory that PyTorch loads without llark_jax.
 
     python -m llark_jax export --checkpoint PATH --output OUT [--dtype float32|bfloat16] [--force]
-        [--verify]
+        [--verify] [--tokenizer DIR]
 
-PATH is a training workdir or a model directory (`llark_jax.checkpoints.model_dir.load_model`).
+PATH is a training workdir or a model directory (`llark_jax.checkpoints.model_dir.load_model`);
+a workdir trained without a tokenizer (synthetic batches) needs `--tokenizer`, whose LLark token
+ids must equal the model's.
 OUT receives:
 
     config.json, model.safetensors      the LM as a standard Llama (`model_type: llama`,
@@ -202,6 +204,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", required=True, type=Path,
                         help="training workdir or model directory")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="HF tokenizer dir (only for a workdir trained without one)")
     parser.add_argument("--output", required=True, type=Path, help="directory to write")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="dtype of the exported weights (default float32)")
@@ -214,9 +218,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_paths(checkpoint: Path, output: Path, force: bool) -> None:
+def _check_paths(checkpoint: Path, output: Path, force: bool, tokenizer: Path | None) -> None:
     if not checkpoint.exists():
         raise ExportError(f"{checkpoint} does not exist")
+    if tokenizer is not None and not tokenizer.is_dir():
+        raise ExportError(f"--tokenizer {tokenizer}: no such directory")
     if output.exists() and not output.is_dir():
         raise ExportError(f"{output} exists and is not a directory")
     if output.is_dir() and any(output.iterdir()) and not force:
@@ -225,17 +231,26 @@ def _check_paths(checkpoint: Path, output: Path, force: bool) -> None:
         raise ExportError("--output must differ from --checkpoint")
 
 
+def _load_tokenizer(directory: Path | None) -> Any:
+    """The tokenizer saved in `directory` (`--tokenizer`), None without the flag."""
+    if directory is None:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
 def main(argv: list[str]) -> int:
     """`python -m llark_jax export ...`; user mistakes print one `error:` line and return 2."""
     args = _parser().parse_args(argv)
     try:
-        _check_paths(args.checkpoint, args.output, args.force)
+        _check_paths(args.checkpoint, args.output, args.force, args.tokenizer)
     except ExportError as e:
         return errors.report(e)
     from llark_jax.checkpoints.model_dir import ModelDirError, load_model
 
     try:
-        loaded = load_model(args.checkpoint)
+        loaded = load_model(args.checkpoint, tokenizer=_load_tokenizer(args.tokenizer))
         extra = {
             "features": loaded.features.to_json(),
             "template": loaded.template.name,

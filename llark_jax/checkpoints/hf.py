@@ -36,7 +36,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llark_jax.checkpoints.safetensors_io import TensorEntry, iter_tensors, write_safetensors
+from llark_jax.checkpoints.safetensors_io import (
+    TensorEntry,
+    iter_tensors,
+    read_header,
+    write_safetensors,
+)
 from llark_jax.model.llama import Llama, LlamaConfig, param_logical_axes
 from llark_jax.model.sharding import DEFAULT_RULES, Rules, logical_to_spec
 
@@ -190,22 +195,47 @@ def fill_llama(
     return model
 
 
-def _checkpoint_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, array) of every weight: the index's shards, else all *.safetensors, else *.bin."""
+def _is_llama_tensor(name: str) -> bool:
+    """Whether `name` is a tensor of the Llama layout (ignored buffers included)."""
+    try:
+        hf_name_to_path(name)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _safetensors_files(path: str) -> list[str]:
+    """The safetensors files holding the LM, chosen as `transformers` chooses them.
+
+    `model.safetensors` when present, else the shards named by `model.safetensors.index.json`
+    (`from_pretrained` checks in that order and reads nothing else). A folder with neither
+    (unindexed shards, other file names) falls back to every `*.safetensors` that holds at least
+    one Llama tensor name, so files beside the LM with none (an export's
+    `llark_projector.safetensors`, adapters) are skipped; [] when none qualifies.
+    """
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(single):
+        return [single]
     index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
+    if os.path.isfile(index):
         with open(index) as f:
             shard_names = sorted(set(json.load(f)["weight_map"].values()))
-        files = [os.path.join(path, name) for name in shard_names]
-    else:
-        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+        return [os.path.join(path, name) for name in shard_names]
+    return [f for f in sorted(glob.glob(os.path.join(path, "*.safetensors")))
+            if any(_is_llama_tensor(name) for name in read_header(f)[0])]
+
+
+def _checkpoint_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, array) of every weight: the `_safetensors_files`, else `pytorch_model*.bin`."""
+    files = _safetensors_files(path)
     if files:
         for f in files:
             yield from iter_tensors(f)
         return
     bins = sorted(glob.glob(os.path.join(path, "pytorch_model*.bin")))
     if not bins:
-        raise CheckpointError(f"{path}: no *.safetensors or pytorch_model*.bin files")
+        raise CheckpointError(f"{path}: no *.safetensors with Llama weights or "
+                              "pytorch_model*.bin files")
     import torch  # only for the legacy format; llark_jax imports without torch
 
     for f in bins:
@@ -231,7 +261,12 @@ def load_llama(
     **config_overrides: Any,
 ) -> Llama:
     """Loads an HF Llama directory: params in `dtype`, compute in `compute_dtype` (or dtype);
-    `keep_layers` > 0: only the first that many decoder layers."""
+    `keep_layers` > 0: only the first that many decoder layers.
+
+    The weights come from the files `transformers` reads (`_safetensors_files`):
+    `model.safetensors`, else the shards of `model.safetensors.index.json`, else the
+    `*.safetensors` holding Llama tensors, else `pytorch_model*.bin`; other files beside them
+    (an export's `llark_projector.safetensors`) are never read."""
     if keep_layers:
         config_overrides["num_layers"] = keep_layers
     config = load_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, **config_overrides)
