@@ -59,3 +59,26 @@ def test_train_from_hf_directory(hf_dir, tmp_path):
     assert train(config, tmp_path) == 0
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").open()]
     assert len(losses) == 3 and all(4.0 < loss < 9.0 for loss in losses)  # ~ln(604) = 6.4
+
+
+@pytest.mark.slow
+def test_train_from_an_exported_llark_lm_adds_no_token_rows(hf_dir, tmp_path):
+    """An `export` folder's tokenizer holds the LLark tokens and its LM their rows already:
+    training from it keeps both (it added 3 more rows to the LM, and the run stopped with
+    "tokenizer grew to N tokens but the model to N + 3 rows")."""
+    from transformers import AutoTokenizer
+
+    from llark_jax.checkpoints.tokens import extend_tokenizer
+
+    path, n = hf_dir
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    extend_tokenizer(tokenizer)
+    exported = tmp_path / "export"
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+    save_llama(Llama(cfg, rngs=nnx.Rngs(1)), exported)
+    tokenizer.save_pretrained(exported)
+    config = hf_config(exported, n, train__steps="3", train__checkpoint_every="3")
+    assert train(config, tmp_path / "w") == 0
+    manifest = json.loads((tmp_path / "w" / "llark.json").read_text())
+    assert manifest["config"]["model"]["llama"]["vocab_size"] == n + 4

@@ -42,6 +42,7 @@ from llark_jax.checkpoints.tokens import (
     extend_tokenizer,
     extend_with_llark_tokens,
 )
+from llark_jax.config import ConfigError
 from llark_jax.model.llama import Llama, LlamaConfig
 from llark_jax.model.llark import LLark
 from llark_jax.model.lora import add_lora, parse_targets
@@ -109,9 +110,14 @@ def source_tokenizer(model_cfg: ml_collections.ConfigDict) -> Any | None:
     return None
 
 
+def has_llark_tokens(tokenizer: Any) -> bool:
+    """Whether `tokenizer` already holds the LLark tokens (e.g. that of an `export` folder)."""
+    return tokenizer.convert_tokens_to_ids(AUDIO_PATCH_TOKEN) not in (None, tokenizer.unk_token_id)
+
+
 def with_llark_tokens(tokenizer: Any) -> Any:
     """`tokenizer` extended with the LLark tokens unless it already holds them (in place)."""
-    if tokenizer.convert_tokens_to_ids(AUDIO_PATCH_TOKEN) in (None, tokenizer.unk_token_id):
+    if not has_llark_tokens(tokenizer):
         extend_tokenizer(tokenizer)
     return tokenizer
 
@@ -141,8 +147,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
                 f"the extended tokenizer gives {wrong}; set --config.model.<field> to these "
                 f"values or -1 (and model.vocab_size={len(tokenizer)} or 0)")
         if m.source == "random" and m.llama.vocab_size < len(tokenizer):
-            raise ValueError(f"model.llama.vocab_size={m.llama.vocab_size} is smaller than the "
-                             f"tokenizer ({len(tokenizer)} tokens with the LLark tokens)")
+            raise ConfigError(f"model.llama.vocab_size={m.llama.vocab_size} is smaller than the "
+                              f"tokenizer ({len(tokenizer)} tokens with the LLark tokens): set "
+                              f"--config.model.llama.vocab_size={len(tokenizer)} or more")
         if m.source != "random":
             if m.vocab_size > 0 and m.vocab_size != len(tokenizer):
                 raise TokenIdMismatchError(f"model.vocab_size={m.vocab_size} but the extended "
@@ -150,8 +157,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
             m.vocab_size = len(tokenizer)
     missing = [field for field in AUDIO_ID_FIELDS if m[field] < 0]
     if missing:
-        raise ValueError(f"model.{missing[0]} is -1 and there is no tokenizer to take it from: "
-                         "set the ids or model.tokenizer")
+        raise ConfigError(f"model.{missing[0]} is -1 and there is no tokenizer to take it from: "
+                          "set the ids or model.tokenizer")
     if m.vocab_size > 0:
         m.llama.vocab_size = m.vocab_size
     return config, tokenizer
@@ -267,7 +274,8 @@ def _pretrained_llama(model_cfg: ml_collections.ConfigDict, seed: int) -> Llama:
 
         llama, _ = load_gguf_llama(model_cfg.path or None, **dtypes)
     tokenizer = source_tokenizer(model_cfg)  # a GGUF's own is parsed once per process
-    extend_with_llark_tokens(llama, tokenizer, seed=seed)
+    if not has_llark_tokens(tokenizer):  # an exported LLark LM has the rows already
+        extend_with_llark_tokens(llama, tokenizer, seed=seed)
     return with_base_options(llama, model_cfg, seed)
 
 

@@ -21,9 +21,10 @@ a feature width other than the model's), examples too long for a row and clips w
 than T_a are skipped and counted in `counters`, never raised. Every bad record is logged once
 with its shard and byte offset (the start of its TFRecord frame) and kept in `bad_records` (the
 trainer's summary lists them); when nothing at all is usable, `NoUsableDataError` names the
-shards and what was wrong with them. `PipelineConfig.skip_clips` leaves clips out (the
-trainer's `data.skip_clips`), counted as `skipped_clip_examples`; `last_batch_clips()` names the
-clips of the latest batch (the trainer's NaN stop).
+shards and what was wrong with them, and `task_weights` that give none of the records' tasks a
+weight stop when the pipeline is built (`UnweightedTasksError`). `PipelineConfig.skip_clips`
+leaves clips out (the trainer's `data.skip_clips`), counted as `skipped_clip_examples`;
+`last_batch_clips()` names the clips of the latest batch (the trainer's NaN stop).
 
 Training-data fraction (`PipelineConfig.fraction`, `dataset_fractions`; the trainer's
 `data.fraction`): a clip of dataset d is used iff `u(seed, clip_id) < share(d)`, with `u` a
@@ -88,6 +89,17 @@ class PipelineConfig:
         """The fraction settings a saved state depends on ({} when every clip is used)."""
         shares = {"fraction": self.fraction, "dataset_fractions": self.dataset_fractions or {}}
         return {} if shares == {"fraction": 1.0, "dataset_fractions": {}} else shares
+
+
+class UnweightedTasksError(NoUsableDataError):
+    """No task of the records has a weight > 0 in `task_weights`, so every example would get 0
+    copies; `weighted` and `found` ({task: examples per epoch}) are the two sides."""
+
+    def __init__(self, weighted: dict[str, float], found: dict[str, int]):
+        self.weighted, self.found = weighted, found
+        super().__init__(f"task_weights {weighted} give none of the records' tasks a weight "
+                         f"> 0 (examples per task, *-index.json: {found}): every example would "
+                         f"be left out")
 
 
 def make_tokenize_fn(tokenizer: Any, template: Any, audio_token_ids: Any,
@@ -162,10 +174,18 @@ class Pipeline:
         return list(found.values())
 
     def _task_multiplicity(self) -> dict[str, float] | None:
+        """Copies per example of each task (`task_weights` share over the epoch's counts); None
+        without weights. `UnweightedTasksError` when no task of the records has a weight > 0."""
         weights = self.config.task_weights
         if not weights:
             return None
         counts = self.config.task_counts or self.source.task_counts()
+        if not any(weights.get(task, 0.0) > 0 for task, n in counts.items() if n):
+            raise UnweightedTasksError(weights, counts)
+        absent = sorted(task for task, w in weights.items() if w > 0 and not counts.get(task))
+        if absent:
+            log.warning("task_weights: the records hold no example of %s, so its share is "
+                        "left out (examples per task: %s)", ", ".join(absent), counts)
         total_w, total_n = sum(weights.values()), sum(counts.values())
         return {t: weights.get(t, 0.0) / total_w * total_n / n for t, n in counts.items() if n}
 

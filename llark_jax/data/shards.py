@@ -18,8 +18,6 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
-
 from llark_jax.data.records import ClipRecord, RecordError, decode_clip, read_payload, scan_frames
 from llark_jax.errors import UserError
 
@@ -108,9 +106,9 @@ class ShardSource:
         return dict(counts)
 
 
-def clip_embeddings(patterns: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(clip id, stored embedding [T, D]) of every readable record of the shards, in file order
-    (unreadable records are skipped; the training pipeline counts them)."""
+def readable_clips(patterns: Sequence[str]) -> Iterator[ClipRecord]:
+    """Every readable record of the shards, in file order (unreadable records are skipped; the
+    training pipeline counts them)."""
     source = ShardSource(patterns)
     try:
         for record in range(len(source.locations)):
@@ -118,7 +116,7 @@ def clip_embeddings(patterns: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]
                 clip = source.read(record)
             except RecordError:
                 continue
-            yield clip.clip_id, clip.embedding
+            yield clip
     finally:
         source.close()
 

@@ -25,6 +25,7 @@ import numpy as np
 from llark_jax.checkpoints.model_dir import MANIFEST, read_manifest, template_for
 from llark_jax.config import ConfigError
 from llark_jax.data.features import FeatureSpec, spec_from_config
+from llark_jax.data.records import ClipRecord
 from llark_jax.train.mesh import batch_sharding
 from llark_jax.train.synthetic import SyntheticBatches, SyntheticSpec
 
@@ -32,6 +33,7 @@ log = logging.getLogger("llark_jax.train")
 # Synthetic validation batches: the training stream's generator with this seed offset (a stream
 # the training batches never draw).
 SYNTHETIC_EVAL_SEED_OFFSET = 1_000_003
+FIT_SCAN_RECORDS = 16  # records `check_records_fit` reads (frames and width of the clips)
 
 
 class RecordsMismatchError(ValueError):
@@ -58,35 +60,92 @@ def skip_clips(value: str) -> frozenset[str]:
     return frozenset(c.strip() for c in value.split(",") if c.strip())
 
 
-def feature_spec(config: ml_collections.ConfigDict, workdir: Path) -> FeatureSpec:
-    """The run's feature pipeline: the workdir manifest's (a resumed run keeps its statistics)
-    when it has the same settings, else `config.data`'s with the records' storage dtype and
-    statistics over the training shards (`data.standardize`)."""
+def _settings(spec: FeatureSpec) -> tuple[str, int, bool]:
+    """What a feature pipeline must share with `config.data` to be reused: (encoder, pool,
+    standardised)."""
+    return spec.encoder, spec.pool, spec.standardized
+
+
+def _wanted(d: ml_collections.ConfigDict) -> tuple[str, int, bool]:
+    """`_settings` of the pipeline `config.data` asks for."""
+    return d.encoder, d.feature_pool, d.standardize
+
+
+def _source_features(config: ml_collections.ConfigDict) -> tuple[FeatureSpec, int] | None:
+    """(feature pipeline, projector input width) of the model `train.init_from` names (a workdir
+    or model directory, its manifest), or None without one. Its projector was trained on exactly
+    that pipeline and its statistics, so a fine-tuning run keeps them; a `config.data` asking for
+    another encoder, pool or standardisation is a `ConfigError`."""
+    run = config.train.init_from
+    if not run or not (Path(run) / MANIFEST).is_file():
+        return None
+    source_config, source, _ = read_manifest(run)
+    if _settings(source) != _wanted(config.data):
+        names = ("data.encoder", "data.feature_pool", "data.standardize")
+        diffs = ", ".join(f"{name}={new!r} (the source's: {old!r})" for name, old, new
+                          in zip(names, _settings(source), _wanted(config.data), strict=True)
+                          if old != new)
+        raise ConfigError(f"train.init_from={run} was trained on another feature pipeline: "
+                          f"{diffs}; set them to the source's, or drop train.init_from")
+    return source, int(source_config.model.audio_dim)
+
+
+def _check_source_fits(clip: ClipRecord, source: FeatureSpec, width: int, run: str) -> None:
+    """`RecordsMismatchError` unless the records' encoder and feature width are `run`'s."""
+    got = (clip.encoder, clip.embedding.shape[1])
+    if got != (source.encoder, width):
+        raise RecordsMismatchError(
+            f"records hold {got[1]}-dim {got[0]} features (clip {clip.clip_id}) but "
+            f"train.init_from={run} was trained on {width}-dim {source.encoder} features: embed "
+            f"the records with its encoder, or drop train.init_from")
+
+
+def feature_spec(config: ml_collections.ConfigDict, workdir: Path, *,
+                 restart: bool = False) -> FeatureSpec:
+    """The run's feature pipeline, the first of:
+
+    - the workdir manifest's when it has the same settings: a resumed run keeps its statistics
+      (not with `restart`, which moves that run aside);
+    - `train.init_from`'s (`_source_features`; the records must hold its encoder's features):
+      the fine-tuned projector keeps the statistics it was trained on;
+    - `config.data`'s with statistics over the training shards (`data.standardize`).
+
+    The storage dtype is the records'."""
     d = config.data
-    if (workdir / MANIFEST).is_file():
+    if not restart and (workdir / MANIFEST).is_file():
         _, saved, _ = read_manifest(workdir)
-        if (saved.encoder, saved.pool, saved.standardized) == (d.encoder, d.feature_pool,
-                                                                d.standardize):
+        if _settings(saved) == _wanted(d):
             return saved
+    source = _source_features(config)
     if d.source != "tfrecord":
+        if source is not None:
+            return source[0]
         if d.standardize:
             raise ConfigError("data.standardize needs data.source=tfrecord (record statistics)")
         return spec_from_config(d)
-    from llark_jax.data.shards import clip_embeddings
+    from llark_jax.data.shards import readable_clips
 
-    clips = clip_embeddings(_shard_patterns(d.path))
+    clips = readable_clips(_shard_patterns(d.path))
     try:
         first = next(clips, None)
     except FileNotFoundError:  # no shard yet: the pipeline reports it when training starts
         first = None
-    storage = first[1].dtype.name if first is not None else "float32"
+    storage = first.embedding.dtype.name if first is not None else "float32"
+    if source is not None:
+        spec, width = source
+        if first is not None:
+            _check_source_fits(first, spec, width, config.train.init_from)
+        log.info("feature pipeline and statistics of train.init_from=%s kept (encoder %s, pool "
+                 "%d, standardised: %s)", config.train.init_from, spec.encoder, spec.pool,
+                 spec.standardized)
+        return dataclasses.replace(spec, storage_dtype=storage)
     if not d.standardize:
         return spec_from_config(d, storage_dtype=storage)
     if first is None:
         raise ConfigError(f"data.path={d.path!r}: no training shard (*.tfrecord) there to take "
                           f"the feature statistics of data.standardize from")
     log.info("feature statistics over the training shards (data.standardize)")
-    embeddings = itertools.chain([first[1]], (e for _, e in clips))
+    embeddings = (clip.embedding for clip in itertools.chain([first], clips))
     return spec_from_config(d, clips=embeddings, storage_dtype=storage)
 
 
@@ -160,7 +219,12 @@ def tfrecord_batches(config: ml_collections.ConfigDict, tokenizer: Any, features
     and skipped clips, or (`held_out`) over `data.eval_path` with every QA pair once."""
     from llark_jax.data.conversation import AudioTokenIds
     from llark_jax.data.packing import PackingConfig
-    from llark_jax.data.pipeline import Pipeline, PipelineConfig, make_tokenize_fn
+    from llark_jax.data.pipeline import (
+        Pipeline,
+        PipelineConfig,
+        UnweightedTasksError,
+        make_tokenize_fn,
+    )
 
     d = config.data
     packing = PackingConfig(batch_size=d.batch_size // jax.process_count(), seq_len=d.seq_len,
@@ -178,38 +242,52 @@ def tfrecord_batches(config: ml_collections.ConfigDict, tokenizer: Any, features
             dataset_fractions=by_dataset)
     tokenize = make_tokenize_fn(tokenizer, template_for(d, tokenizer),
                                 AudioTokenIds.from_tokenizer(tokenizer), d.seq_len)
-    pipeline = Pipeline(pipeline_config, tokenize, feature_fn=features.apply)
+    try:
+        pipeline = Pipeline(pipeline_config, tokenize, feature_fn=features.apply)
+    except UnweightedTasksError as err:
+        weights = {task: 1.0 for task in sorted(err.found)}
+        raise ConfigError(
+            f"data.task_weights={err.weighted} weights none of the tasks of the records at "
+            f"{d.path} ({err.found} examples), so no example would be used: weight theirs, e.g. "
+            f"--config.data.task_weights=\"{weights}\", or pass "
+            f"--config.data.task_weights=\"{{}}\" for every QA pair once per epoch") from err
     check_records_fit(pipeline, config, features)
     return pipeline
 
 
 def check_records_fit(pipeline: Any, config: ml_collections.ConfigDict,
                       features: FeatureSpec) -> None:
-    """Stops with one clear line when the first readable record's frames or width do not fit
-    `data.audio_frames` / `model.audio_dim` (instead of skipping every example)."""
+    """Stops with one clear line when the first readable record's features are not
+    `model.audio_dim` wide, or when the readable ones among the first `FIT_SCAN_RECORDS` hold
+    more audio tokens than `data.audio_frames` (instead of skipping every such example). The
+    advised `audio_frames` is the longest clip read, so a lower bound for the whole set."""
     from llark_jax.data.records import RecordError
 
-    for record in range(min(len(pipeline.source.locations), 8)):
+    clips = []
+    for record in range(min(len(pipeline.source.locations), FIT_SCAN_RECORDS)):
         try:
-            clip = pipeline.source.read(record)
+            clips.append(pipeline.source.read(record))
         except RecordError:
             continue
-        frames, width = clip.embedding.shape
-        tokens = features.tokens_for(frames)
-        if width != config.model.audio_dim:
-            raise RecordsMismatchError(
-                f"records hold {width}-dim features (clip {clip.clip_id}, encoder "
-                f"{clip.metadata.get('encoder', '?') if isinstance(clip.metadata, dict) else '?'})"
-                f" but model.audio_dim = {config.model.audio_dim}")
-        if tokens > config.data.audio_frames:
-            pooled = f" = {tokens} tokens at data.feature_pool={features.pool}" \
-                if features.pool > 1 else ""
-            raise RecordsMismatchError(
-                f"records hold {frames} frames per clip{pooled} (clip {clip.clip_id}) but "
-                f"data.audio_frames = {config.data.audio_frames}: set "
-                f"--config.data.audio_frames={tokens} or re-embed on the config's grid (e.g. "
-                f"`data_prep embed --pooling reference` for Jukebox, 240 frames)")
+    if not clips:
         return
+    first = clips[0]
+    if first.embedding.shape[1] != config.model.audio_dim:
+        raise RecordsMismatchError(
+            f"records hold {first.embedding.shape[1]}-dim features (clip {first.clip_id}, "
+            f"encoder {first.encoder}) but model.audio_dim = {config.model.audio_dim}")
+    longest = max(clips, key=lambda clip: clip.embedding.shape[0])
+    frames = longest.embedding.shape[0]
+    tokens = features.tokens_for(frames)
+    if tokens > config.data.audio_frames:
+        pooled = f" = {tokens} tokens at data.feature_pool={features.pool}" \
+            if features.pool > 1 else ""
+        raise RecordsMismatchError(
+            f"records hold up to {frames} frames per clip{pooled} (clip {longest.clip_id}, the "
+            f"longest of the first {len(clips)} read) but data.audio_frames = "
+            f"{config.data.audio_frames}: set --config.data.audio_frames to at least {tokens} "
+            f"(longer clips are skipped, counted as too_many_frames) or re-embed on the "
+            f"config's grid (e.g. `data_prep embed --pooling reference` for Jukebox, 240 frames)")
 
 
 def to_global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:

@@ -8,9 +8,11 @@ checkpoint is the last good one; the error names the step's clips and writes the
 `W/nan_step_<N>_clips.txt`, which `--config.data.skip_clips=@FILE` skips on the rerun.
 
 A config that does not fit the workdir's checkpoints stops in one `error:` line naming the
-fields, before anything is written (`llark_jax.train.resume`); `--restart` moves the old run
-aside and starts over. Damaged checkpoints (integrity digests, `llark_jax.train.checkpoint`) are
-set aside loudly and the previous one resumes.
+fields (`llark_jax.train.resume`), and so does any other mistake that can be found without
+training (schedule, mesh, trackers, `train.model_dir`, `train.init_from`, the records): all
+before anything in the workdir is written; `--restart` moves the old run aside (after those
+checks) and starts over. Damaged checkpoints (integrity digests, `llark_jax.train.checkpoint`)
+are set aside loudly and the previous one resumes.
 
 The host never holds the device up: the next `train.prefetch` batches are built and put on the
 mesh by a background thread (`llark_jax.data.prefetch`) while the step runs, and metrics stay on
@@ -48,6 +50,7 @@ from llark_jax.config import (
 )
 from llark_jax.data.features import FeatureSpec
 from llark_jax.data.prefetch import Prefetcher
+from llark_jax.io import check_output_path
 from llark_jax.model.sharding import logical_rules
 from llark_jax.model.trainable import count_trainable
 from llark_jax.train.checkpoint import InputStateMismatchError, TrainCheckpointer
@@ -65,8 +68,8 @@ from llark_jax.train.pending import PendingSteps
 from llark_jax.train.profiling import StepProfiler, parse_steps
 from llark_jax.train.report import SUMMARY, TrainingDiverged, diverged_message, write_summary
 from llark_jax.train.resume import check_resumable, move_previous_run
-from llark_jax.train.setup import TrainSetup
-from llark_jax.train.tracking import make_sinks
+from llark_jax.train.setup import TrainSetup, init_from_step
+from llark_jax.train.tracking import check_tracking, make_sinks
 from llark_jax.train.validation import Validator
 
 log = logging.getLogger("llark_jax.train")
@@ -94,31 +97,69 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     """Trains (or resumes) in `workdir`; returns the process exit status.
 
     First the config is resolved against the model source (`resolve_config`: dims, vocabulary,
-    audio token ids) and checked against the workdir's checkpoints (`check_resumable`: a change
-    of the state's structure stops here, before anything is written); then the feature pipeline
-    is fixed (`feature_spec`) and both are written to the workdir's manifest with the tokenizer,
-    so the workdir is a loadable model from the first checkpoint on
-    (`llark_jax.checkpoints.model_dir`). `restart` moves the previous run aside first.
+    audio token ids) and everything that can stop the run on a user mistake is checked
+    (`_prepare`: the workdir's checkpoints, the config, the feature pipeline, the records) while
+    the workdir is untouched. Then `restart` moves the previous run aside, and the config and
+    the feature pipeline are written to the workdir's manifest with the tokenizer, so the
+    workdir is a loadable model from the first checkpoint on (`llark_jax.checkpoints.model_dir`).
     """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    config, tokenizer = resolve_config(config)
+    setup, features, batches, eval_batches = _prepare(config, tokenizer, workdir, restart)
     if restart:
         move_previous_run(workdir)
-    config, tokenizer = resolve_config(config)
-    check_resumable(config, workdir)
-    parse_steps(config.train.profile_steps)  # a bad window stops before any work
-    features = feature_spec(config, workdir)
-    batches = make_batches(config, tokenizer, features)
-    eval_batches = (make_eval_batches(config, tokenizer, features)
-                    if config.train.eval_every > 0 else None)
+    workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         write_manifest(workdir, config, features, tokenizer)
-    setup = TrainSetup(config)
     with logical_rules(setup.mesh, setup.rules):
         status = _run(config, setup, workdir, batches, eval_batches)
     if status == 0 and config.train.model_dir:
         _write_model_dir(config, setup, workdir, tokenizer, features)
     return status
+
+
+def _prepare(config: ml_collections.ConfigDict, tokenizer: Any, workdir: Path,
+             restart: bool) -> tuple[TrainSetup, FeatureSpec, Any, Any]:
+    """(setup, feature pipeline, training batches, validation batches or None), after every
+    check that can stop the run on a user mistake, before anything in `workdir` is moved or
+    written: the config against the workdir's checkpoints (`check_resumable`, skipped by
+    `restart`), the profile window, the trackers, `train.model_dir` and `train.init_from` (when
+    the run starts fresh), the mesh, batch split and schedule (`TrainSetup`), then the feature
+    pipeline and the input streams (the records' width, frames and tasks)."""
+    fresh = restart or not check_resumable(config, workdir)
+    parse_steps(config.train.profile_steps)
+    check_tracking(config)
+    _check_model_dir(config, tokenizer, workdir)
+    if fresh and config.train.init_from:
+        init_from_step(Path(config.train.init_from))
+    setup = TrainSetup(config)
+    features = feature_spec(config, workdir, restart=restart)
+    batches = make_batches(config, tokenizer, features)
+    eval_batches = (make_eval_batches(config, tokenizer, features)
+                    if config.train.eval_every > 0 else None)
+    return setup, features, batches, eval_batches
+
+
+def _check_model_dir(config: ml_collections.ConfigDict, tokenizer: Any, workdir: Path) -> None:
+    """`ConfigError` before the first step when `train.model_dir` could not be written at the
+    end: a model directory holds the tokenizer it is loaded with, it must not be the workdir
+    (writing it replaces the checkpoints), and no file may be in its way."""
+    target = config.train.model_dir
+    if not target:
+        return
+    if tokenizer is None:
+        raise ConfigError(
+            f"train.model_dir={target}: a model directory holds the tokenizer it is loaded "
+            f"with, and this run has none (model.source=random without model.tokenizer): set "
+            f"--config.model.tokenizer to a Hugging Face tokenizer directory (with a random "
+            f"model also model.llama.vocab_size >= its size with the LLark tokens, and the "
+            f"audio token ids -1 to take them from it), use an hf or gguf model.source, or drop "
+            f"train.model_dir")
+    if Path(target).resolve() == workdir.resolve():
+        raise ConfigError(f"train.model_dir={target} is the workdir: writing the model "
+                          f"directory there would replace the run's checkpoints; name another "
+                          f"folder")
+    check_output_path(target, "train.model_dir", folder=True)
 
 
 def _write_model_dir(config, setup: TrainSetup, workdir: Path, tokenizer: Any,
@@ -267,6 +308,9 @@ def main(argv: list[str]) -> int:
         parser.error(f"--process_id {args.process_id} must be below --num_processes "
                      f"{args.num_processes}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # basicConfig is a no-op once absl (imported by orbax) has configured the root logger at
+    # WARNING: the trainer's own INFO lines (resumed step, kept feature statistics) still show.
+    logging.getLogger("llark_jax").setLevel(logging.INFO)
     for noisy in ("absl", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id,

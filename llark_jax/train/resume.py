@@ -24,7 +24,9 @@ silently: the run stops with `NoUsableCheckpointError` until it is given `--rest
 
 `--restart` (`move_previous_run`) moves the old run (checkpoints, manifest, metrics, summary,
 TensorBoard events, NaN clip lists) into `W/previous/<UTC time>/`, prints where, and trains from
-step 0. Nothing is deleted: remove that folder when it is no longer needed.
+step 0. Nothing is deleted: remove that folder when it is no longer needed. The move comes only
+after the new config has passed every check `train` makes before writing (`llark_jax.train.loop`),
+so a config mistake leaves the old run where it was.
 """
 
 from __future__ import annotations
@@ -106,12 +108,13 @@ def _saved_config(checkpointer: TrainCheckpointer, steps: list[int], workdir: Pa
     return None
 
 
-def check_resumable(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Raises a `ResumeError` (one line) when the workdir's checkpoints cannot continue with
-    `config` (the resolved config): see the module docstring. Reads, never writes."""
+def check_resumable(config: ml_collections.ConfigDict, workdir: Path) -> bool:
+    """Whether the workdir holds checkpoints to resume; raises a `ResumeError` (one line) when
+    they cannot continue with `config` (the resolved config): see the module docstring. Reads,
+    never writes."""
     directory = workdir / "checkpoints"
     if not directory.is_dir():
-        return
+        return False
     checkpointer = TrainCheckpointer(directory, keep=1_000_000, async_save=False)
     try:
         steps, set_aside = checkpointer.steps(), checkpointer.set_aside()
@@ -121,12 +124,12 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: Path) -> None:
                     f"every checkpoint in {directory} was set aside as damaged "
                     f"({', '.join(set_aside)}), so this run would start from step 0; "
                     f"{RESTART_HINT}")
-            return
+            return False
         saved = _saved_config(checkpointer, steps, workdir)
     finally:
         checkpointer.close()
     if saved is None:
-        return
+        return True
     current = json.loads(config_to_json(config))
     diffs = differences(saved, current)
     # A field only one side has is a schema change of the code, not of the run: warned about;
@@ -141,6 +144,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: Path) -> None:
     if diffs:
         log.warning("resuming step %d with changed settings: %s", steps[-1],
                     "; ".join(f"{key}: {_show(old)} -> {_show(new)}" for key, old, new in diffs))
+    return True
 
 
 def move_previous_run(workdir: Path) -> Path | None:

@@ -63,6 +63,21 @@ def check_batch_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.
             f"divides {batch}")
 
 
+def init_from_step(run_dir: Path) -> int:
+    """The newest checkpoint step of `train.init_from`'s run (a workdir or model directory);
+    `ConfigError` when it has none. Reads, never writes."""
+    steps = []
+    if (run_dir / "checkpoints").is_dir():
+        source = TrainCheckpointer(run_dir / "checkpoints", keep=1_000_000, async_save=False)
+        try:
+            steps = source.steps()
+        finally:
+            source.close()
+    if not steps:
+        raise ConfigError(f"train.init_from: no checkpoint under {run_dir}/checkpoints")
+    return steps[-1]
+
+
 class TrainSetup:
     """Mesh, jitted train step (state donated) and eval step (`eval_step(params, rest, batch)`),
     shardings, optimizer."""
@@ -120,17 +135,15 @@ class TrainSetup:
     def _params_from_run(self, run_dir: Path) -> tuple[Any, Any]:
         """Params and rest of `run_dir`'s newest checkpoint (its optimizer state is not read,
         so the stages may train different parameter sets)."""
+        step = init_from_step(run_dir)
         source = TrainCheckpointer(run_dir / "checkpoints", keep=1_000_000, async_save=False)
         try:
-            steps = source.steps() if (run_dir / "checkpoints").is_dir() else []
-            if not steps:
-                raise ConfigError(f"train.init_from: no checkpoint under {run_dir}/checkpoints")
             target = self.abstract_state_with_shardings()
-            state = source.restore_subtrees(steps[-1], {"params": target["params"],
-                                                        "rest": target["rest"]})
+            state = source.restore_subtrees(step, {"params": target["params"],
+                                                   "rest": target["rest"]})
         finally:
             source.close()
-        log.info("initialised params from %s step %d", run_dir, steps[-1])
+        log.info("initialised params from %s step %d", run_dir, step)
         return state["params"], state["rest"]
 
     def flops_per_step(self) -> float:

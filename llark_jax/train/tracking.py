@@ -45,15 +45,28 @@ def redact(tree: Any) -> Any:
     return tree
 
 
+def check_tracking(config: ml_collections.ConfigDict) -> None:
+    """`TrackingError` now, before the run writes anything, when a tracker `config.metrics` asks
+    for cannot start (`metrics.wandb` without the package)."""
+    if config.metrics.wandb:
+        _wandb()
+
+
+def _wandb() -> Any:
+    """The wandb module, or a `TrackingError` naming the install line."""
+    try:
+        import wandb
+    except ImportError as err:
+        raise TrackingError("metrics.wandb=True needs the wandb package: pip install wandb"
+                            ) from err
+    return wandb
+
+
 class WandbSink:
     """Scalars to a Weights & Biases run (see the module docstring)."""
 
     def __init__(self, workdir: Path, config: ml_collections.ConfigDict):
-        try:
-            import wandb
-        except ImportError as err:
-            raise TrackingError("metrics.wandb=True needs the wandb package: pip install wandb"
-                                ) from err
+        wandb = _wandb()
         m = config.metrics
         id_file = workdir / RUN_ID_FILE
         if not id_file.is_file():
@@ -76,7 +89,7 @@ def make_sinks(workdir: Path, config: ml_collections.ConfigDict,
     if not is_primary:
         return ()
     sinks: list[ScalarSink] = []
-    if config.metrics.wandb:  # first: a missing package stops before any file
+    if config.metrics.wandb:
         sinks.append(WandbSink(workdir, config))
     if config.metrics.tensorboard:
         sinks.append(TensorBoardSink(workdir / "tensorboard"))
