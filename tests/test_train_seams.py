@@ -178,6 +178,29 @@ def test_task_weights_of_no_record_task_name_both_sides_and_the_override(tmp_pat
                               override.replace('"', ""), steps=1)) == 0
 
 
+def test_task_counts_are_those_of_the_shards_read_and_weights_are_not_negative(tmp_path,
+                                                                              capsys):
+    """`data.path=DIR/train-*` beside an eval split: the weights share the training split's
+    examples (the eval index was counted too); a negative weight is an error line."""
+    from llark_jax.data.shards import ShardSource
+
+    records = _write_records(tmp_path / "data")  # 12 train clips, one "mir" pair each
+    root = tmp_path / "data"
+    write_records(root / "annotations.jsonl", [root / "qa.jsonl"], root / "embeddings", records,
+                  "eval", shard_size=6, embedding_dtype="float32")  # the same 12 as "eval"
+    source = ShardSource([str(records / "train-*.tfrecord")])
+    try:
+        assert source.task_counts() == {"mir": 12}  # not 24
+    finally:
+        source.close()
+    tokenizer = _tokenizer_dir(tmp_path)
+    capsys.readouterr()
+    assert main(_records_args(tmp_path / "w", records, tokenizer,
+                              "--config.data.task_weights={'mir': 1.0, 'key': -1.0}")) == 2
+    assert "data.task_weights: weights are shares of the epoch, >= 0; got {'key': -1.0}" in (
+        _one_error(capsys))
+
+
 def test_audio_frames_advice_is_the_longest_clip_read_not_the_first(tmp_path, capsys):
     frames = [6 + i for i in range(12)]  # the first clip 6 frames, the longest 17
     records = _write_records(tmp_path / "data", frames=frames)

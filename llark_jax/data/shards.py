@@ -95,12 +95,17 @@ class ShardSource:
         self._handles.clear()
 
     def task_counts(self) -> dict[str, int]:
-        """Epoch totals per task from the `*-index.json` files beside the shards."""
+        """Epoch totals per task of these shards, from the `*-index.json` files beside them (the
+        per-shard counts of the shards read, so `train-*` does not count the eval split's)."""
         counts: Counter = Counter()
+        chosen = set(self.files)
         for directory in sorted({os.path.dirname(p) for p in self.files}):
             for index in sorted(_glob(os.path.join(directory, "*-index.json"))):
                 with _open(index) as f:
-                    counts.update(json.load(f)["tasks"])
+                    shards = json.load(f)["shards"]
+                for shard in shards:
+                    if os.path.join(directory, shard["file"]) in chosen:
+                        counts.update(shard["tasks"])
         if not counts:
             raise FileNotFoundError("task_weights need task counts: no *-index.json beside shards")
         return dict(counts)
