@@ -22,6 +22,7 @@ from llark_jax.argtypes import unit_fraction
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "TPU v5p": 459e12, "TPU v5e": 197e12}
 GB = 1e9
+DEFAULT_MESH = "fsdp=8"  # when neither --mesh nor the config gives explicit sizes
 
 
 MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
@@ -107,7 +108,7 @@ def plan(config, mesh_sizes: dict[str, int], *, mfu: float) -> dict:
 
 def format_plan(result: dict) -> str:
     lines = [
-        f"mesh {result['mesh']} ({result['devices']} devices), {result['params'] / 1e9:.3f} B "
+        f"mesh {result['mesh']} ({result['devices']} devices), {_count(result['params'])} "
         f"params, compiled in {result['compile_s']:.1f} s",
         "per-device memory (XLA memory_analysis):",
         f"  arguments {result['arguments_bytes'] / GB:8.2f} GB  (params + optimizer + batch)",
@@ -126,8 +127,30 @@ def format_plan(result: dict) -> str:
     ]
     for name, peak in PEAK_BF16_FLOPS.items():
         lines.append(f"  {name:8s} (peak {peak / 1e12:.0f} TFLOP/s bf16): "
-                     f"{result['hours'][name]:8.1f} h")
+                     f"{_duration(result['hours'][name])}")
     return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    """7.000 B, 1.24 M, 9,604: a parameter count at a readable scale."""
+    return f"{n / 1e9:.3f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
+
+
+def _duration(hours: float) -> str:
+    """Hours, or seconds below a tenth of an hour (a tiny config's plan printed 0.0 h)."""
+    return f"{hours:8.1f} h" if hours >= 0.1 else f"{hours * 3600:8.1f} s"
+
+
+def _config_mesh(config, default: dict[str, int], devices: int,
+                 parser: argparse.ArgumentParser) -> dict[str, int]:
+    """The config's mesh when every size is explicit and fits the `devices` faked, else
+    `default` (`DEFAULT_MESH`)."""
+    sizes = {axis: int(size) for axis, size in config.mesh.items()}
+    if any(size < 1 for size in sizes.values()):
+        return default  # "all devices" (-1): a machine's count, which planning must be told
+    if math.prod(sizes.values()) > devices:
+        parser.error(f"the config's mesh {sizes} has more than {devices} devices: pass --mesh")
+    return sizes
 
 
 def main(argv: list[str]) -> int:
@@ -137,21 +160,26 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m llark_jax plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--mesh", default="fsdp=8", help="e.g. fsdp=8 or data=2,fsdp=4")
+    parser.add_argument("--mesh", default=None,
+                        help=f"e.g. fsdp=8 or data=2,fsdp=4 (default: the config's mesh when "
+                             f"its sizes are explicit, e.g. the demo's one device, else "
+                             f"{DEFAULT_MESH})")
     parser.add_argument("--mfu", type=unit_fraction, default=0.4,
                         help="assumed model FLOPs utilisation, in (0, 1]")
     args = parser.parse_args(rest)
 
+    mesh = args.mesh or DEFAULT_MESH
     try:  # the device count must be known before jax is imported
-        _fake_devices(math.prod(int(part.split("=")[1]) for part in args.mesh.split(",")))
+        devices = math.prod(int(part.split("=")[1]) for part in mesh.split(","))
     except (IndexError, ValueError):
         parser.error(f"--mesh {args.mesh!r}: expected AXIS=SIZE[,AXIS=SIZE...]")
+    _fake_devices(devices)
 
     from llark_jax.config import load_config, validate_config
     from llark_jax.train.mesh import parse_mesh_flag
 
     try:
-        sizes = parse_mesh_flag(args.mesh)
+        sizes = parse_mesh_flag(mesh)
     except ValueError as err:
         parser.error(f"--mesh: {err}")
     if any(size < 1 for size in sizes.values()):
@@ -159,5 +187,7 @@ def main(argv: list[str]) -> int:
 
     config = load_config(args.config, overrides)
     validate_config(config)
+    if args.mesh is None:
+        sizes = _config_mesh(config, sizes, devices, parser)
     print(format_plan(plan(config, sizes, mfu=args.mfu)))
     return 0
