@@ -227,8 +227,9 @@ def _check_lora(model: ml_collections.ConfigDict) -> None:
 def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = False) -> None:
     """Rejects, with a `ConfigError` naming the field, values the run would only trip over later
     (after imports and compiles): unknown model/data sources, trainable presets, templates,
-    logical-axis rules, loss normalisations, attention implementations; with `check_paths`, a
-    missing `model.path` for hf/gguf sources and tfrecord data without `data.path`."""
+    logical-axis rules, loss normalisations, attention implementations, negative task weights;
+    with `check_paths`, a missing `model.path` for hf/gguf sources and tfrecord data without
+    `data.path`."""
     from llark_jax.data.conversation import TOKENIZER_TEMPLATE_NAME, get_template
     from llark_jax.model.attention import ATTENTION_KINDS, SPLASH_BLOCK
     from llark_jax.model.trainable import PRESETS
@@ -257,6 +258,11 @@ def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = Fa
         value = config.train.get(key.split(".")[1], minimum)
         if value < minimum:
             raise ConfigError(f"{key}={value}: must be >= {minimum}")
+    negative = {task: w for task, w in config.data.get("task_weights", {}).items()
+                if not w >= 0}
+    if negative:
+        raise ConfigError(f"data.task_weights: weights are shares of the epoch, >= 0; got "
+                          f"{negative}")
     template = config.data.get("template")
     if template and template != TOKENIZER_TEMPLATE_NAME:
         try:

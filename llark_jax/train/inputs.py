@@ -235,10 +235,6 @@ def tfrecord_batches(config: ml_collections.ConfigDict, tokenizer: Any, features
                                          packing=packing, seed=config.seed)
     else:
         fraction, by_dataset = _fractions(d)
-        negative = {task: w for task, w in d.task_weights.items() if not w >= 0}
-        if negative:
-            raise ConfigError(f"data.task_weights: weights are shares of the epoch, >= 0; got "
-                              f"{negative}")
         pipeline_config = PipelineConfig(
             files=tuple(_shard_patterns(d.path)), packing=packing, seed=config.seed,
             task_weights=d.task_weights.to_dict() or None,
