@@ -19,8 +19,8 @@ trainer (`llark_jax.train.loop.train`) and model directories (outputs under `--w
 
 Stand-ins: SmolLM2-135M-Instruct (the demo's embedded GGUF) for Vicuna-7B and the `mel` encoder
 for MERT-v1-330M, whose weights are not here. Decoding is greedy (MusiLingo samples at
-temperature 0.1, top-p 0.5). Stage 2 keeps stage 1's feature statistics (its manifest), as the
-projector it starts from was trained on them.
+temperature 0.1, top-p 0.5). Stage 2 keeps stage 1's feature statistics (the trainer keeps
+`train.init_from`'s feature pipeline), as the projector it starts from was trained on them.
 """
 
 from __future__ import annotations
@@ -107,7 +107,6 @@ class MusiLingoDemo(demo.Demo):
     def _train(self, stage: str) -> dict:
         """One stage through `llark_jax.train.loop.train` in `train/<run>/` (a rerun with the same
         config resumes from its checkpoint; a changed config starts over)."""
-        from llark_jax.checkpoints.model_dir import MANIFEST
         from llark_jax.train.loop import SUMMARY, train
 
         workdir = self.path("train", RUNS[stage][0])
@@ -117,8 +116,6 @@ class MusiLingoDemo(demo.Demo):
         workdir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(digest)
         config = self.stage_config(stage)
-        if config.train.init_from and not (workdir / MANIFEST).exists():
-            shutil.copy(Path(config.train.init_from) / MANIFEST, workdir / MANIFEST)
         if train(config, workdir) != 0:
             raise demo.StageFailed(f"stage {stage}: the trainer failed (log above; metrics in "
                                    f"{workdir / 'metrics.jsonl'})")
